@@ -1,0 +1,18 @@
+//! `dmsguard-exporter`: loads the config, starts the probes and serves `/metrics`.
+
+use clap::Parser;
+use dmsguard_exporter::{Cli, Exporter};
+use dmsguard_pipeline::service;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    service::init_telemetry(cli.log_format);
+    let config = service::load_config_or_exit(&cli.config);
+    if cli.check_config {
+        println!("config ok: {}", cli.config.display());
+        return Ok(());
+    }
+    let exporter = Exporter::build(config).await?;
+    exporter.run_until(service::shutdown_signal()).await
+}

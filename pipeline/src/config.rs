@@ -1,0 +1,1007 @@
+//! The one TOML configuration both binaries read (`dmsguard.toml`).
+//!
+//! Loading is three steps: parse the TOML, expand `${ENV}` references in string values, then
+//! deserialize into this tree with unknown keys rejected. Every error names the offending key.
+//! Each field's doc comment is the user's documentation; `dmsguard.example.toml` mirrors it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Exit code for an invalid configuration (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration that could not be loaded; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The production PostgreSQL database DMS replicates from.
+    pub source: DatabaseConfig,
+    /// The Amazon Redshift target DMS writes to.
+    pub redshift: RedshiftConfig,
+    /// How to reach the AWS APIs (DMS, CloudWatch, Redshift).
+    #[serde(default)]
+    pub aws: AwsConfig,
+    /// The DMS replication tasks to watch and repair.
+    #[serde(default)]
+    pub tasks: Vec<TaskConfig>,
+    /// The replicated tables to check for missing rows and to repair.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+    /// Settings of `dmsguard-exporter`.
+    #[serde(default)]
+    pub exporter: ExporterConfig,
+    /// Settings of `dmsguard-remediator`.
+    #[serde(default)]
+    pub remediator: RemediatorConfig,
+}
+
+/// A PostgreSQL-protocol database connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL without the password, e.g. `postgresql://dmsguard@db.internal:5432/app`.
+    pub url: String,
+    /// The password, usually as `${ENV_VAR}`. Mutually exclusive with `password_file`.
+    pub password: Option<Secret>,
+    /// A file whose content (trailing newline stripped) is the password.
+    pub password_file: Option<PathBuf>,
+    /// How long to wait for a connection.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Server-side `statement_timeout` set on every session; 0 disables it.
+    #[serde(default = "defaults::statement_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+/// Which family of Redshift system views to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemViews {
+    /// `SYS_QUERY_HISTORY`, `SYS_TRANSACTION_HISTORY`, `SYS_QUERY_TEXT` (current; default).
+    #[default]
+    Sys,
+    /// `STL_QUERY`, `STL_QUERYTEXT` (provisioned clusters, older).
+    Stl,
+}
+
+/// The Redshift target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedshiftConfig {
+    /// Connection URL without the password, e.g. `postgresql://dmsguard@cluster.xyz.redshift.amazonaws.com:5439/dev`.
+    pub url: String,
+    /// The password, usually as `${ENV_VAR}`. Mutually exclusive with `password_file`.
+    pub password: Option<Secret>,
+    /// A file whose content (trailing newline stripped) is the password.
+    pub password_file: Option<PathBuf>,
+    /// How long to wait for a connection.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Server-side `statement_timeout` set on every session; 0 disables it.
+    #[serde(default = "defaults::statement_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// System views to read statements from: `sys` (default) or `stl`.
+    #[serde(default)]
+    pub system_views: SystemViews,
+    /// SQL `LIKE` pattern matching the comment DMS puts in its statements.
+    #[serde(default = "defaults::dms_comment_like")]
+    pub dms_comment_like: String,
+    /// The Redshift cluster identifier, used to read the maintenance window with `DescribeClusters`.
+    pub cluster_identifier: Option<String>,
+    /// The maintenance window as `ddd:hh24:mi-ddd:hh24:mi` in UTC (e.g. `sun:05:00-sun:05:30`);
+    /// takes precedence over `DescribeClusters`.
+    pub maintenance_window: Option<String>,
+}
+
+impl RedshiftConfig {
+    /// The connection part of this section.
+    pub fn database(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            url: self.url.clone(),
+            password: self.password.clone(),
+            password_file: self.password_file.clone(),
+            connect_timeout: self.connect_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
+}
+
+/// AWS API access. Credentials come from the standard AWS chain (environment, profile, IMDS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// AWS region of the DMS replication instance and the Redshift cluster.
+    #[serde(default = "defaults::region")]
+    pub region: String,
+    /// Override the API endpoint (for tests against a local AWS stand-in).
+    pub endpoint_url: Option<String>,
+    /// Attempts per API call, including the first (throttling and 5xx are retried with backoff).
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Timeout of one API call attempt.
+    #[serde(default = "defaults::api_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: defaults::region(),
+            endpoint_url: None,
+            max_attempts: defaults::max_attempts(),
+            timeout: defaults::api_timeout(),
+        }
+    }
+}
+
+/// A DMS replication task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// The task identifier (the name shown in the console), used as the `task` label.
+    pub name: String,
+    /// The replication instance identifier the task runs on, used as the `instance` label.
+    pub replication_instance: String,
+}
+
+/// A replicated table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Source table as `schema.table`; also the `table` label.
+    pub source: String,
+    /// Target table in Redshift as `schema.table`; defaults to `source`.
+    pub target: Option<String>,
+    /// The monotonically increasing bigint key column.
+    #[serde(default = "defaults::id_column")]
+    pub id_column: String,
+    /// A source timestamp column used to map a UTC day to an id range (e.g. `created_at`).
+    /// Without it, windows are not checked and only the whole id range is compared.
+    pub day_column: Option<String>,
+    /// The DMS task replicating this table (for the fixes that restart it).
+    pub task: Option<String>,
+}
+
+impl TableConfig {
+    /// The target table name (`target`, or `source` when unset).
+    pub fn target_name(&self) -> &str {
+        self.target.as_deref().unwrap_or(&self.source)
+    }
+}
+
+/// How often a probe refreshes and how long one refresh may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSchedule {
+    /// Whether the probe runs.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Time between refreshes.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Timeout of one refresh; a refresh that takes longer counts as a failure.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl ProbeSchedule {
+    fn every(interval_secs: u64, timeout_secs: u64) -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(interval_secs),
+            timeout: Duration::from_secs(timeout_secs),
+        }
+    }
+}
+
+/// Settings of `dmsguard-exporter`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExporterConfig {
+    /// Address `/metrics` is served on.
+    #[serde(default = "defaults::exporter_listen")]
+    pub listen: SocketAddr,
+    /// How far back the statements probe looks on its first run.
+    #[serde(default = "defaults::lookback", with = "humantime_serde")]
+    pub statements_lookback: Duration,
+    /// How far back CloudWatch is asked for datapoints.
+    #[serde(default = "defaults::cloudwatch_window", with = "humantime_serde")]
+    pub cloudwatch_window: Duration,
+    /// Probe of DMS statements in the Redshift system views.
+    #[serde(default = "defaults::statements_probe")]
+    pub redshift_statements: ProbeSchedule,
+    /// Probe of CloudWatch memory and latency metrics.
+    #[serde(default = "defaults::cloudwatch_probe")]
+    pub cloudwatch: ProbeSchedule,
+    /// Probe of DMS task and instance state.
+    #[serde(default = "defaults::dms_probe")]
+    pub dms: ProbeSchedule,
+    /// Probe of missing rows (gap finder); slow by design.
+    #[serde(default = "defaults::gaps_probe")]
+    pub gaps: ProbeSchedule,
+    /// Probe of the Redshift maintenance window.
+    #[serde(default = "defaults::maintenance_probe")]
+    pub maintenance: ProbeSchedule,
+}
+
+impl Default for ExporterConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::exporter_listen(),
+            statements_lookback: defaults::lookback(),
+            cloudwatch_window: defaults::cloudwatch_window(),
+            redshift_statements: defaults::statements_probe(),
+            cloudwatch: defaults::cloudwatch_probe(),
+            dms: defaults::dms_probe(),
+            gaps: defaults::gaps_probe(),
+            maintenance: defaults::maintenance_probe(),
+        }
+    }
+}
+
+/// The fixes the remediator knows, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FixName {
+    /// F1: repair the missing row behind one-by-one mode, then stop and resume the task.
+    OneByOne,
+    /// F2: stop and resume every task on a replication instance low on memory.
+    Memory,
+    /// F3: stop tasks before Redshift maintenance and resume them after.
+    Maintenance,
+    /// F4: insert rows missing in the target.
+    MissingRows,
+    /// F5: restart a task that says running but applies nothing.
+    StalledTask,
+}
+
+impl FixName {
+    pub const ALL: [FixName; 5] = [
+        FixName::OneByOne,
+        FixName::Memory,
+        FixName::Maintenance,
+        FixName::MissingRows,
+        FixName::StalledTask,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FixName::OneByOne => "one_by_one",
+            FixName::Memory => "memory",
+            FixName::Maintenance => "maintenance",
+            FixName::MissingRows => "missing_rows",
+            FixName::StalledTask => "stalled_task",
+        }
+    }
+
+    /// The alert that triggers this fix by default.
+    pub fn default_alert(self) -> &'static str {
+        match self {
+            FixName::OneByOne => "DMSOneByOneMode",
+            FixName::Memory => "DMSInstanceMemoryLow",
+            FixName::Maintenance => "RedshiftMaintenanceImminent",
+            FixName::MissingRows => "RedshiftMissingRows",
+            FixName::StalledTask => "DMSTaskStalled",
+        }
+    }
+}
+
+impl std::fmt::Display for FixName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FixName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FixName::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown fix `{s}` (known: {})",
+                    FixName::ALL.map(FixName::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// Per-fix switches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixConfig {
+    /// Whether alerts may trigger this fix.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Plan only: record and log the plan, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Minimum time between two runs of this fix on the same task (or table).
+    #[serde(default = "defaults::cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// Jobs of this fix running at once, across tasks.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+}
+
+impl Default for FixConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dry_run: false,
+            cooldown: defaults::cooldown(),
+            max_concurrency: defaults::max_concurrency(),
+        }
+    }
+}
+
+/// Settings of each fix.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixesConfig {
+    #[serde(default)]
+    pub one_by_one: FixConfig,
+    #[serde(default)]
+    pub memory: FixConfig,
+    #[serde(default)]
+    pub maintenance: FixConfig,
+    #[serde(default)]
+    pub missing_rows: FixConfig,
+    #[serde(default)]
+    pub stalled_task: FixConfig,
+}
+
+impl FixesConfig {
+    pub fn get(&self, fix: FixName) -> &FixConfig {
+        match fix {
+            FixName::OneByOne => &self.one_by_one,
+            FixName::Memory => &self.memory,
+            FixName::Maintenance => &self.maintenance,
+            FixName::MissingRows => &self.missing_rows,
+            FixName::StalledTask => &self.stalled_task,
+        }
+    }
+}
+
+/// Settings of `dmsguard-remediator`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemediatorConfig {
+    /// Address the webhook API, `/metrics` and the status page are served on.
+    #[serde(default = "defaults::remediator_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token Alertmanager must send, usually as `${ENV_VAR}`. Exclusive with `token_file`.
+    pub token: Option<Secret>,
+    /// A file whose content (trailing newline stripped) is the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// Largest webhook body accepted, in bytes.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// The PostgreSQL database holding the job ledger (schema `dmsguard`); defaults to `[source]`.
+    pub ledger: Option<DatabaseConfig>,
+    /// Alert name -> fix. Defaults route each fix's own alert (`DMSOneByOneMode` -> `one_by_one`, …).
+    #[serde(default = "defaults::routes")]
+    pub routes: BTreeMap<String, FixName>,
+    /// Per-fix switches.
+    #[serde(default)]
+    pub fixes: FixesConfig,
+    /// F2: stop and resume tasks when the instance's freeable memory is below this many bytes.
+    #[serde(default = "defaults::memory_threshold_bytes")]
+    pub memory_threshold_bytes: u64,
+    /// F3: how long before the maintenance window the tasks are stopped (the alert's lead time).
+    #[serde(
+        default = "defaults::maintenance_stop_before",
+        with = "humantime_serde"
+    )]
+    pub maintenance_stop_before: Duration,
+    /// F3: how long after the stop the tasks are resumed.
+    #[serde(default = "defaults::maintenance_hold", with = "humantime_serde")]
+    pub maintenance_hold: Duration,
+    /// Rows per INSERT statement when repairing missing rows.
+    #[serde(default = "defaults::insert_batch_rows")]
+    pub insert_batch_rows: usize,
+    /// How long to wait for a DMS task to reach `stopped` or `running`.
+    #[serde(default = "defaults::task_state_timeout", with = "humantime_serde")]
+    pub task_state_timeout: Duration,
+}
+
+impl Default for RemediatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::remediator_listen(),
+            token: None,
+            token_file: None,
+            max_body_bytes: defaults::max_body_bytes(),
+            ledger: None,
+            routes: defaults::routes(),
+            fixes: FixesConfig::default(),
+            memory_threshold_bytes: defaults::memory_threshold_bytes(),
+            maintenance_stop_before: defaults::maintenance_stop_before(),
+            maintenance_hold: defaults::maintenance_hold(),
+            insert_batch_rows: defaults::insert_batch_rows(),
+            task_state_timeout: defaults::task_state_timeout(),
+        }
+    }
+}
+
+/// Named defaults, one function each so serde and `Default` share them.
+pub mod defaults {
+    use super::*;
+
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn statement_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn dms_comment_like() -> String {
+        "%AWS DMS%".to_owned()
+    }
+    pub fn region() -> String {
+        "us-east-1".to_owned()
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn api_timeout() -> Duration {
+        Duration::from_secs(20)
+    }
+    pub fn id_column() -> String {
+        "id".to_owned()
+    }
+    pub fn exporter_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9854))
+    }
+    pub fn remediator_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9855))
+    }
+    pub fn lookback() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn cloudwatch_window() -> Duration {
+        Duration::from_secs(900)
+    }
+    pub fn statements_probe() -> ProbeSchedule {
+        ProbeSchedule::every(30, 25)
+    }
+    pub fn cloudwatch_probe() -> ProbeSchedule {
+        ProbeSchedule::every(60, 30)
+    }
+    pub fn dms_probe() -> ProbeSchedule {
+        ProbeSchedule::every(30, 20)
+    }
+    pub fn gaps_probe() -> ProbeSchedule {
+        ProbeSchedule::every(300, 240)
+    }
+    pub fn maintenance_probe() -> ProbeSchedule {
+        ProbeSchedule::every(60, 20)
+    }
+    pub fn cooldown() -> Duration {
+        Duration::from_secs(15 * 60)
+    }
+    pub fn max_concurrency() -> usize {
+        2
+    }
+    pub fn max_body_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn routes() -> BTreeMap<String, FixName> {
+        FixName::ALL
+            .into_iter()
+            .map(|f| (f.default_alert().to_owned(), f))
+            .collect()
+    }
+    pub fn memory_threshold_bytes() -> u64 {
+        1_500_000_000
+    }
+    pub fn maintenance_stop_before() -> Duration {
+        Duration::from_secs(5 * 60)
+    }
+    pub fn maintenance_hold() -> Duration {
+        Duration::from_secs(35 * 60)
+    }
+    pub fn insert_batch_rows() -> usize {
+        500
+    }
+    pub fn task_state_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+}
+
+impl Config {
+    /// Reads, expands and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses config text; `env` resolves `${NAME}` references.
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        expand_table(&mut table, "", env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::key(e.path().to_string(), e.inner().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_secret_pair("source", &self.source.password, &self.source.password_file)?;
+        check_secret_pair(
+            "redshift",
+            &self.redshift.password,
+            &self.redshift.password_file,
+        )?;
+        if let Some(ledger) = &self.remediator.ledger {
+            check_secret_pair("remediator.ledger", &ledger.password, &ledger.password_file)?;
+        }
+        check_pair(
+            "remediator",
+            "token",
+            &self.remediator.token,
+            &self.remediator.token_file,
+        )?;
+        let mut names = std::collections::HashSet::new();
+        for (i, task) in self.tasks.iter().enumerate() {
+            if task.name.is_empty() {
+                return Err(ConfigError::key(
+                    format!("tasks[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+            if !names.insert(task.name.as_str()) {
+                return Err(ConfigError::key(
+                    format!("tasks[{i}].name"),
+                    format!("duplicate task `{}`", task.name),
+                ));
+            }
+        }
+        let mut tables = std::collections::HashSet::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            for (field, value) in [
+                ("source", Some(table.source.as_str())),
+                ("target", table.target.as_deref()),
+            ] {
+                if let Some(value) = value {
+                    if crate::config::QualifiedName::parse(value).is_none() {
+                        return Err(ConfigError::key(
+                            format!("tables[{i}].{field}"),
+                            format!("`{value}` is not `schema.table`"),
+                        ));
+                    }
+                }
+            }
+            if !tables.insert(table.source.as_str()) {
+                return Err(ConfigError::key(
+                    format!("tables[{i}].source"),
+                    format!("duplicate table `{}`", table.source),
+                ));
+            }
+            if let Some(task) = &table.task {
+                if !names.contains(task.as_str()) {
+                    return Err(ConfigError::key(
+                        format!("tables[{i}].task"),
+                        format!("no [[tasks]] entry is named `{task}`"),
+                    ));
+                }
+            }
+        }
+        if let Some(window) = &self.redshift.maintenance_window {
+            if let Err(e) = crate::config::MaintenanceWindow::parse(window) {
+                return Err(ConfigError::key("redshift.maintenance_window", e));
+            }
+        }
+        for (section, s) in [
+            (
+                "exporter.redshift_statements",
+                &self.exporter.redshift_statements,
+            ),
+            ("exporter.cloudwatch", &self.exporter.cloudwatch),
+            ("exporter.dms", &self.exporter.dms),
+            ("exporter.gaps", &self.exporter.gaps),
+            ("exporter.maintenance", &self.exporter.maintenance),
+        ] {
+            if s.interval.is_zero() {
+                return Err(ConfigError::key(
+                    format!("{section}.interval"),
+                    "must be above 0",
+                ));
+            }
+            if s.timeout.is_zero() {
+                return Err(ConfigError::key(
+                    format!("{section}.timeout"),
+                    "must be above 0",
+                ));
+            }
+        }
+        if self.remediator.insert_batch_rows == 0 {
+            return Err(ConfigError::key(
+                "remediator.insert_batch_rows",
+                "must be above 0",
+            ));
+        }
+        for fix in FixName::ALL {
+            if self.remediator.fixes.get(fix).max_concurrency == 0 {
+                return Err(ConfigError::key(
+                    format!("remediator.fixes.{fix}.max_concurrency"),
+                    "must be above 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ledger database: `[remediator.ledger]`, or `[source]` when unset.
+    pub fn ledger_database(&self) -> &DatabaseConfig {
+        self.remediator.ledger.as_ref().unwrap_or(&self.source)
+    }
+
+    /// The configured table whose source or target name is `name`.
+    pub fn table(&self, name: &str) -> Option<&TableConfig> {
+        self.tables
+            .iter()
+            .find(|t| t.source == name || t.target_name() == name)
+    }
+
+    /// The configured task named `name`.
+    pub fn task(&self, name: &str) -> Option<&TaskConfig> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+}
+
+fn check_secret_pair(
+    section: &str,
+    value: &Option<Secret>,
+    file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    check_pair(section, "password", value, file)
+}
+
+fn check_pair(
+    section: &str,
+    name: &str,
+    value: &Option<Secret>,
+    file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    if value.is_some() && file.is_some() {
+        return Err(ConfigError::key(
+            format!("{section}.{name}"),
+            format!("set either `{name}` or `{name}_file`, not both"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a secret given inline or in a file (trailing newline stripped).
+pub fn resolve_secret(
+    value: &Option<Secret>,
+    file: &Option<PathBuf>,
+) -> Result<Option<Secret>, std::io::Error> {
+    match (value, file) {
+        (Some(v), _) => Ok(Some(v.clone())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)?;
+            Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']))))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn expand_table(
+    table: &mut toml::Table,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        expand_value(value, &here, env)?;
+    }
+    Ok(())
+}
+
+fn expand_value(
+    value: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => {
+            *s = expand_env(s, env).map_err(|m| ConfigError::key(path, m))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_value(item, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(t) => expand_table(t, path, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces `${NAME}` with the variable's value; `$${` escapes a literal `${`.
+pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| "unterminated `${` reference".to_owned())?;
+            let name = &tail[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{name}}}` is not a valid variable reference"));
+            }
+            let val =
+                env(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            out.push_str(&val);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A `schema.table` name, both parts plain identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QualifiedName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl QualifiedName {
+    /// Accepts `schema.table` where each part is `[A-Za-z_][A-Za-z0-9_$]*`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (schema, table) = s.split_once('.')?;
+        (is_identifier(schema) && is_identifier(table)).then(|| Self {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+
+    /// The name quoted for SQL: `"schema"."table"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+impl std::fmt::Display for QualifiedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Whether `s` is a plain SQL identifier.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
+/// Quotes an identifier for SQL, doubling embedded quotes.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A weekly maintenance window, `ddd:hh24:mi-ddd:hh24:mi` in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceWindow {
+    /// Minutes since Monday 00:00 UTC of the start.
+    pub start_minute: u32,
+    /// Minutes since Monday 00:00 UTC of the end.
+    pub end_minute: u32,
+}
+
+impl MaintenanceWindow {
+    pub const MINUTES_PER_WEEK: u32 = 7 * 24 * 60;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}` is not `ddd:hh24:mi-ddd:hh24:mi`"))?;
+        Ok(Self {
+            start_minute: week_minute(a)?,
+            end_minute: week_minute(b)?,
+        })
+    }
+
+    /// Window length in minutes (wraps around the week).
+    pub fn duration_minutes(&self) -> u32 {
+        (self.end_minute + Self::MINUTES_PER_WEEK - self.start_minute) % Self::MINUTES_PER_WEEK
+    }
+}
+
+fn week_minute(s: &str) -> Result<u32, String> {
+    let parts: Vec<&str> = s.trim().split(':').collect();
+    let [day, hh, mm] = parts[..] else {
+        return Err(format!("`{s}` is not `ddd:hh24:mi`"));
+    };
+    let day = match day.to_ascii_lowercase().as_str() {
+        "mon" => 0,
+        "tue" => 1,
+        "wed" => 2,
+        "thu" => 3,
+        "fri" => 4,
+        "sat" => 5,
+        "sun" => 6,
+        other => return Err(format!("`{other}` is not a day (mon..sun)")),
+    };
+    let hh: u32 = hh
+        .parse()
+        .ok()
+        .filter(|h| *h < 24)
+        .ok_or_else(|| format!("`{hh}` is not an hour 00-23"))?;
+    let mm: u32 = mm
+        .parse()
+        .ok()
+        .filter(|m| *m < 60)
+        .ok_or_else(|| format!("`{mm}` is not a minute 00-59"))?;
+    Ok(day * 24 * 60 + hh * 60 + mm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [source]
+        url = "postgresql://u@localhost/source"
+        password = "${PW}"
+        [redshift]
+        url = "postgresql://u@localhost/redshift"
+    "#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "PW").then(|| "s3cret".to_owned())
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_expands_env() {
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        assert_eq!(c.source.password.unwrap().expose(), "s3cret");
+        assert_eq!(
+            c.remediator.fixes.one_by_one.cooldown,
+            Duration::from_secs(900)
+        );
+        assert_eq!(c.remediator.routes["DMSOneByOneMode"], FixName::OneByOne);
+        assert_eq!(c.redshift.system_views, SystemViews::Sys);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("{MINIMAL}\n[exporter]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n");
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let text = format!("{MINIMAL}\n[exporter]\nlisten = \"not an address\"\n");
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("exporter.listen"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_var_names_key_and_variable() {
+        let err = Config::from_toml(MINIMAL, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.password") && err.contains("PW"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn expand_env_handles_escapes_and_errors() {
+        let e = |n: &str| (n == "A").then(|| "x".to_owned());
+        assert_eq!(expand_env("a${A}b$${A}$c", &e).unwrap(), "axb${A}$c");
+        assert!(expand_env("${A", &e).is_err());
+        assert!(expand_env("${B}", &e).is_err());
+        assert!(expand_env("${a-b}", &e).is_err());
+    }
+
+    #[test]
+    fn both_password_and_file_is_rejected() {
+        let text = MINIMAL.replace(
+            "password = \"${PW}\"",
+            "password = \"x\"\npassword_file = \"/tmp/x\"",
+        );
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("source.password"), "{err}");
+    }
+
+    #[test]
+    fn table_task_must_exist() {
+        let text = format!("{MINIMAL}\n[[tables]]\nsource = \"public.orders\"\ntask = \"nope\"\n");
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("tables[0].task"), "{err}");
+    }
+
+    #[test]
+    fn qualified_names_and_quoting() {
+        let q = QualifiedName::parse("public.orders").unwrap();
+        assert_eq!(q.quoted(), "\"public\".\"orders\"");
+        assert!(QualifiedName::parse("orders").is_none());
+        assert!(QualifiedName::parse("public.or;ders").is_none());
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn maintenance_window_parses_and_wraps() {
+        let w = MaintenanceWindow::parse("sun:23:30-mon:00:15").unwrap();
+        assert_eq!(w.duration_minutes(), 45);
+        assert!(MaintenanceWindow::parse("xyz:01:00-mon:00:00").is_err());
+        assert!(MaintenanceWindow::parse("mon:25:00-mon:26:00").is_err());
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The documented example must stay loadable: every key in it is a real key.
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../dmsguard.example.toml");
+        let config = Config::from_toml(text, &|name| Some(format!("value-of-{name}"))).unwrap();
+        assert_eq!(config.tasks[0].name, "orders-cdc");
+        assert_eq!(config.tables[0].target_name(), "public.orders");
+        assert_eq!(
+            config.remediator.token.as_ref().unwrap().expose(),
+            "value-of-DMSGUARD_WEBHOOK_TOKEN"
+        );
+        assert!(config.remediator.ledger.is_some());
+    }
+}

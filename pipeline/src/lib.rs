@@ -1,0 +1,7 @@
+//! Shared library of dmsguard: configuration, connections and the domain logic both binaries use.
+
+pub mod aws;
+pub mod config;
+pub mod db;
+pub mod secret;
+pub mod service;

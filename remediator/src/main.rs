@@ -1,0 +1,22 @@
+//! `dmsguard-remediator`: receives Alertmanager webhooks and runs the matching fix.
+
+use clap::Parser;
+use dmsguard_pipeline::service;
+use dmsguard_remediator::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    service::init_telemetry(cli.log_format);
+    let config = service::load_config_or_exit(&cli.config);
+    if cli.check_config {
+        println!("config ok: {}", cli.config.display());
+        return Ok(());
+    }
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = dmsguard_remediator::Remediator::build(config).await?;
+            app.run_until(service::shutdown_signal()).await
+        }
+    }
+}

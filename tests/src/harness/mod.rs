@@ -1,0 +1,226 @@
+//! Test harness: fresh databases, per-test moto / Prometheus / Alertmanager processes, polling.
+//!
+//! Reads the lab's environment (see `tests/lab/env.sh`); `tests/lab/up` must have started
+//! PostgreSQL and installed the other services' binaries.
+
+mod processes;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use dmsguard_pipeline::config::{AwsConfig, DatabaseConfig};
+use dmsguard_pipeline::secret::Secret;
+use tokio_postgres::Client;
+
+pub use processes::{Alertmanager, Moto, Prometheus};
+
+/// The Redshift stand-in schema (system views as tables).
+pub const REDSHIFT_STANDIN_SQL: &str = include_str!("../../sql/redshift_standin.sql");
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Where the lab lives, read from the environment with `tests/lab/env.sh`'s defaults.
+#[derive(Debug, Clone)]
+pub struct LabEnv {
+    pub dir: std::path::PathBuf,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub pg_user: String,
+    pub pg_password: String,
+    pub moto_python: String,
+    pub moto_launcher: String,
+}
+
+impl LabEnv {
+    pub fn from_env() -> Self {
+        let dir = std::path::PathBuf::from(env_or("DMSGUARD_LAB_DIR", "/tmp/dmsguard-lab"));
+        let launcher_default = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/moto_launcher.py");
+        let venv = env_or("DMSGUARD_LAB_VENV", &dir.join("venv").display().to_string());
+        Self {
+            pg_host: env_or("DMSGUARD_PG_HOST", "127.0.0.1"),
+            pg_port: env_or("DMSGUARD_PG_PORT", "55432")
+                .parse()
+                .expect("DMSGUARD_PG_PORT"),
+            pg_user: env_or("DMSGUARD_PG_USER", "postgres"),
+            pg_password: env_or("DMSGUARD_PG_PASSWORD", "lab"),
+            moto_python: env_or("DMSGUARD_MOTO_PYTHON", &format!("{venv}/bin/python")),
+            moto_launcher: env_or("DMSGUARD_MOTO_LAUNCHER", launcher_default),
+            dir,
+        }
+    }
+
+    /// A connection config for database `db` on the lab's PostgreSQL.
+    pub fn database(&self, db: &str) -> DatabaseConfig {
+        DatabaseConfig {
+            url: format!(
+                "postgresql://{}@{}:{}/{}",
+                self.pg_user, self.pg_host, self.pg_port, db
+            ),
+            password: Some(Secret::new(self.pg_password.clone())),
+            password_file: None,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A connection config from a URL, with the password from `PGPASSWORD` or the lab's.
+pub fn database_config(url: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        url: url.to_owned(),
+        password: Some(Secret::new(env_or(
+            "PGPASSWORD",
+            &env_or("DMSGUARD_PG_PASSWORD", "lab"),
+        ))),
+        password_file: None,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(0),
+    }
+}
+
+/// Creates the system-view stand-in tables in a Redshift stand-in database.
+pub async fn install_redshift_standin(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(REDSHIFT_STANDIN_SQL).await
+}
+
+/// A test's own pair of fresh databases: a source and a Redshift stand-in.
+#[derive(Debug, Clone)]
+pub struct TestDatabases {
+    pub env: LabEnv,
+    pub source_name: String,
+    pub redshift_name: String,
+    pub source: DatabaseConfig,
+    pub redshift: DatabaseConfig,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A database name unique to this process and call, derived from `tag`.
+pub fn unique_name(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tag: String = tag
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    format!("t_{tag}_{}_{n}", std::process::id())
+}
+
+impl TestDatabases {
+    /// Creates `<tag>…_source` and `<tag>…_redshift` (with the stand-in system views).
+    pub async fn create(tag: &str) -> anyhow::Result<Self> {
+        let env = LabEnv::from_env();
+        let base = unique_name(tag);
+        let source_name = format!("{base}_source");
+        let redshift_name = format!("{base}_redshift");
+        let admin = dmsguard_pipeline::db::connect(&env.database("postgres"))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} (is the lab up? run tests/lab/up)"))?;
+        for db in [&source_name, &redshift_name] {
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+                .await?;
+        }
+        let redshift = env.database(&redshift_name);
+        let client = dmsguard_pipeline::db::connect(&redshift).await?;
+        install_redshift_standin(&client).await?;
+        Ok(Self {
+            source: env.database(&source_name),
+            redshift,
+            source_name,
+            redshift_name,
+            env,
+        })
+    }
+
+    pub async fn source_client(&self) -> anyhow::Result<Client> {
+        Ok(dmsguard_pipeline::db::connect(&self.source).await?)
+    }
+
+    pub async fn redshift_client(&self) -> anyhow::Result<Client> {
+        Ok(dmsguard_pipeline::db::connect(&self.redshift).await?)
+    }
+
+    /// Drops both databases (and any replication slots on them).
+    pub async fn drop(self) -> anyhow::Result<()> {
+        let admin = dmsguard_pipeline::db::connect(&self.env.database("postgres")).await?;
+        for db in [&self.source_name, &self.redshift_name] {
+            admin
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
+                    &[db],
+                )
+                .await?;
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// An `[aws]` section pointing at a moto server, with retries off (moto answers 500 to
+/// calls it does not implement).
+pub fn aws_config(endpoint: &str) -> AwsConfig {
+    AwsConfig {
+        region: "us-east-1".to_owned(),
+        endpoint_url: Some(endpoint.to_owned()),
+        max_attempts: 1,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// Sets dummy AWS credentials for the SDK's default chain if none are set.
+pub fn ensure_test_credentials() {
+    // Tests run in one process; the values are constant, so concurrent calls agree.
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            // SAFETY-free: std::env::set_var is safe in edition 2021.
+            std::env::set_var(k, v);
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` with the last reason.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition not met".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() >= deadline {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port on loopback")
+}

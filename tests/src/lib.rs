@@ -1,0 +1,3 @@
+//! The dmsguard lab: a harness over the real lab services, and the DMS simulator.
+
+pub mod harness;
