@@ -5,3 +5,4 @@ pub mod config;
 pub mod db;
 pub mod secret;
 pub mod service;
+pub mod statement_parser;
