@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod config;
 pub mod db;
+pub mod dms_tasks;
 pub mod secret;
 pub mod service;
 pub mod statement_parser;
