@@ -4,6 +4,7 @@ pub mod aws;
 pub mod catalogue;
 pub mod config;
 pub mod db;
+pub mod ddl;
 pub mod secret;
 pub mod service;
 pub mod statement_parser;
