@@ -1,9 +1,12 @@
 //! Shared library of dmsguard: configuration, connections and the domain logic both binaries use.
 
 pub mod aws;
+pub mod catalogue;
 pub mod config;
 pub mod db;
+pub mod ddl;
 pub mod dms_tasks;
 pub mod secret;
 pub mod service;
 pub mod statement_parser;
+pub mod type_translator;
