@@ -3,5 +3,6 @@
 pub mod aws;
 pub mod config;
 pub mod db;
+pub mod gap_finder;
 pub mod secret;
 pub mod service;
