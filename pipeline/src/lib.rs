@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod ddl;
 pub mod dms_tasks;
+pub mod gap_finder;
 pub mod secret;
 pub mod service;
 pub mod statement_parser;
