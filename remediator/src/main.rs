@@ -18,5 +18,6 @@ async fn main() -> anyhow::Result<()> {
             let app = dmsguard_remediator::Remediator::build(config).await?;
             app.run_until(service::shutdown_signal()).await
         }
+        Command::Ddl(args) => args.run(&config).await,
     }
 }
