@@ -823,6 +823,27 @@ mod tests {
         assert_eq!(s.seq_range, Some((10, 20)));
     }
 
+    #[test]
+    fn dms_case_expressions_lowercase_keywords_and_fully_qualified_changes_columns() {
+        // The shape DMS 3.x uses for UPDATEs that keep unchanged columns.
+        let sql = r#"/* Applied by AWS DMS 3.5.3 */
+UPDATE  "public"."orders"
+SET "status"= CASE WHEN "public"."awsdms_changes6C7D4D8E"."c2" IS NULL THEN "public"."orders"."status" WHEN "public"."awsdms_changes6C7D4D8E"."c2" = '<att_null>' THEN NULL ELSE  CAST ( "public"."awsdms_changes6C7D4D8E"."c2" as VARCHAR(20)) END ,
+    "total"= CASE WHEN "public"."awsdms_changes6C7D4D8E"."c3" IS NULL THEN "public"."orders"."total" ELSE CAST ( "public"."awsdms_changes6C7D4D8E"."c3" as NUMERIC(12,2)) END
+from "public"."awsdms_changes6C7D4D8E"
+where "public"."orders"."id"= CAST ( "public"."awsdms_changes6C7D4D8E"."seg1" as INT8) and "public"."awsdms_changes6C7D4D8E"."seq" >= 17 and "public"."awsdms_changes6C7D4D8E"."seq" <= 33"#;
+        assert_eq!(
+            parse(sql),
+            DmsStatement {
+                kind: StatementKind::Update,
+                target: name("public", "orders"),
+                changes_table: Some(name("public", "awsdms_changes6C7D4D8E")),
+                key_columns: vec![key("id", "seg1")],
+                seq_range: Some((17, 33)),
+            }
+        );
+    }
+
     fn wide_update(columns: usize) -> String {
         let sets: Vec<String> = (1..=columns)
             .map(|i| format!("\"column_number_{i}\" = CAST(changes.\"c{i}\" AS varchar(256))"))

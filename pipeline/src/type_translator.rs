@@ -809,6 +809,7 @@ fn fits_numeric(text: &str, precision: Option<u32>, scale: u32) -> bool {
 mod tests {
     use super::*;
     use crate::statement_parser::is_valid_redshift_sql;
+    use proptest::prelude::*;
 
     fn target_column(
         name: &str,
@@ -1099,5 +1100,36 @@ mod tests {
         );
         assert_eq!(t.max_rows_per_statement(), MAX_PARAMS_PER_STATEMENT / 6);
         assert_eq!(t.build_inserts(&rows, 0).len(), 25);
+    }
+
+    proptest! {
+        #[test]
+        fn text_is_kept_whole_or_refused_never_cut(text in "\\PC{0,40}", max in 1i32..40) {
+            let (source, mut target) = orders();
+            target.columns[3] = target_column("note", "character varying", Some(max), true);
+            let t = Translator::new(&source, &target, "id").unwrap();
+            match t.translate(&row(9, SourceValue::Bool(true), "1", &text)) {
+                Ok(out) => {
+                    prop_assert!(text.len() <= max as usize);
+                    prop_assert_eq!(out.values[3].as_deref(), Some(text.as_str()));
+                }
+                Err(TranslateError::TooLong { bytes, max: m, id: 9, .. }) => {
+                    prop_assert_eq!(bytes, text.len());
+                    prop_assert!(bytes > m);
+                }
+                Err(other) => prop_assert!(false, "unexpected {}", other),
+            }
+        }
+
+        #[test]
+        fn numeric_check_agrees_with_digit_counts(int in 0u64..10_000_000, frac in 0u32..1000) {
+            let text = format!("{int}.{frac:03}");
+            let int_digits = if int == 0 { 0 } else { int.to_string().len() };
+            let frac_digits = format!("{frac:03}").trim_end_matches('0').len();
+            prop_assert_eq!(
+                fits_numeric(&text, Some(9), 2),
+                int_digits <= 7 && frac_digits <= 2
+            );
+        }
     }
 }
