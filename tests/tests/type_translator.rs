@@ -96,6 +96,17 @@ async fn awkward_types_translate_and_insert_once() -> anyhow::Result<()> {
         (Some(12), Some(2))
     );
     let target_table = Catalogue::load(&target, &table).await?;
+    let folded = Catalogue::load(&target, &QualifiedName::parse("Public.AWKWARD").unwrap()).await?;
+    assert_eq!(
+        folded.columns, target_table.columns,
+        "names fold as on Redshift"
+    );
+    assert!(matches!(
+        Catalogue::load(&target, &QualifiedName::parse("public.absent").unwrap()).await,
+        Err(dmsguard_pipeline::catalogue::CatalogueError::TableNotFound(
+            _
+        ))
+    ));
     assert_eq!(target_table.columns[1].char_max_length, Some(5));
     assert!(!target_table.columns[0].nullable);
 
