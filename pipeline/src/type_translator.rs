@@ -31,8 +31,9 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Row};
 
 use crate::catalogue::{SourceColumn, SourceTable, SourceTypeKind, TargetColumn, TargetTable};
 use crate::config::{quote_ident, QualifiedName};
@@ -105,6 +106,19 @@ pub enum TranslateError {
         value: String,
         target_type: String,
     },
+}
+
+/// Why translated rows could not be inserted.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    #[error("inserting into {table} failed: {source}")]
+    Query {
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("inserting into {table}: still conflicting with concurrent writers after {attempts} attempts")]
+    Conflict { table: String, attempts: u32 },
 }
 
 /// One source value, decoded by source type.
@@ -588,6 +602,56 @@ impl Translator {
             .collect()
     }
 
+    /// Inserts the rows still absent, one `SERIALIZABLE` transaction per batch, and returns how
+    /// many were inserted.
+    ///
+    /// The absence check and the insert are one statement; serializable isolation (Redshift's
+    /// only kind, and PostgreSQL's SSI in the lab) makes a concurrent writer of the same id —
+    /// DMS or a second run — fail one side with a serialization error instead of both inserting.
+    /// That side is retried (at most `max_attempts` times in all), finds the row present and
+    /// inserts nothing.
+    pub async fn insert_absent(
+        &self,
+        client: &mut Client,
+        rows: &[TranslatedRow],
+        batch_rows: usize,
+        max_attempts: u32,
+    ) -> Result<u64, InsertError> {
+        let mut inserted = 0;
+        for statement in self.build_inserts(rows, batch_rows) {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match run_serializable(client, &statement).await {
+                    Ok(n) => {
+                        inserted += n;
+                        break;
+                    }
+                    Err(e) if is_serialization_failure(&e) => {
+                        if attempt >= max_attempts.max(1) {
+                            return Err(InsertError::Conflict {
+                                table: self.table.to_string(),
+                                attempts: attempt,
+                            });
+                        }
+                        tracing::debug!(table = %self.table, attempt, "Insert conflicted with a concurrent writer; retrying.");
+                        tokio::time::sleep(std::time::Duration::from_millis(
+                            10 * u64::from(attempt),
+                        ))
+                        .await;
+                    }
+                    Err(source) => {
+                        return Err(InsertError::Query {
+                            table: self.table.to_string(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(inserted)
+    }
+
     fn translate_value(
         &self,
         column: &MappedColumn,
@@ -704,6 +768,28 @@ impl Translator {
         };
         Ok(Some(text))
     }
+}
+
+async fn run_serializable(
+    client: &mut Client,
+    statement: &InsertStatement,
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::Serializable)
+        .start()
+        .await?;
+    let n = statement.execute(&tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// PostgreSQL's `40001`, or Redshift's "Serializable isolation violation" (error 1023).
+fn is_serialization_failure(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+        || error
+            .as_db_error()
+            .is_some_and(|db| db.message().contains("Serializable isolation violation"))
 }
 
 fn describe_type(column: &TargetColumn) -> String {
