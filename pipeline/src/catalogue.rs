@@ -139,7 +139,8 @@ const SOURCE_PRIMARY_KEY_SQL: &str = "SELECT a.attname::text \
      ORDER BY array_position(i.indkey::int2[], a.attnum)";
 
 impl Catalogue {
-    /// Reads a target table's columns (Redshift or the lab's stand-in).
+    /// Reads a target table's columns (Redshift or the lab's stand-in); a name not found as
+    /// written is looked up again in lower case.
     pub async fn load(
         client: &impl GenericClient,
         table: &QualifiedName,
@@ -148,10 +149,20 @@ impl Catalogue {
             table: table.clone(),
             source,
         };
-        let rows = client
+        let mut rows = client
             .query(TARGET_COLUMNS_SQL, &[&table.schema, &table.table])
             .await
             .map_err(query_error)?;
+        if rows.is_empty() {
+            // Redshift folds names to lower case unless case sensitivity is enabled.
+            let (schema, name) = (table.schema.to_lowercase(), table.table.to_lowercase());
+            if (&schema, &name) != (&table.schema, &table.table) {
+                rows = client
+                    .query(TARGET_COLUMNS_SQL, &[&schema, &name])
+                    .await
+                    .map_err(query_error)?;
+            }
+        }
         if rows.is_empty() {
             return Err(CatalogueError::TableNotFound(table.clone()));
         }

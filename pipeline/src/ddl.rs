@@ -35,8 +35,10 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::catalogue::{SourceColumn, SourceTable, SourceTypeKind};
-use crate::config::{quote_ident, QualifiedName};
+use tokio_postgres::GenericClient;
+
+use crate::catalogue::{Catalogue, CatalogueError, SourceColumn, SourceTable, SourceTypeKind};
+use crate::config::{quote_ident, QualifiedName, TableConfig};
 
 /// Largest `VARCHAR` Redshift allows, in bytes.
 pub const MAX_VARCHAR_BYTES: u32 = 65_535;
@@ -87,6 +89,10 @@ pub enum DdlError {
     },
     #[error("compression file line {line}: {message}")]
     Compression { line: usize, message: String },
+    #[error("table name `{0}` is not `schema.table`")]
+    TableName(String),
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
 }
 
 /// What to generate.
@@ -543,6 +549,29 @@ fn default_encoding(ty: RedshiftType, sort_key: bool) -> &'static str {
     } else {
         ty.default_encoding()
     }
+}
+
+/// The DDL of each configured table, read from the source catalogue, in configuration order.
+pub async fn create_tables(
+    source: &impl GenericClient,
+    tables: &[TableConfig],
+    options: &DdlOptions,
+) -> Result<Vec<TableDdl>, DdlError> {
+    let mut out = Vec::with_capacity(tables.len());
+    for table in tables {
+        let name =
+            |s: &str| QualifiedName::parse(s).ok_or_else(|| DdlError::TableName(s.to_owned()));
+        let source_name = name(&table.source)?;
+        let target_name = name(table.target_name())?;
+        let definition = Catalogue::load_source(source, &source_name).await?;
+        out.push(create_table(
+            &definition,
+            &target_name,
+            &table.id_column,
+            options,
+        )?);
+    }
+    Ok(out)
 }
 
 /// Removes `ENCODE …` from generated Redshift DDL, leaving what `sqlparser` can parse.

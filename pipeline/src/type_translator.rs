@@ -31,8 +31,9 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Row};
 
 use crate::catalogue::{SourceColumn, SourceTable, SourceTypeKind, TargetColumn, TargetTable};
 use crate::config::{quote_ident, QualifiedName};
@@ -105,6 +106,19 @@ pub enum TranslateError {
         value: String,
         target_type: String,
     },
+}
+
+/// Why translated rows could not be inserted.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    #[error("inserting into {table} failed: {source}")]
+    Query {
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("inserting into {table}: still conflicting with concurrent writers after {attempts} attempts")]
+    Conflict { table: String, attempts: u32 },
 }
 
 /// One source value, decoded by source type.
@@ -588,6 +602,56 @@ impl Translator {
             .collect()
     }
 
+    /// Inserts the rows still absent, one `SERIALIZABLE` transaction per batch, and returns how
+    /// many were inserted.
+    ///
+    /// The absence check and the insert are one statement; serializable isolation (Redshift's
+    /// only kind, and PostgreSQL's SSI in the lab) makes a concurrent writer of the same id —
+    /// DMS or a second run — fail one side with a serialization error instead of both inserting.
+    /// That side is retried (at most `max_attempts` times in all), finds the row present and
+    /// inserts nothing.
+    pub async fn insert_absent(
+        &self,
+        client: &mut Client,
+        rows: &[TranslatedRow],
+        batch_rows: usize,
+        max_attempts: u32,
+    ) -> Result<u64, InsertError> {
+        let mut inserted = 0;
+        for statement in self.build_inserts(rows, batch_rows) {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match run_serializable(client, &statement).await {
+                    Ok(n) => {
+                        inserted += n;
+                        break;
+                    }
+                    Err(e) if is_serialization_failure(&e) => {
+                        if attempt >= max_attempts.max(1) {
+                            return Err(InsertError::Conflict {
+                                table: self.table.to_string(),
+                                attempts: attempt,
+                            });
+                        }
+                        tracing::debug!(table = %self.table, attempt, "Insert conflicted with a concurrent writer; retrying.");
+                        tokio::time::sleep(std::time::Duration::from_millis(
+                            10 * u64::from(attempt),
+                        ))
+                        .await;
+                    }
+                    Err(source) => {
+                        return Err(InsertError::Query {
+                            table: self.table.to_string(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(inserted)
+    }
+
     fn translate_value(
         &self,
         column: &MappedColumn,
@@ -706,6 +770,28 @@ impl Translator {
     }
 }
 
+async fn run_serializable(
+    client: &mut Client,
+    statement: &InsertStatement,
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::Serializable)
+        .start()
+        .await?;
+    let n = statement.execute(&tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// PostgreSQL's `40001`, or Redshift's "Serializable isolation violation" (error 1023).
+fn is_serialization_failure(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+        || error
+            .as_db_error()
+            .is_some_and(|db| db.message().contains("Serializable isolation violation"))
+}
+
 fn describe_type(column: &TargetColumn) -> String {
     match (
         column.data_type.as_str(),
@@ -809,6 +895,7 @@ fn fits_numeric(text: &str, precision: Option<u32>, scale: u32) -> bool {
 mod tests {
     use super::*;
     use crate::statement_parser::is_valid_redshift_sql;
+    use proptest::prelude::*;
 
     fn target_column(
         name: &str,
@@ -1099,5 +1186,36 @@ mod tests {
         );
         assert_eq!(t.max_rows_per_statement(), MAX_PARAMS_PER_STATEMENT / 6);
         assert_eq!(t.build_inserts(&rows, 0).len(), 25);
+    }
+
+    proptest! {
+        #[test]
+        fn text_is_kept_whole_or_refused_never_cut(text in "\\PC{0,40}", max in 1i32..40) {
+            let (source, mut target) = orders();
+            target.columns[3] = target_column("note", "character varying", Some(max), true);
+            let t = Translator::new(&source, &target, "id").unwrap();
+            match t.translate(&row(9, SourceValue::Bool(true), "1", &text)) {
+                Ok(out) => {
+                    prop_assert!(text.len() <= max as usize);
+                    prop_assert_eq!(out.values[3].as_deref(), Some(text.as_str()));
+                }
+                Err(TranslateError::TooLong { bytes, max: m, id: 9, .. }) => {
+                    prop_assert_eq!(bytes, text.len());
+                    prop_assert!(bytes > m);
+                }
+                Err(other) => prop_assert!(false, "unexpected {}", other),
+            }
+        }
+
+        #[test]
+        fn numeric_check_agrees_with_digit_counts(int in 0u64..10_000_000, frac in 0u32..1000) {
+            let text = format!("{int}.{frac:03}");
+            let int_digits = if int == 0 { 0 } else { int.to_string().len() };
+            let frac_digits = format!("{frac:03}").trim_end_matches('0').len();
+            prop_assert_eq!(
+                fits_numeric(&text, Some(9), 2),
+                int_digits <= 7 && frac_digits <= 2
+            );
+        }
     }
 }

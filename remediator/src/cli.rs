@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use dmsguard_pipeline::config::FixName;
+use anyhow::Context;
+use dmsguard_pipeline::config::{Config, FixName, TableConfig};
+use dmsguard_pipeline::db;
+use dmsguard_pipeline::ddl::{self, CompressionFile, DdlOptions};
 use dmsguard_pipeline::service::LogFormat;
 
 #[derive(Debug, clap::Parser)]
@@ -54,4 +57,66 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// Print Redshift CREATE TABLE statements for the configured tables (never executes them).
+    Ddl(DdlArgs),
+}
+
+/// Options of `dmsguard-remediator ddl`.
+#[derive(Debug, clap::Args)]
+pub struct DdlArgs {
+    /// Only this configured table (source `schema.table`); repeatable. Default: every table.
+    #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+    pub tables: Vec<String>,
+    /// Reproduce the types DMS creates (booleans and json as VARCHAR, …) to match existing tables.
+    #[arg(long)]
+    pub dms_compatible: bool,
+    /// `ANALYZE COMPRESSION` result rows (table, column, encoding, est_reduction_pct) as CSV or
+    /// TSV; their encodings replace the defaults.
+    #[arg(long, value_name = "FILE")]
+    pub compression: Option<PathBuf>,
+    /// Leave out Redshift-only clauses and types (ENCODE, DISTSTYLE, DISTKEY, SORTKEY, SUPER,
+    /// VARBYTE) so the DDL can be tried on PostgreSQL.
+    #[arg(long)]
+    pub postgres_check: bool,
+}
+
+impl DdlArgs {
+    /// Reads the source catalogue and prints one `CREATE TABLE` per table to stdout; warnings
+    /// go to the log (stderr) as well as into the SQL as comments.
+    pub async fn run(&self, config: &Config) -> anyhow::Result<()> {
+        let tables: Vec<TableConfig> = if self.tables.is_empty() {
+            config.tables.clone()
+        } else {
+            self.tables
+                .iter()
+                .map(|name| {
+                    config.table(name).cloned().with_context(|| {
+                        format!("table `{name}` is not in the config's [[tables]]")
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?
+        };
+        anyhow::ensure!(!tables.is_empty(), "no [[tables]] configured");
+        let compression = match &self.compression {
+            Some(path) => Some(CompressionFile::load(path)?),
+            None => None,
+        };
+        let options = DdlOptions {
+            dms_compatible: self.dms_compatible,
+            postgres_check: self.postgres_check,
+            compression,
+        };
+        let source = db::connect(&config.source)
+            .await
+            .context("connecting to the source database")?;
+        let statements = ddl::create_tables(&source, &tables, &options).await?;
+        for statement in &statements {
+            for warning in &statement.warnings {
+                tracing::warn!(table = %statement.target, warning = %warning, "Redshift limit applies.");
+            }
+        }
+        let text: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
+        println!("{}", text.join("\n"));
+        Ok(())
+    }
 }

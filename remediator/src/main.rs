@@ -31,5 +31,6 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Jobs { limit } => commands::list_jobs(config, limit).await,
+        Command::Ddl(args) => args.run(&config).await,
     }
 }

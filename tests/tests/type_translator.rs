@@ -96,6 +96,17 @@ async fn awkward_types_translate_and_insert_once() -> anyhow::Result<()> {
         (Some(12), Some(2))
     );
     let target_table = Catalogue::load(&target, &table).await?;
+    let folded = Catalogue::load(&target, &QualifiedName::parse("Public.AWKWARD").unwrap()).await?;
+    assert_eq!(
+        folded.columns, target_table.columns,
+        "names fold as on Redshift"
+    );
+    assert!(matches!(
+        Catalogue::load(&target, &QualifiedName::parse("public.absent").unwrap()).await,
+        Err(dmsguard_pipeline::catalogue::CatalogueError::TableNotFound(
+            _
+        ))
+    ));
     assert_eq!(target_table.columns[1].char_max_length, Some(5));
     assert!(!target_table.columns[0].nullable);
 
@@ -205,5 +216,66 @@ async fn awkward_types_translate_and_insert_once() -> anyhow::Result<()> {
         );
         assert_eq!(e.get::<_, Option<f64>>(15), a.get::<_, Option<f64>>(15));
     }
+    dbs.drop().await
+}
+
+/// Two writers inserting the same rows at once (a second run, or DMS catching up) never
+/// duplicate one: with serializable transactions the later committer fails, retries and finds
+/// the rows present. (Under READ COMMITTED both would commit and every row would be doubled.)
+#[tokio::test]
+async fn concurrent_inserts_of_the_same_ids_never_duplicate() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("translator_concurrent").await?;
+    let source = dbs.source_client().await?;
+    source
+        .batch_execute(
+            "CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL);
+             INSERT INTO public.events SELECT g, 'kind ' || g FROM generate_series(1, 50) g;",
+        )
+        .await?;
+    let mut first = dbs.redshift_client().await?;
+    let mut second = dbs.redshift_client().await?;
+    // As DMS creates it: no primary key, nothing in the database stops a duplicate.
+    first
+        .batch_execute("CREATE TABLE public.events (id bigint NOT NULL, kind varchar(65535))")
+        .await?;
+    let table = QualifiedName::parse("public.events").unwrap();
+    let source_table = Catalogue::load_source(&source, &table).await?;
+    let target_table = Catalogue::load(&first, &table).await?;
+    let translator = Translator::new(&source_table, &target_table, "id")?;
+    let ids: Vec<i64> = (1..=50).collect();
+    let rows = fetch_source_rows(&source, &source_table, "id", &ids).await?;
+    let (good, bad) = translator.translate_all(&rows);
+    assert!(bad.is_empty());
+    let [statement] = &translator.build_inserts(&good, 100)[..] else {
+        panic!("one statement for 50 rows");
+    };
+
+    // The first writer has checked and inserted, but not committed yet...
+    let tx = first
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+        .start()
+        .await?;
+    assert_eq!(statement.execute(&tx).await?, 50);
+    // ...when the second writer inserts the same rows and commits.
+    assert_eq!(
+        translator.insert_absent(&mut second, &good, 10, 5).await?,
+        50
+    );
+    // The first writer's commit now fails instead of duplicating; its retry inserts nothing.
+    let err = tx.commit().await.expect_err("commit must conflict");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+    );
+    assert_eq!(translator.insert_absent(&mut first, &good, 10, 5).await?, 0);
+
+    let row = first
+        .query_one(
+            "SELECT count(*), count(DISTINCT id) FROM public.events",
+            &[],
+        )
+        .await?;
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (50, 50));
     dbs.drop().await
 }
