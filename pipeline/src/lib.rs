@@ -3,5 +3,7 @@
 pub mod aws;
 pub mod config;
 pub mod db;
+pub mod maintenance;
 pub mod secret;
 pub mod service;
+pub mod system_views;
