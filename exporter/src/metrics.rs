@@ -5,11 +5,15 @@
 //! without prefix and suffix (the doc comment of each gives the exported name).
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 /// Prefix of every metric name.
@@ -64,6 +68,34 @@ pub const PROBE_LAST_SUCCESS_TIMESTAMP: &str = "probe_last_success_timestamp";
 
 /// A gauge holding a float.
 pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// A gauge without a sample until first set: before the first refresh, absent says "not known"
+/// where a 0 would say something false (a window starting now).
+#[derive(Debug, Clone, Default)]
+pub struct OptionalGauge(Arc<Mutex<Option<f64>>>);
+
+impl OptionalGauge {
+    pub fn set(&self, value: f64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+    }
+
+    pub fn get(&self) -> Option<f64> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl EncodeMetric for OptionalGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self.get() {
+            Some(value) => encoder.encode_gauge(&value),
+            None => Ok(()),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
 
 /// Implements `EncodeLabelValue` for a closed enum through its `as_str`.
 macro_rules! label_value_via_as_str {
@@ -556,15 +588,15 @@ impl GapMetrics {
 /// The Redshift maintenance window.
 #[derive(Debug, Clone)]
 pub struct MaintenanceMetrics {
-    pub next_start: FloatGauge,
-    pub active: Gauge,
+    pub next_start: OptionalGauge,
+    pub active: OptionalGauge,
 }
 
 impl MaintenanceMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
-            next_start: FloatGauge::default(),
-            active: Gauge::default(),
+            next_start: OptionalGauge::default(),
+            active: OptionalGauge::default(),
         };
         registry.register_with_unit(
             REDSHIFT_MAINTENANCE_NEXT_START,

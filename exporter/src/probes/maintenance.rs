@@ -42,12 +42,18 @@ impl WindowSource {
 /// The maintenance probe.
 pub struct MaintenanceProbe {
     source: WindowSource,
+    /// The last window read: the countdown keeps going while `DescribeClusters` fails.
+    last_window: Option<MaintenanceWindow>,
     metrics: MaintenanceMetrics,
 }
 
 impl MaintenanceProbe {
     pub fn new(source: WindowSource, metrics: MaintenanceMetrics) -> Self {
-        Self { source, metrics }
+        Self {
+            source,
+            last_window: None,
+            metrics,
+        }
     }
 
     async fn window(&self) -> Result<MaintenanceWindow, ProbeError> {
@@ -86,14 +92,23 @@ impl Probe for MaintenanceProbe {
     }
 
     async fn refresh(&mut self) -> Result<(), ProbeError> {
-        let window = self.window().await?;
-        let now = chrono::Utc::now();
-        self.metrics
-            .next_start
-            .set(maintenance::seconds_until_next_start(&window, now) as f64);
-        self.metrics
-            .active
-            .set(i64::from(maintenance::is_active(&window, now)));
-        Ok(())
+        let read = self.window().await;
+        if let Ok(window) = &read {
+            self.last_window = Some(*window);
+        }
+        if let Some(window) = &self.last_window {
+            let now = chrono::Utc::now();
+            self.metrics
+                .next_start
+                .set(maintenance::seconds_until_next_start(window, now) as f64);
+            self.metrics
+                .active
+                .set(if maintenance::is_active(window, now) {
+                    1.0
+                } else {
+                    0.0
+                });
+        }
+        read.map(|_| ())
     }
 }
