@@ -1,17 +1,32 @@
 //! dmsguard-exporter: observes a DMS pipeline and exports what it sees as Prometheus metrics.
 
+pub mod metrics;
+pub mod probes;
+
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::Config;
 use dmsguard_pipeline::service::{self, LogFormat};
 use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+
+use crate::metrics::{Metrics, ProbeName};
+use crate::probes::cloudwatch::CloudWatchProbe;
+use crate::probes::dms::DmsProbe;
+use crate::probes::gaps::GapsProbe;
+use crate::probes::maintenance::{MaintenanceProbe, WindowSource};
+use crate::probes::redshift_statements::RedshiftStatementsProbe;
+use crate::probes::StatusBoard;
 
 /// Command line of `dmsguard-exporter`.
 #[derive(Debug, clap::Parser)]
@@ -28,28 +43,41 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-/// The built exporter: bound listener and shared state.
+/// The built exporter: bound listener, metrics, and the probes' clients.
 pub struct Exporter {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    config: Arc<Config>,
+    aws: AwsClients,
+    metrics: Metrics,
     state: Arc<AppState>,
 }
 
 struct AppState {
     registry: Registry,
+    board: Arc<StatusBoard>,
 }
 
 impl Exporter {
-    /// Binds the listen address from the config (port 0 picks a free port).
+    /// Registers the metrics, builds the AWS clients and binds the listen address from the
+    /// config (port 0 picks a free port). Probes start with [`Exporter::run_until`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (listener, addr) = service::bind(config.exporter.listen)
             .await
             .with_context(|| format!("binding {}", config.exporter.listen))?;
-        let registry = Registry::with_prefix("dmsguard");
+        let mut registry = Registry::with_prefix(metrics::PREFIX);
+        let metrics = Metrics::register(&mut registry);
+        let aws = AwsClients::new(&config.aws).await;
         Ok(Self {
             listener,
             addr,
-            state: Arc::new(AppState { registry }),
+            config: Arc::new(config),
+            aws,
+            metrics,
+            state: Arc::new(AppState {
+                registry,
+                board: Arc::new(StatusBoard::default()),
+            }),
         })
     }
 
@@ -58,26 +86,111 @@ impl Exporter {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Starts every enabled probe in the background.
+    fn start_probes(&self) -> anyhow::Result<Vec<JoinHandle<()>>> {
+        let c = &self.config;
+        let e = &c.exporter;
+        let board = &self.state.board;
+        let probe_metrics = || self.metrics.probes.clone();
+        let mut handles = Vec::new();
+        let off = |name: ProbeName, reason: &str| {
+            tracing::info!(probe = %name, reason, "Probe not started.");
+            board.disabled(name, reason);
+        };
+        if e.redshift_statements.enabled {
+            let probe = RedshiftStatementsProbe::new(c.clone(), self.metrics.statements.clone());
+            handles.push(probes::spawn(
+                probe,
+                &e.redshift_statements,
+                probe_metrics(),
+                board.clone(),
+            ));
+        } else {
+            off(ProbeName::RedshiftStatements, "disabled in config");
+        }
+        if !e.cloudwatch.enabled {
+            off(ProbeName::Cloudwatch, "disabled in config");
+        } else if c.tasks.is_empty() {
+            off(ProbeName::Cloudwatch, "no [[tasks]] configured");
+        } else {
+            let probe = CloudWatchProbe::new(
+                c.clone(),
+                self.aws.cloudwatch.clone(),
+                self.aws.dms.clone(),
+                self.metrics.cloudwatch.clone(),
+            );
+            handles.push(probes::spawn(
+                probe,
+                &e.cloudwatch,
+                probe_metrics(),
+                board.clone(),
+            ));
+        }
+        if !e.dms.enabled {
+            off(ProbeName::Dms, "disabled in config");
+        } else if c.tasks.is_empty() {
+            off(ProbeName::Dms, "no [[tasks]] configured");
+        } else {
+            let probe = DmsProbe::new(c.clone(), self.aws.dms.clone(), self.metrics.dms.clone());
+            handles.push(probes::spawn(probe, &e.dms, probe_metrics(), board.clone()));
+        }
+        if !e.gaps.enabled {
+            off(ProbeName::Gaps, "disabled in config");
+        } else if c.tables.is_empty() {
+            off(ProbeName::Gaps, "no [[tables]] configured");
+        } else {
+            let probe = GapsProbe::new(c.clone(), self.metrics.gaps.clone())
+                .context("configuring the gaps probe")?;
+            handles.push(probes::spawn(
+                probe,
+                &e.gaps,
+                probe_metrics(),
+                board.clone(),
+            ));
+        }
+        match WindowSource::from_config(c, &self.aws.redshift) {
+            _ if !e.maintenance.enabled => off(ProbeName::Maintenance, "disabled in config"),
+            None => off(
+                ProbeName::Maintenance,
+                "neither redshift.maintenance_window nor redshift.cluster_identifier is set",
+            ),
+            Some(source) => {
+                let probe = MaintenanceProbe::new(source, self.metrics.maintenance.clone());
+                handles.push(probes::spawn(
+                    probe,
+                    &e.maintenance,
+                    probe_metrics(),
+                    board.clone(),
+                ));
+            }
+        }
+        Ok(handles)
+    }
+
+    /// Starts the probes and serves `/metrics`, `/` and `/healthz` until `shutdown` resolves.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.addr, "Exporter listening.");
+        let handles = self.start_probes()?;
+        tracing::info!(addr = %self.addr, probes = handles.len(), "Exporter listening.");
         let router = Router::new()
             .route("/metrics", get(metrics))
+            .route("/", get(landing))
             .route("/healthz", get(|| async { "ok\n" }))
             .with_state(self.state);
-        service::serve(self.listener, router, shutdown)
+        let served = service::serve(self.listener, router, shutdown)
             .await
-            .context("serving HTTP")
+            .context("serving HTTP");
+        for handle in handles {
+            handle.abort();
+        }
+        served
     }
 }
 
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-) -> axum::response::Response {
-    let mut body = String::new();
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut body = String::with_capacity(64 * 1024);
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
             [(header::CONTENT_TYPE, service::OPENMETRICS_CONTENT_TYPE)],
@@ -86,11 +199,61 @@ async fn metrics(
             .into_response(),
         Err(error) => {
             tracing::error!(%error, "Encoding metrics failed.");
-            (
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding failed\n",
-            )
-                .into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response()
         }
     }
+}
+
+/// The landing page: every probe with its last result, duration and error.
+async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
+    let mut page = String::from(
+        "<!doctype html><html><head><title>dmsguard-exporter</title></head><body>\
+         <h1>dmsguard-exporter</h1><p><a href=\"/metrics\">/metrics</a> · \
+         <a href=\"/healthz\">/healthz</a></p><table border=\"1\" cellpadding=\"4\">\
+         <tr><th>probe</th><th>state</th><th>interval</th><th>runs</th><th>last run (UTC)</th>\
+         <th>duration</th><th>last success (UTC)</th><th>error</th></tr>",
+    );
+    for (name, s) in state.board.snapshot() {
+        let result = match (s.enabled, s.last_ok) {
+            (false, _) => "off",
+            (true, None) => "pending",
+            (true, Some(true)) => "ok",
+            (true, Some(false)) => "failing",
+        };
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or_else(
+                || "-".to_owned(),
+                |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+            )
+        };
+        let _ = write!(
+            page,
+            "<tr><td>{name}</td><td>{result}</td><td>{interval}</td><td>{runs}</td>\
+             <td>{last}</td><td>{took}</td><td>{success}</td><td>{error}</td></tr>",
+            interval = humantime::format_duration(s.interval),
+            runs = s.runs,
+            last = time(s.last_run),
+            took = s
+                .last_duration
+                .map_or_else(|| "-".to_owned(), |d| format!("{:.3} s", d.as_secs_f64())),
+            success = time(s.last_success),
+            error = escape_html(s.last_error.as_deref().unwrap_or("")),
+        );
+    }
+    page.push_str("</table></body></html>\n");
+    Html(page)
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
 }

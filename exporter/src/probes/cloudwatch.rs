@@ -1,0 +1,303 @@
+//! Reads instance memory and task CDC metrics from CloudWatch with one batched GetMetricData
+//! per refresh, and exports each latest value with its datapoint's age.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy};
+use dmsguard_pipeline::config::Config;
+
+use super::dms::{describe_tasks, resource_id};
+use super::{Probe, ProbeError};
+use crate::metrics::{
+    CloudWatchMetric, CloudWatchMetrics, DatapointLabels, InstanceLabels, ProbeName, TaskLabels,
+};
+
+/// CloudWatch namespace of DMS metrics.
+pub const NAMESPACE: &str = "AWS/DMS";
+/// Dimension naming the replication instance (first, as DMS publishes it).
+pub const INSTANCE_DIMENSION: &str = "ReplicationInstanceIdentifier";
+/// Dimension naming the task by its resource id (the tail of its ARN).
+pub const TASK_DIMENSION: &str = "ReplicationTaskIdentifier";
+/// GetMetricData accepts at most this many queries per request.
+const MAX_QUERIES_PER_REQUEST: usize = 500;
+/// Aggregation period asked for, in seconds (DMS publishes every minute or more often).
+const PERIOD_SECONDS: i32 = 60;
+
+/// What one query of the batch reads.
+#[derive(Debug, Clone)]
+enum Target {
+    Instance {
+        instance: String,
+        metric: CloudWatchMetric,
+    },
+    Task {
+        task: String,
+        metric: CloudWatchMetric,
+    },
+}
+
+impl Target {
+    fn metric(&self) -> CloudWatchMetric {
+        match self {
+            Target::Instance { metric, .. } | Target::Task { metric, .. } => *metric,
+        }
+    }
+
+    fn resource(&self) -> &str {
+        match self {
+            Target::Instance { instance, .. } => instance,
+            Target::Task { task, .. } => task,
+        }
+    }
+}
+
+/// The CloudWatch probe, with its cache of task name -> resource id.
+pub struct CloudWatchProbe {
+    config: Arc<Config>,
+    cloudwatch: aws_sdk_cloudwatch::Client,
+    dms: aws_sdk_databasemigration::Client,
+    resource_ids: HashMap<String, String>,
+    metrics: CloudWatchMetrics,
+}
+
+impl CloudWatchProbe {
+    pub fn new(
+        config: Arc<Config>,
+        cloudwatch: aws_sdk_cloudwatch::Client,
+        dms: aws_sdk_databasemigration::Client,
+        metrics: CloudWatchMetrics,
+    ) -> Self {
+        Self {
+            config,
+            cloudwatch,
+            dms,
+            resource_ids: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Fills the resource id cache for configured tasks not in it yet (one describe call).
+    async fn resolve_task_ids(&mut self) -> Result<(), ProbeError> {
+        if self
+            .config
+            .tasks
+            .iter()
+            .all(|t| self.resource_ids.contains_key(&t.name))
+        {
+            return Ok(());
+        }
+        for task in describe_tasks(&self.dms).await? {
+            if let (Some(name), Some(arn)) = (
+                task.replication_task_identifier(),
+                task.replication_task_arn(),
+            ) {
+                if self.config.task(name).is_some() {
+                    self.resource_ids
+                        .insert(name.to_owned(), resource_id(arn).to_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch: three memory metrics per instance, three CDC metrics per resolved task.
+    fn targets(&self) -> Vec<(Target, Metric)> {
+        let mut instances: Vec<&str> = self
+            .config
+            .tasks
+            .iter()
+            .map(|t| t.replication_instance.as_str())
+            .collect();
+        instances.sort_unstable();
+        instances.dedup();
+        let mut out = Vec::new();
+        for instance in instances {
+            for metric in CloudWatchMetric::INSTANCE {
+                out.push((
+                    Target::Instance {
+                        instance: instance.to_owned(),
+                        metric,
+                    },
+                    cw_metric(metric, vec![dimension(INSTANCE_DIMENSION, instance)]),
+                ));
+            }
+        }
+        for task in &self.config.tasks {
+            let Some(id) = self.resource_ids.get(&task.name) else {
+                continue;
+            };
+            for metric in CloudWatchMetric::TASK {
+                out.push((
+                    Target::Task {
+                        task: task.name.clone(),
+                        metric,
+                    },
+                    cw_metric(
+                        metric,
+                        vec![
+                            dimension(INSTANCE_DIMENSION, &task.replication_instance),
+                            dimension(TASK_DIMENSION, id),
+                        ],
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The latest (timestamp, value) per query id, over every page of the batch.
+    async fn fetch(
+        &self,
+        queries: &[(Target, Metric)],
+    ) -> Result<HashMap<String, (DateTime, f64)>, ProbeError> {
+        let now = SystemTime::now();
+        let start = now - self.config.exporter.cloudwatch_window;
+        let mut latest: HashMap<String, (DateTime, f64)> = HashMap::new();
+        let mut offset = 0;
+        for chunk in queries.chunks(MAX_QUERIES_PER_REQUEST) {
+            let data_queries: Vec<MetricDataQuery> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (_, metric))| {
+                    MetricDataQuery::builder()
+                        .id(query_id(offset + i))
+                        .metric_stat(
+                            MetricStat::builder()
+                                .metric(metric.clone())
+                                .period(PERIOD_SECONDS)
+                                .stat("Average")
+                                .build(),
+                        )
+                        .return_data(true)
+                        .build()
+                })
+                .collect();
+            offset += chunk.len();
+            let mut token: Option<String> = None;
+            loop {
+                let out = self
+                    .cloudwatch
+                    .get_metric_data()
+                    .start_time(DateTime::from(start))
+                    .end_time(DateTime::from(now + Duration::from_secs(60)))
+                    .scan_by(ScanBy::TimestampDescending)
+                    .set_metric_data_queries(Some(data_queries.clone()))
+                    .set_next_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| ProbeError::aws("GetMetricData", e))?;
+                for result in out.metric_data_results() {
+                    let Some(id) = result.id() else { continue };
+                    let newest = result
+                        .timestamps()
+                        .iter()
+                        .zip(result.values())
+                        .max_by_key(|(t, _)| (t.secs(), t.subsec_nanos()));
+                    if let Some((t, v)) = newest {
+                        let entry = latest.entry(id.to_owned()).or_insert((*t, *v));
+                        if (t.secs(), t.subsec_nanos()) > (entry.0.secs(), entry.0.subsec_nanos()) {
+                            *entry = (*t, *v);
+                        }
+                    }
+                }
+                match out.next_token() {
+                    Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(latest)
+    }
+
+    fn export(&self, targets: &[(Target, Metric)], latest: &HashMap<String, (DateTime, f64)>) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        for (i, (target, _)) in targets.iter().enumerate() {
+            let age_labels = DatapointLabels {
+                metric: target.metric(),
+                resource: target.resource().to_owned(),
+            };
+            let point = latest.get(&query_id(i));
+            match target {
+                Target::Instance { instance, metric } => {
+                    let labels = InstanceLabels {
+                        replication_instance: instance.clone(),
+                    };
+                    if let Some(family) = self.metrics.instance_family(*metric) {
+                        match point {
+                            Some((_, v)) => {
+                                family.get_or_create(&labels).set(*v);
+                            }
+                            None => {
+                                family.remove(&labels);
+                            }
+                        }
+                    }
+                }
+                Target::Task { task, metric } => {
+                    let labels = TaskLabels { task: task.clone() };
+                    if let Some(family) = self.metrics.task_family(*metric) {
+                        match point {
+                            Some((_, v)) => {
+                                family.get_or_create(&labels).set(*v);
+                            }
+                            None => {
+                                family.remove(&labels);
+                            }
+                        }
+                    }
+                }
+            }
+            match point {
+                Some((t, _)) => {
+                    let at = t.secs() as f64 + f64::from(t.subsec_nanos()) / 1e9;
+                    self.metrics
+                        .datapoint_age
+                        .get_or_create(&age_labels)
+                        .set((now - at).max(0.0));
+                }
+                None => {
+                    self.metrics.datapoint_age.remove(&age_labels);
+                }
+            }
+        }
+    }
+}
+
+impl Probe for CloudWatchProbe {
+    fn name(&self) -> ProbeName {
+        ProbeName::Cloudwatch
+    }
+
+    async fn refresh(&mut self) -> Result<(), ProbeError> {
+        self.resolve_task_ids().await?;
+        let targets = self.targets();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let latest = self.fetch(&targets).await?;
+        self.export(&targets, &latest);
+        Ok(())
+    }
+}
+
+fn query_id(i: usize) -> String {
+    format!("m{i}")
+}
+
+fn dimension(name: &str, value: &str) -> Dimension {
+    Dimension::builder().name(name).value(value).build()
+}
+
+fn cw_metric(metric: CloudWatchMetric, dimensions: Vec<Dimension>) -> Metric {
+    Metric::builder()
+        .namespace(NAMESPACE)
+        .metric_name(metric.as_str())
+        .set_dimensions(Some(dimensions))
+        .build()
+}

@@ -1,0 +1,192 @@
+//! The `Probe` trait and the scheduler that refreshes each probe in the background.
+//!
+//! Each probe runs in its own task on its own interval with a timeout. Runs never overlap: a
+//! tick that comes while a run is still going is skipped. A failing run sets
+//! `probe_success{probe}` to 0 and is logged once when the probe's state changes, not on every
+//! tick; the other probes are unaffected.
+
+pub mod cloudwatch;
+pub mod dms;
+pub mod gaps;
+pub mod maintenance;
+pub mod redshift_statements;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use dmsguard_pipeline::config::ProbeSchedule;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::metrics::{ProbeLabels, ProbeMetrics, ProbeName};
+
+/// Why one refresh of a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Connect(#[from] dmsguard_pipeline::db::ConnectError),
+    #[error("query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
+    #[error("AWS {call} failed: {message}")]
+    Aws { call: &'static str, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("refresh timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl ProbeError {
+    /// An AWS SDK error with its full cause chain (the SDK's `Display` alone says "service error").
+    pub fn aws<E: std::error::Error>(call: &'static str, error: E) -> Self {
+        ProbeError::Aws {
+            call,
+            message: aws_sdk_cloudwatch::error::DisplayErrorContext(error).to_string(),
+        }
+    }
+}
+
+/// One source of truth, refreshed in the background.
+pub trait Probe: Send + 'static {
+    /// The `probe` label.
+    fn name(&self) -> ProbeName;
+
+    /// Reads the source and updates this probe's metrics. Must leave the metrics consistent if
+    /// cancelled at an await point (a timeout drops the future).
+    fn refresh(&mut self) -> impl Future<Output = Result<(), ProbeError>> + Send;
+}
+
+/// What the landing page shows about a probe.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeStatus {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub runs: u64,
+    pub last_run: Option<DateTime<Utc>>,
+    pub last_duration: Option<Duration>,
+    /// `None` before the first run.
+    pub last_ok: Option<bool>,
+    pub last_error: Option<String>,
+    pub last_success: Option<DateTime<Utc>>,
+}
+
+/// The status of every probe, shared between the schedulers and the landing page.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    probes: Mutex<Vec<(ProbeName, ProbeStatus)>>,
+}
+
+impl StatusBoard {
+    fn update(&self, name: ProbeName, f: impl FnOnce(&mut ProbeStatus)) {
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        match probes.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, status)) => f(status),
+            None => {
+                let mut status = ProbeStatus::default();
+                f(&mut status);
+                probes.push((name, status));
+                probes.sort_by_key(|(n, _)| *n);
+            }
+        }
+    }
+
+    /// A copy of every probe's status, in probe order.
+    pub fn snapshot(&self) -> Vec<(ProbeName, ProbeStatus)> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records a probe that is configured off (or has nothing to watch).
+    pub fn disabled(&self, name: ProbeName, reason: &str) {
+        self.update(name, |s| {
+            s.enabled = false;
+            s.last_error = Some(reason.to_owned());
+        });
+    }
+}
+
+/// Starts `probe` in the background on `schedule`.
+pub fn spawn<P: Probe>(
+    mut probe: P,
+    schedule: &ProbeSchedule,
+    metrics: ProbeMetrics,
+    board: Arc<StatusBoard>,
+) -> JoinHandle<()> {
+    let name = probe.name();
+    let interval = schedule.interval;
+    let timeout = schedule.timeout;
+    board.update(name, |s| {
+        s.enabled = true;
+        s.interval = interval;
+    });
+    let labels = ProbeLabels { probe: name };
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        // A run longer than the interval makes the next ticks late: skip them, never queue.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut was_ok: Option<bool> = None;
+        loop {
+            ticks.tick().await;
+            let started = Instant::now();
+            let result = match tokio::time::timeout(timeout, probe.refresh()).await {
+                Ok(result) => result,
+                Err(_) => Err(ProbeError::Timeout(timeout)),
+            };
+            let took = started.elapsed();
+            let now = SystemTime::now();
+            metrics
+                .duration
+                .get_or_create(&labels)
+                .set(took.as_secs_f64());
+            let ok = result.is_ok();
+            metrics.success.get_or_create(&labels).set(i64::from(ok));
+            if ok {
+                let unix = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                metrics.last_success.get_or_create(&labels).set(unix);
+            }
+            match (&result, was_ok) {
+                (Err(error), Some(true) | None) => {
+                    tracing::warn!(probe = %name, %error, "Probe failing.");
+                }
+                (Ok(()), Some(false)) => {
+                    tracing::info!(probe = %name, "Probe recovered.");
+                }
+                (Ok(()), None) => {
+                    tracing::debug!(probe = %name, took_ms = took.as_millis() as u64, "Probe first refresh succeeded.");
+                }
+                _ => {}
+            }
+            was_ok = Some(ok);
+            let at: DateTime<Utc> = now.into();
+            board.update(name, |s| {
+                s.runs += 1;
+                s.last_run = Some(at);
+                s.last_duration = Some(took);
+                s.last_ok = Some(ok);
+                match &result {
+                    Ok(()) => {
+                        s.last_error = None;
+                        s.last_success = Some(at);
+                    }
+                    Err(e) => s.last_error = Some(e.to_string()),
+                }
+            });
+        }
+    })
+}
+
+/// The `table` label of a Redshift target table: the configured source name when the table
+/// is configured, else the target name itself.
+pub fn table_label(config: &dmsguard_pipeline::config::Config, target: &str) -> String {
+    config
+        .table(target)
+        .map_or_else(|| target.to_owned(), |t| t.source.clone())
+}

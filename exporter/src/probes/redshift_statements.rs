@@ -1,0 +1,236 @@
+//! Counts DMS statements on Redshift by table and kind, and rolled-back DMS UPDATEs, reading
+//! the system views incrementally; also counts new rows in `awsdms_apply_exceptions`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::NaiveDateTime;
+use dmsguard_pipeline::config::{Config, DatabaseConfig, QualifiedName};
+use dmsguard_pipeline::system_views::{self, Cursor, DmsQuery, Outcome, StatementReader};
+use tokio_postgres::Client;
+
+use super::{table_label, Probe, ProbeError};
+use crate::metrics::{ProbeName, StatementKind, StatementMetrics, TableKindLabels, TableLabels};
+
+/// Pages read per refresh at most; the rest waits for the next refresh.
+const MAX_PAGES_PER_REFRESH: usize = 20;
+
+/// The statements probe and what it remembers between refreshes.
+pub struct RedshiftStatementsProbe {
+    config: Arc<Config>,
+    database: DatabaseConfig,
+    client: Option<Client>,
+    reader: StatementReader,
+    lookback: chrono::Duration,
+    /// Where the next statement read continues; `None` before the first run.
+    cursor: Option<Cursor>,
+    /// Apply exceptions are read from this error time on (inclusive) ...
+    exceptions_since: Option<NaiveDateTime>,
+    /// ... minus the rows already counted at exactly that time, by table.
+    exceptions_counted_at_since: HashMap<String, i64>,
+    metrics: StatementMetrics,
+}
+
+impl RedshiftStatementsProbe {
+    pub fn new(config: Arc<Config>, metrics: StatementMetrics) -> Self {
+        let reader = StatementReader::new(
+            config.redshift.system_views,
+            config.redshift.dms_comment_like.clone(),
+        );
+        Self {
+            database: config.redshift.database(),
+            lookback: chrono::Duration::from_std(config.exporter.statements_lookback)
+                .unwrap_or(chrono::Duration::hours(1)),
+            config,
+            client: None,
+            reader,
+            cursor: None,
+            exceptions_since: None,
+            exceptions_counted_at_since: HashMap::new(),
+            metrics,
+        }
+    }
+
+    async fn client(&mut self) -> Result<&Client, ProbeError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(dmsguard_pipeline::db::connect(&self.database).await?);
+        }
+        Ok(self.client.as_ref().expect("connected above"))
+    }
+
+    async fn refresh_inner(&mut self) -> Result<(), ProbeError> {
+        let now = chrono::Utc::now().naive_utc();
+        let start = now - self.lookback;
+        let reader = self.reader.clone();
+        for _ in 0..MAX_PAGES_PER_REFRESH {
+            let cursor = self.cursor.unwrap_or(Cursor::Since(start));
+            let page = reader.read(self.client().await?, cursor, now).await?;
+            // Counting and moving the cursor happen together, with no await in between: a
+            // cancelled refresh neither loses nor double-counts a statement.
+            for query in &page.queries {
+                self.count(query);
+            }
+            self.cursor = Some(page.next);
+            if !page.full || page.next == cursor {
+                break;
+            }
+        }
+        let since = self.exceptions_since.unwrap_or(start);
+        let rows = system_views::read_apply_exceptions(self.client().await?, since).await?;
+        let newest = rows.iter().map(|r| r.error_time).max();
+        for row in &rows {
+            let counted = if row.error_time == since {
+                self.exceptions_counted_at_since
+                    .get(&row.table)
+                    .copied()
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            let new = u64::try_from(row.rows - counted).unwrap_or(0);
+            if new > 0 {
+                self.metrics
+                    .apply_exceptions
+                    .get_or_create(&TableLabels {
+                        table: table_label(&self.config, &row.table),
+                    })
+                    .inc_by(new);
+            }
+        }
+        match newest {
+            Some(t) => {
+                self.exceptions_counted_at_since = rows
+                    .iter()
+                    .filter(|r| r.error_time == t)
+                    .map(|r| (r.table.clone(), r.rows))
+                    .collect();
+                self.exceptions_since = Some(t);
+            }
+            None => self.exceptions_since = Some(since),
+        }
+        Ok(())
+    }
+
+    fn count(&self, query: &DmsQuery) {
+        let (kind, target) = match classify(&query.text) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                tracing::debug!(query_id = query.query_id, %reason, "DMS statement not parsed.");
+                self.metrics.unparsed.inc();
+                return;
+            }
+        };
+        // DMS's own tables (the intermediate awsdms_changes*, the exceptions table) are not
+        // replicated tables.
+        if target.table.starts_with("awsdms_") {
+            return;
+        }
+        let table = table_label(&self.config, &target.to_string());
+        self.metrics
+            .statements
+            .get_or_create(&TableKindLabels {
+                table: table.clone(),
+                kind,
+            })
+            .inc();
+        if kind == StatementKind::Update && query.outcome == Outcome::RolledBack {
+            self.metrics
+                .rolled_back_updates
+                .get_or_create(&TableLabels { table })
+                .inc();
+        }
+    }
+}
+
+impl Probe for RedshiftStatementsProbe {
+    fn name(&self) -> ProbeName {
+        ProbeName::RedshiftStatements
+    }
+
+    async fn refresh(&mut self) -> Result<(), ProbeError> {
+        let result = self.refresh_inner().await;
+        if result.is_err() {
+            // The session may be broken; reconnect on the next refresh.
+            self.client = None;
+        }
+        result
+    }
+}
+
+/// Kind and target table of a DMS statement.
+fn classify(sql: &str) -> Result<(StatementKind, QualifiedName), String> {
+    use sqlparser::ast::{FromTable, ObjectName, Statement, TableFactor, TableObject};
+    use sqlparser::dialect::RedshiftSqlDialect;
+    use sqlparser::parser::Parser;
+
+    fn name(o: &ObjectName) -> Option<QualifiedName> {
+        let parts: Vec<&str> =
+            o.0.iter()
+                .map(|p| p.as_ident().map(|i| i.value.as_str()))
+                .collect::<Option<_>>()?;
+        match parts[..] {
+            [schema, table] => Some(QualifiedName {
+                schema: schema.to_owned(),
+                table: table.to_owned(),
+            }),
+            [table] => Some(QualifiedName {
+                schema: "public".to_owned(),
+                table: table.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+    fn factor(f: &TableFactor) -> Option<QualifiedName> {
+        match f {
+            TableFactor::Table { name: n, .. } => name(n),
+            _ => None,
+        }
+    }
+
+    let statements =
+        Parser::parse_sql(&RedshiftSqlDialect {}, sql).map_err(|e| format!("not SQL: {e}"))?;
+    let [statement] = &statements[..] else {
+        return Err(format!("{} statements, expected one", statements.len()));
+    };
+    let parsed = match statement {
+        Statement::Insert(insert) => match &insert.table {
+            TableObject::TableName(n) => name(n).map(|t| (StatementKind::Insert, t)),
+            _ => None,
+        },
+        Statement::Update(update) => {
+            factor(&update.table.relation).map(|t| (StatementKind::Update, t))
+        }
+        Statement::Delete(delete) => {
+            let from = match &delete.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t.first(),
+            };
+            from.and_then(|t| factor(&t.relation))
+                .map(|t| (StatementKind::Delete, t))
+        }
+        _ => None,
+    };
+    parsed.ok_or_else(|| "not an INSERT, UPDATE or DELETE on a named table".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_lab_shapes() {
+        let c = "/* Applied by AWS DMS 3.5.3 */ ";
+        let cases = [
+            (format!("{c}INSERT INTO \"public\".\"orders\" (\"id\",\"status\") SELECT CAST(changes.\"seg1\" AS bigint), CAST(changes.\"c2\" AS varchar(20)) FROM \"public\".\"awsdms_changes1a2b3c4d\" changes WHERE changes.\"tbl\" = 'public.orders' AND changes.\"op\" = 'I' AND changes.\"seq\" >= 1 AND changes.\"seq\" <= 250"), StatementKind::Insert),
+            (format!("{c}DELETE FROM \"public\".\"orders\" USING \"public\".\"awsdms_changes1a2b3c4d\" changes WHERE \"public\".\"orders\".\"id\" = CAST(changes.\"seg1\" AS bigint) AND changes.\"tbl\" = 'public.orders' AND changes.\"op\" = 'D' AND changes.\"seq\" >= 251 AND changes.\"seq\" <= 300"), StatementKind::Delete),
+            (format!("{c}UPDATE \"public\".\"orders\" SET \"status\" = CAST(changes.\"c2\" AS varchar(20)) FROM \"public\".\"awsdms_changes1a2b3c4d\" changes WHERE \"public\".\"orders\".\"id\" = CAST(changes.\"seg1\" AS bigint) AND changes.\"tbl\" = 'public.orders' AND changes.\"op\" = 'U' AND changes.\"seq\" >= 301 AND changes.\"seq\" <= 420"), StatementKind::Update),
+            (format!("{c}UPDATE \"public\".\"orders\" SET \"status\" = 'x' WHERE \"id\" = 7"), StatementKind::Update),
+        ];
+        for (sql, kind) in cases {
+            let (k, t) = classify(&sql).unwrap();
+            assert_eq!(k, kind, "{sql}");
+            assert_eq!(t.to_string(), "public.orders");
+        }
+        assert!(classify("/* Applied by AWS DMS */ SELECT 1").is_err());
+        assert!(classify("UPDATE orders SET").is_err());
+    }
+}

@@ -1,0 +1,694 @@
+//! The exporter against the real lab: PostgreSQL stand-ins, per-test moto, a real Prometheus.
+//! Each test injects a fault the way the DMS simulator does and checks the exported metric.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_databasemigration::types::StartReplicationTaskTypeValue;
+use dmsguard_lab::harness::{self, eventually, Moto, Prometheus, TestDatabases};
+use dmsguard_pipeline::aws::AwsClients;
+use dmsguard_pipeline::config::{Config, SystemViews, TableConfig, TaskConfig};
+use support::*;
+
+const STATEMENTS: &str = "dmsguard_redshift_dms_statements_total";
+const ROLLED_BACK: &str = "dmsguard_redshift_dms_rolled_back_updates_total";
+
+/// A config with only the probes named in `on` enabled.
+fn only(mut config: Config, on: &[&str]) -> Config {
+    let e = &mut config.exporter;
+    e.redshift_statements.enabled = on.contains(&"redshift_statements");
+    e.cloudwatch.enabled = on.contains(&"cloudwatch");
+    e.dms.enabled = on.contains(&"dms");
+    e.gaps.enabled = on.contains(&"gaps");
+    e.maintenance.enabled = on.contains(&"maintenance");
+    config
+}
+
+fn task(name: &str, instance: &str) -> TaskConfig {
+    TaskConfig {
+        name: name.to_owned(),
+        replication_instance: instance.to_owned(),
+    }
+}
+
+/// Waits until the probe has finished a successful run that started after this call.
+async fn wait_for_fresh_run(addr: std::net::SocketAddr, probe: &str) -> anyhow::Result<()> {
+    let after = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs_f64();
+    eventually(&format!("a fresh {probe} run"), DEADLINE, || async {
+        let s = scrape(addr).await?;
+        let last = value(
+            &s,
+            "dmsguard_probe_last_success_timestamp_seconds",
+            &[("probe", probe)],
+        );
+        let took = value(&s, "dmsguard_probe_duration_seconds", &[("probe", probe)]);
+        Ok(match (last, took) {
+            (Some(last), Some(took)) if last - took > after => Some(()),
+            _ => None,
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sys_statements_count_by_table_and_kind_and_rolled_back_updates_rise() -> anyhow::Result<()>
+{
+    let dbs = TestDatabases::create("exp_sys").await?;
+    let rs = dbs.redshift_client().await?;
+    record_sys(
+        &rs,
+        &bulk_statement("insert", "public.orders", (1, 250)),
+        Recorded::Committed,
+    )
+    .await?;
+    record_sys(
+        &rs,
+        &bulk_statement("delete", "public.orders", (251, 300)),
+        Recorded::Committed,
+    )
+    .await?;
+    // Not a DMS statement: no comment.
+    rs.batch_execute(
+        "INSERT INTO sys_query_history (query_id, transaction_id, status, start_time, end_time, query_text) \
+         VALUES (nextval('lab_query_id_seq'), 1, 'success', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', \
+         'UPDATE public.orders SET status = ''x''')",
+    )
+    .await?;
+    let exporter = spawn_exporter(only(config(&dbs, None, ""), &["redshift_statements"])).await?;
+    let addr = exporter.addr;
+    let orders = |kind| [("table", "public.orders"), ("kind", kind)];
+    wait_for_value(addr, STATEMENTS, &orders("insert"), 1.0).await?;
+    wait_for_value(addr, STATEMENTS, &orders("delete"), 1.0).await?;
+    let s = scrape(addr).await?;
+    assert_eq!(
+        value(&s, STATEMENTS, &orders("update")),
+        None,
+        "the uncommented UPDATE is not DMS's"
+    );
+    assert_eq!(value(&s, ROLLED_BACK, &[("table", "public.orders")]), None);
+
+    // One-by-one: the bulk UPDATE rolls back, then DMS applies the batch row by row.
+    record_sys(
+        &rs,
+        &bulk_statement("update", "public.orders", (301, 420)),
+        Recorded::RolledBack,
+    )
+    .await?;
+    for id in [7, 8, 9] {
+        let one = format!("{DMS_COMMENT}UPDATE \"public\".\"orders\" SET \"status\" = 'shipped' WHERE \"id\" = {id}");
+        record_sys(&rs, &one, Recorded::Committed).await?;
+    }
+    wait_for_value(addr, ROLLED_BACK, &[("table", "public.orders")], 1.0).await?;
+    wait_for_value(addr, STATEMENTS, &orders("update"), 4.0).await?;
+
+    // A wide UPDATE is cut at 4000 characters in the history; its table comes from the full
+    // text reassembled from SYS_QUERY_TEXT.
+    let wide = wide_update("public.wide_events", 130);
+    assert!(wide.len() > 8000, "spans three pieces");
+    record_sys(&rs, &wide, Recorded::RolledBack).await?;
+    wait_for_value(addr, ROLLED_BACK, &[("table", "public.wide_events")], 1.0).await?;
+
+    // A statement still running holds the cursor: the later, committed one waits for it, and
+    // neither is lost or counted twice once it ends.
+    let running = record_sys(
+        &rs,
+        &bulk_statement("insert", "public.orders", (421, 500)),
+        Recorded::Running,
+    )
+    .await?;
+    record_sys(
+        &rs,
+        &bulk_statement("insert", "public.orders", (501, 600)),
+        Recorded::Committed,
+    )
+    .await?;
+    wait_for_fresh_run(addr, "redshift_statements").await?;
+    assert_eq!(
+        value(&scrape(addr).await?, STATEMENTS, &orders("insert")),
+        Some(1.0)
+    );
+    settle_sys(&rs, running, Recorded::Committed).await?;
+    wait_for_value(addr, STATEMENTS, &orders("insert"), 3.0).await?;
+    wait_for_fresh_run(addr, "redshift_statements").await?;
+    assert_eq!(
+        value(&scrape(addr).await?, STATEMENTS, &orders("insert")),
+        Some(3.0)
+    );
+
+    // Bad input: a statement with the DMS comment that does not parse gets a metric.
+    record_sys(
+        &rs,
+        &format!("{DMS_COMMENT}VACUUM DELETE ONLY"),
+        Recorded::Committed,
+    )
+    .await?;
+    wait_for_value(
+        addr,
+        "dmsguard_redshift_dms_statements_unparsed_total",
+        &[],
+        1.0,
+    )
+    .await?;
+
+    // Apply exceptions: two rows, then a third with the same error time as the second.
+    let t0 = utc_now();
+    for t in [t0, t0] {
+        rs.execute(
+            "INSERT INTO awsdms_apply_exceptions VALUES ('orders-cdc', 'public', 'orders', $1, 'UPDATE ...', 'error')",
+            &[&t],
+        )
+        .await?;
+    }
+    let exceptions = [("table", "public.orders")];
+    wait_for_value(
+        addr,
+        "dmsguard_redshift_apply_exceptions_total",
+        &exceptions,
+        2.0,
+    )
+    .await?;
+    rs.execute(
+        "INSERT INTO awsdms_apply_exceptions VALUES ('orders-cdc', 'public', 'orders', $1, 'DELETE ...', 'error')",
+        &[&t0],
+    )
+    .await?;
+    wait_for_value(
+        addr,
+        "dmsguard_redshift_apply_exceptions_total",
+        &exceptions,
+        3.0,
+    )
+    .await?;
+    drop(exporter);
+    drop(rs);
+    dbs.drop().await
+}
+
+#[tokio::test]
+async fn stl_statements_are_read_from_stl_query_and_querytext() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_stl").await?;
+    let rs = dbs.redshift_client().await?;
+    let mut config = only(config(&dbs, None, ""), &["redshift_statements"]);
+    config.redshift.system_views = SystemViews::Stl;
+    // The configured target maps back to the source name as the `table` label.
+    config.tables.push(TableConfig {
+        source: "src.orders".to_owned(),
+        target: Some("public.orders".to_owned()),
+        id_column: "id".to_owned(),
+        day_column: None,
+        task: None,
+    });
+    record_stl(
+        &rs,
+        &bulk_statement("insert", "public.orders", (1, 10)),
+        false,
+    )
+    .await?;
+    // The SYS family is not read when STL is configured.
+    record_sys(
+        &rs,
+        &bulk_statement("delete", "public.orders", (11, 12)),
+        Recorded::Committed,
+    )
+    .await?;
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    wait_for_value(
+        addr,
+        STATEMENTS,
+        &[("table", "src.orders"), ("kind", "insert")],
+        1.0,
+    )
+    .await?;
+    let wide = wide_update("public.orders", 30);
+    assert!(wide.len() > 1000);
+    record_stl(&rs, &wide, true).await?;
+    wait_for_value(addr, ROLLED_BACK, &[("table", "src.orders")], 1.0).await?;
+    wait_for_value(
+        addr,
+        STATEMENTS,
+        &[("table", "src.orders"), ("kind", "update")],
+        1.0,
+    )
+    .await?;
+    let s = scrape(addr).await?;
+    assert_eq!(value(&s, STATEMENTS, &[("kind", "delete")]), None);
+    drop(exporter);
+    drop(rs);
+    dbs.drop().await
+}
+
+#[tokio::test]
+async fn memory_and_latency_gauges_follow_cloudwatch_datapoints() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_cw").await?;
+    let moto = Moto::spawn().await?;
+    let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
+    let arn = create_task(&aws, "dms-inst-1", "orders-cdc").await?;
+    let resource_id = arn.rsplit(':').next().unwrap_or_default().to_owned();
+    let now = SystemTime::now();
+    put_datapoint(
+        &aws,
+        "FreeableMemory",
+        "dms-inst-1",
+        None,
+        3.0e9,
+        now - Duration::from_secs(240),
+    )
+    .await?;
+    put_datapoint(
+        &aws,
+        "CDCLatencyTarget",
+        "dms-inst-1",
+        Some(&resource_id),
+        42.0,
+        now - Duration::from_secs(30),
+    )
+    .await?;
+    let mut config = only(config(&dbs, Some(&moto.url()), ""), &["cloudwatch"]);
+    config.tasks.push(task("orders-cdc", "dms-inst-1"));
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    let instance = [("replication_instance", "dms-inst-1")];
+    wait_for_value(
+        addr,
+        "dmsguard_dms_instance_freeable_memory_bytes",
+        &instance,
+        3.0e9,
+    )
+    .await?;
+    wait_for_value(
+        addr,
+        "dmsguard_dms_task_cdc_latency_target_seconds",
+        &[("task", "orders-cdc")],
+        42.0,
+    )
+    .await?;
+
+    // The leak: a newer, lower datapoint replaces the value.
+    put_datapoint(
+        &aws,
+        "FreeableMemory",
+        "dms-inst-1",
+        None,
+        1.0e9,
+        SystemTime::now(),
+    )
+    .await?;
+    wait_for_value(
+        addr,
+        "dmsguard_dms_instance_freeable_memory_bytes",
+        &instance,
+        1.0e9,
+    )
+    .await?;
+    let s = scrape(addr).await?;
+    let age = value(
+        &s,
+        "dmsguard_cloudwatch_datapoint_age_seconds",
+        &[("metric", "FreeableMemory"), ("resource", "dms-inst-1")],
+    )
+    .expect("age exported");
+    assert!((0.0..120.0).contains(&age), "age {age}");
+    let latency_age = value(
+        &s,
+        "dmsguard_cloudwatch_datapoint_age_seconds",
+        &[("metric", "CDCLatencyTarget"), ("resource", "orders-cdc")],
+    )
+    .expect("task age exported");
+    assert!(
+        (25.0..150.0).contains(&latency_age),
+        "latency age {latency_age}"
+    );
+    // No datapoint, no series.
+    assert_eq!(
+        value(&s, "dmsguard_dms_instance_swap_usage_bytes", &instance),
+        None
+    );
+    assert_eq!(
+        value(&s, "dmsguard_probe_success", &[("probe", "cloudwatch")]),
+        Some(1.0)
+    );
+    drop(exporter);
+    dbs.drop().await
+}
+
+#[tokio::test]
+async fn task_status_state_set_flips_when_the_task_stops() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_dms").await?;
+    let moto = Moto::spawn().await?;
+    let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
+    let arn = create_task(&aws, "dms-inst-1", "orders-cdc").await?;
+    aws.dms
+        .start_replication_task()
+        .replication_task_arn(&arn)
+        .start_replication_task_type(StartReplicationTaskTypeValue::StartReplication)
+        .send()
+        .await?;
+    let mut config = only(config(&dbs, Some(&moto.url()), ""), &["dms"]);
+    config.tasks.push(task("orders-cdc", "dms-inst-1"));
+    config.tasks.push(task("not-in-dms", "dms-inst-1"));
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    let status = |s| [("task", "orders-cdc"), ("status", s)];
+    wait_for_value(addr, "dmsguard_dms_task_status", &status("running"), 1.0).await?;
+    let s = scrape(addr).await?;
+    assert_eq!(
+        value(&s, "dmsguard_dms_task_status", &status("stopped")),
+        Some(0.0)
+    );
+    assert!(value(
+        &s,
+        "dmsguard_dms_task_start_time_seconds",
+        &[("task", "orders-cdc")]
+    )
+    .is_some());
+    // A configured task DMS does not know has every state at 0.
+    let unknown: f64 = s
+        .samples
+        .iter()
+        .filter(|x| {
+            x.metric == "dmsguard_dms_task_status" && x.labels.get("task") == Some("not-in-dms")
+        })
+        .map(|x| match x.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .sum();
+    assert_eq!(unknown, 0.0);
+
+    aws.dms
+        .stop_replication_task()
+        .replication_task_arn(&arn)
+        .send()
+        .await?;
+    wait_for_value(addr, "dmsguard_dms_task_status", &status("stopped"), 1.0).await?;
+    assert_eq!(
+        value(
+            &scrape(addr).await?,
+            "dmsguard_dms_task_status",
+            &status("running")
+        ),
+        Some(0.0)
+    );
+    drop(exporter);
+    dbs.drop().await
+}
+
+/// Source rows: yesterday ids 1..=300, today ids 301..=505 except 400. The target lost
+/// {5, 77, 300} yesterday and {301, 450, 501..=505} today, and has a stray 400.
+async fn seed_gap_tables(dbs: &TestDatabases) -> anyhow::Result<()> {
+    let source = dbs.source_client().await?;
+    let target = dbs.redshift_client().await?;
+    source
+        .batch_execute(
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, status text);
+             INSERT INTO public.orders
+               SELECT i, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 day' + i * interval '1 minute', 'new'
+               FROM generate_series(1, 300) i;
+             INSERT INTO public.orders
+               SELECT i, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + (i - 300) * interval '1 second', 'new'
+               FROM generate_series(301, 505) i WHERE i <> 400;",
+        )
+        .await?;
+    target
+        .batch_execute(
+            "CREATE TABLE public.orders (id bigint, created_at timestamp, status varchar(20));
+             INSERT INTO public.orders SELECT i, NULL, 'new' FROM generate_series(1, 500) i
+               WHERE i NOT IN (5, 77, 300, 301, 450);",
+        )
+        .await?;
+    Ok(())
+}
+
+fn orders_table() -> TableConfig {
+    TableConfig {
+        source: "public.orders".to_owned(),
+        target: None,
+        id_column: "id".to_owned(),
+        day_column: Some("created_at".to_owned()),
+        task: None,
+    }
+}
+
+#[tokio::test]
+async fn missing_ids_equal_the_dropped_rows_per_utc_day() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_gaps").await?;
+    seed_gap_tables(&dbs).await?;
+    let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.tables.push(orders_table());
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    let w = |window| [("table", "public.orders"), ("window", window)];
+    wait_for_value(addr, "dmsguard_table_missing_ids", &w("yesterday"), 3.0).await?;
+    let s = scrape(addr).await?;
+    assert_eq!(
+        value(&s, "dmsguard_table_missing_ids", &w("today")),
+        Some(7.0)
+    );
+    assert_eq!(
+        value(&s, "dmsguard_table_extra_ids", &w("today")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "dmsguard_table_extra_ids", &w("yesterday")),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "dmsguard_table_max_id_lag",
+            &[("table", "public.orders")]
+        ),
+        Some(5.0)
+    );
+
+    // Repairing two rows brings the count down by exactly two.
+    dbs.redshift_client()
+        .await?
+        .batch_execute("INSERT INTO public.orders VALUES (5, NULL, 'new'), (77, NULL, 'new')")
+        .await?;
+    wait_for_value(addr, "dmsguard_table_missing_ids", &w("yesterday"), 1.0).await?;
+    drop(exporter);
+    dbs.drop().await
+}
+
+#[tokio::test]
+async fn maintenance_window_from_describe_clusters() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_maint").await?;
+    let moto = Moto::spawn().await?;
+    let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
+    aws.redshift
+        .create_cluster()
+        .cluster_identifier("lab-cluster")
+        .node_type("ra3.xlplus")
+        .master_username("admin")
+        .master_user_password("Passw0rd!")
+        .preferred_maintenance_window("sun:03:00-sun:03:30")
+        .send()
+        .await?;
+    let mut config = only(config(&dbs, Some(&moto.url()), ""), &["maintenance"]);
+    config.redshift.cluster_identifier = Some("lab-cluster".to_owned());
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    wait_for_value(
+        addr,
+        "dmsguard_probe_success",
+        &[("probe", "maintenance")],
+        1.0,
+    )
+    .await?;
+    let next = eventually("maintenance next start", DEADLINE, || async {
+        let s = scrape(addr).await?;
+        Ok(value(
+            &s,
+            "dmsguard_redshift_maintenance_next_start_seconds",
+            &[],
+        ))
+    })
+    .await?;
+    let window = dmsguard_pipeline::config::MaintenanceWindow::parse("sun:03:00-sun:03:30")
+        .map_err(anyhow::Error::msg)?;
+    let expected =
+        dmsguard_pipeline::maintenance::seconds_until_next_start(&window, chrono::Utc::now());
+    assert!(
+        (next - expected as f64).abs() < 30.0,
+        "next {next}, expected about {expected}"
+    );
+    let active = dmsguard_pipeline::maintenance::is_active(&window, chrono::Utc::now());
+    let s = scrape(addr).await?;
+    assert_eq!(
+        value(&s, "dmsguard_redshift_maintenance_active", &[]),
+        Some(if active { 1.0 } else { 0.0 })
+    );
+    drop(exporter);
+    dbs.drop().await
+}
+
+/// `dmsguard_probe_success` by probe, as Prometheus has it.
+async fn success(
+    prometheus: &Prometheus,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut by_probe = std::collections::BTreeMap::new();
+    for r in prometheus.query("dmsguard_probe_success").await? {
+        let probe = r["metric"]["probe"].as_str().unwrap_or_default().to_owned();
+        let v: f64 = r["value"][1].as_str().unwrap_or("nan").parse()?;
+        by_probe.insert(probe, v);
+    }
+    Ok(by_probe)
+}
+
+/// The end-to-end check through a real Prometheus: every probe succeeds, then the Redshift
+/// database goes away and only the probes reading it report failure.
+#[tokio::test]
+async fn dead_redshift_fails_only_its_probes_as_prometheus_sees_it() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_dead").await?;
+    seed_gap_tables(&dbs).await?;
+    let moto = Moto::spawn().await?;
+    let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
+    create_task(&aws, "dms-inst-1", "orders-cdc").await?;
+    put_datapoint(
+        &aws,
+        "FreeableMemory",
+        "dms-inst-1",
+        None,
+        2.0e9,
+        SystemTime::now(),
+    )
+    .await?;
+    let mut config = config(&dbs, Some(&moto.url()), "");
+    config.tasks.push(task("orders-cdc", "dms-inst-1"));
+    config.tables.push(orders_table());
+    config.redshift.maintenance_window = Some("sun:05:00-sun:05:30".to_owned());
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    let prometheus = Prometheus::spawn(&format!(
+        "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: dmsguard\n    static_configs:\n      - targets: ['{addr}']\n"
+    ))
+    .await?;
+    let all = [
+        "cloudwatch",
+        "dms",
+        "gaps",
+        "maintenance",
+        "redshift_statements",
+    ];
+    eventually(
+        "every probe up in Prometheus",
+        Duration::from_secs(60),
+        || async {
+            let s = success(&prometheus).await?;
+            Ok(all.iter().all(|p| s.get(*p) == Some(&1.0)).then_some(()))
+        },
+    )
+    .await?;
+    let up = prometheus.query("up{job=\"dmsguard\"}").await?;
+    assert_eq!(up[0]["value"][1], "1", "Prometheus parses the exposition");
+
+    // Kill the Redshift database: no new connections, existing ones terminated.
+    let admin = dmsguard_pipeline::db::connect(&dbs.env.database("postgres")).await?;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';",
+            db = dbs.redshift_name
+        ))
+        .await?;
+    let after = eventually(
+        "Redshift probes down in Prometheus",
+        Duration::from_secs(60),
+        || async {
+            let s = success(&prometheus).await?;
+            Ok(
+                (s.get("redshift_statements") == Some(&0.0) && s.get("gaps") == Some(&0.0))
+                    .then_some(s),
+            )
+        },
+    )
+    .await?;
+    for probe in ["cloudwatch", "dms", "maintenance"] {
+        assert_eq!(
+            after.get(probe),
+            Some(&1.0),
+            "{probe} keeps reporting: {after:?}"
+        );
+    }
+    // The landing page names the failing probe and its error.
+    let page = get(addr, "/").await?;
+    assert!(
+        page.contains("redshift_statements") && page.contains("failing"),
+        "{page}"
+    );
+
+    // And it recovers when the database comes back.
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+            dbs.redshift_name
+        ))
+        .await?;
+    wait_for_value(
+        addr,
+        "dmsguard_probe_success",
+        &[("probe", "redshift_statements")],
+        1.0,
+    )
+    .await?;
+    drop(exporter);
+    dbs.drop().await
+}
+
+#[tokio::test]
+async fn every_metric_has_help_and_the_landing_page_lists_probes() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_help").await?;
+    let mut config = only(
+        config(&dbs, None, ""),
+        &["redshift_statements", "maintenance"],
+    );
+    config.redshift.maintenance_window = Some("mon:01:00-mon:01:30".to_owned());
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    wait_for_value(
+        addr,
+        "dmsguard_probe_success",
+        &[("probe", "maintenance")],
+        1.0,
+    )
+    .await?;
+    let body = get(addr, "/metrics").await?;
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics text");
+    let mut families = 0;
+    for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap_or_default();
+        assert!(
+            body.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+        families += 1;
+    }
+    for name in [
+        "dmsguard_probe_success",
+        "dmsguard_probe_duration_seconds",
+        "dmsguard_probe_last_success_timestamp_seconds",
+        "dmsguard_redshift_maintenance_next_start_seconds",
+        "dmsguard_redshift_maintenance_active",
+    ] {
+        assert!(body.contains(&format!("# HELP {name} ")), "{name} exported");
+    }
+    assert!(families >= 5, "{families} metric families");
+    let page = get(addr, "/").await?;
+    for probe in [
+        "redshift_statements",
+        "cloudwatch",
+        "dms",
+        "gaps",
+        "maintenance",
+    ] {
+        assert!(page.contains(probe), "{probe} on the landing page");
+    }
+    assert_eq!(get(addr, "/healthz").await?, "ok\n");
+    drop(exporter);
+    dbs.drop().await
+}

@@ -1,0 +1,450 @@
+//! Reads DMS statements and apply exceptions from Redshift's system views, incrementally.
+//!
+//! Two families, chosen by `redshift.system_views`, never joined with each other (their ids
+//! are unrelated):
+//! - `SYS`: `SYS_QUERY_HISTORY` (one row per query, text cut at 4000 characters), joined on
+//!   `transaction_id` with `SYS_TRANSACTION_HISTORY` (committed or rolled back), full text in
+//!   `SYS_QUERY_TEXT` (4000-character pieces by `sequence`).
+//! - `STL`: `STL_QUERY` (`aborted` = 1 when stopped or rolled back, text cut at 4000
+//!   characters), full text in `STL_QUERYTEXT` (200-character `char` pieces by `sequence`).
+//!
+//! Reading is by query id: the first read starts at a time, later reads continue after the
+//! last settled query id, so a refresh reads only rows newer than the last one counted.
+
+use chrono::NaiveDateTime;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use crate::config::SystemViews;
+
+/// Characters `SYS_QUERY_HISTORY.query_text` and `STL_QUERY.querytxt` keep.
+pub const TRUNCATED_TEXT_CHARS: usize = 4000;
+/// Characters per `STL_QUERYTEXT` piece.
+pub const STL_PIECE_CHARS: usize = 200;
+/// Query ids per `IN (...)` list when fetching full texts.
+const TEXT_IDS_PER_QUERY: usize = 100;
+
+/// A system-view read that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemViewError {
+    #[error("reading {view} failed: {source}")]
+    Query {
+        view: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("query id {0} does not fit STL_QUERY's integer ids")]
+    QueryIdRange(i64),
+}
+
+fn query_error(view: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SystemViewError {
+    move |source| SystemViewError::Query { view, source }
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// First read: queries that started at or after this UTC time.
+    Since(NaiveDateTime),
+    /// Later reads: queries with an id above this one.
+    After(i64),
+}
+
+/// How a DMS statement's transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    /// The statement failed, was cancelled, or its transaction rolled back.
+    RolledBack,
+}
+
+/// One finished DMS statement with its full text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmsQuery {
+    pub query_id: i64,
+    pub text: String,
+    pub outcome: Outcome,
+}
+
+/// The result of one read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementPage {
+    /// Settled statements, in query id order.
+    pub queries: Vec<DmsQuery>,
+    /// Where the next read continues (unchanged when nothing settled).
+    pub next: Cursor,
+    /// Whether the page was full (more settled rows may follow at once).
+    pub full: bool,
+}
+
+/// Reads DMS statements from one family of system views.
+#[derive(Debug, Clone)]
+pub struct StatementReader {
+    family: SystemViews,
+    comment_like: String,
+    page_rows: i64,
+    /// A successful SYS statement whose transaction row has not appeared after this long is
+    /// taken as committed (autocommit statements may never get one).
+    settle_after: chrono::Duration,
+}
+
+/// A row before its outcome is known.
+struct RawRow {
+    query_id: i64,
+    /// `None` while the query or its transaction is still open.
+    outcome: Option<Outcome>,
+    text: String,
+}
+
+impl StatementReader {
+    /// `comment_like` is the SQL `LIKE` pattern of the DMS comment (`redshift.dms_comment_like`).
+    pub fn new(family: SystemViews, comment_like: impl Into<String>) -> Self {
+        Self {
+            family,
+            comment_like: comment_like.into(),
+            page_rows: 5000,
+            settle_after: chrono::Duration::minutes(5),
+        }
+    }
+
+    /// The SQL of a read from `cursor`; `$1` is the cursor, `$2` the pattern, `$3` (SYS) the
+    /// settle time.
+    pub fn statements_sql(&self, cursor: &Cursor) -> String {
+        match self.family {
+            SystemViews::Sys => {
+                let from = match cursor {
+                    Cursor::Since(_) => "q.start_time >= $1",
+                    Cursor::After(_) => "q.query_id > $1",
+                };
+                // A query is settled when it finished and its transaction ended, or when it
+                // succeeded long enough ago that no transaction row is coming.
+                format!(
+                    "SELECT q.query_id, q.status, t.status, q.query_text, \
+                     CASE WHEN q.end_time < $3 THEN 1 ELSE 0 END \
+                     FROM sys_query_history q \
+                     LEFT JOIN sys_transaction_history t ON t.transaction_id = q.transaction_id \
+                     WHERE {from} AND q.query_text LIKE $2 \
+                     ORDER BY q.query_id LIMIT {}",
+                    self.page_rows
+                )
+            }
+            SystemViews::Stl => {
+                let from = match cursor {
+                    Cursor::Since(_) => "q.starttime >= $1",
+                    Cursor::After(_) => "q.query > CAST($1 AS bigint)",
+                };
+                format!(
+                    "SELECT CAST(q.query AS bigint), q.aborted, q.querytxt \
+                     FROM stl_query q \
+                     WHERE {from} AND q.querytxt LIKE $2 \
+                     ORDER BY q.query LIMIT {}",
+                    self.page_rows
+                )
+            }
+        }
+    }
+
+    /// Reads the next page of settled DMS statements after `cursor`; `now` is the current UTC
+    /// time (for the first read's look-back and the settle rule).
+    pub async fn read(
+        &self,
+        client: &Client,
+        cursor: Cursor,
+        now: NaiveDateTime,
+    ) -> Result<StatementPage, SystemViewError> {
+        let sql = self.statements_sql(&cursor);
+        let since;
+        let after;
+        let cursor_param: &(dyn ToSql + Sync) = match &cursor {
+            Cursor::Since(t) => {
+                since = *t;
+                &since
+            }
+            Cursor::After(id) => {
+                after = *id;
+                &after
+            }
+        };
+        let settle_before = now - self.settle_after;
+        let raw: Vec<RawRow> = match self.family {
+            SystemViews::Sys => client
+                .query(&sql, &[cursor_param, &self.comment_like, &settle_before])
+                .await
+                .map_err(query_error("SYS_QUERY_HISTORY"))?
+                .iter()
+                .map(|row| {
+                    let status: Option<String> = row.get(1);
+                    let txn: Option<String> = row.get(2);
+                    let ended_long_ago: i32 = row.get(4);
+                    RawRow {
+                        query_id: row.get(0),
+                        outcome: sys_outcome(
+                            status.as_deref(),
+                            txn.as_deref(),
+                            ended_long_ago == 1,
+                        ),
+                        text: row.get::<_, Option<String>>(3).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            SystemViews::Stl => client
+                .query(&sql, &[cursor_param, &self.comment_like])
+                .await
+                .map_err(query_error("STL_QUERY"))?
+                .iter()
+                .map(|row| {
+                    let aborted: Option<i32> = row.get(1);
+                    RawRow {
+                        query_id: row.get(0),
+                        // STL_QUERY logs only finished queries.
+                        outcome: Some(if aborted.unwrap_or(0) != 0 {
+                            Outcome::RolledBack
+                        } else {
+                            Outcome::Committed
+                        }),
+                        text: row
+                            .get::<_, Option<String>>(2)
+                            .unwrap_or_default()
+                            .trim_end()
+                            .to_owned(),
+                    }
+                })
+                .collect(),
+        };
+        let full = raw.len() as i64 >= self.page_rows;
+        // Stop at the first unsettled query: the cursor must never pass it.
+        let settled: Vec<RawRow> = raw
+            .into_iter()
+            .take_while(|r| r.outcome.is_some())
+            .collect();
+        let truncated: Vec<i64> = settled
+            .iter()
+            .filter(|r| r.text.chars().count() >= TRUNCATED_TEXT_CHARS - STL_PIECE_CHARS)
+            .map(|r| r.query_id)
+            .collect();
+        let mut full_texts = self.full_texts(client, &truncated).await?;
+        let next = settled.last().map_or(cursor, |r| Cursor::After(r.query_id));
+        let queries = settled
+            .into_iter()
+            .map(|r| DmsQuery {
+                query_id: r.query_id,
+                text: full_texts.remove(&r.query_id).unwrap_or(r.text),
+                outcome: r.outcome.unwrap_or(Outcome::Committed),
+            })
+            .collect();
+        Ok(StatementPage {
+            queries,
+            next,
+            full,
+        })
+    }
+
+    /// Reassembles the full texts of `ids` from their pieces, in `sequence` order.
+    async fn full_texts(
+        &self,
+        client: &Client,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, String>, SystemViewError> {
+        let mut pieces: std::collections::HashMap<i64, Vec<(i32, String)>> = Default::default();
+        for chunk in ids.chunks(TEXT_IDS_PER_QUERY) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rows = match self.family {
+                SystemViews::Sys => {
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        chunk.iter().map(|id| id as &(dyn ToSql + Sync)).collect();
+                    client
+                        .query(
+                            &format!(
+                                "SELECT query_id, sequence, text FROM sys_query_text \
+                                 WHERE query_id IN ({list}) ORDER BY query_id, sequence"
+                            ),
+                            &params,
+                        )
+                        .await
+                        .map_err(query_error("SYS_QUERY_TEXT"))?
+                }
+                SystemViews::Stl => {
+                    let ids32 = chunk
+                        .iter()
+                        .map(|id| {
+                            i32::try_from(*id).map_err(|_| SystemViewError::QueryIdRange(*id))
+                        })
+                        .collect::<Result<Vec<i32>, _>>()?;
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        ids32.iter().map(|id| id as &(dyn ToSql + Sync)).collect();
+                    client
+                        .query(
+                            &format!(
+                                "SELECT CAST(query AS bigint), sequence, text FROM stl_querytext \
+                                 WHERE query IN ({list}) ORDER BY query, sequence"
+                            ),
+                            &params,
+                        )
+                        .await
+                        .map_err(query_error("STL_QUERYTEXT"))?
+                }
+            };
+            for row in rows {
+                pieces.entry(row.get(0)).or_default().push((
+                    row.get(1),
+                    row.get::<_, Option<String>>(2).unwrap_or_default(),
+                ));
+            }
+        }
+        Ok(pieces
+            .into_iter()
+            .map(|(id, mut parts)| {
+                parts.sort_by_key(|(seq, _)| *seq);
+                let texts: Vec<String> = parts.into_iter().map(|(_, t)| t).collect();
+                let text = match self.family {
+                    SystemViews::Sys => texts.concat(),
+                    SystemViews::Stl => join_stl_pieces(&texts),
+                };
+                (id, text)
+            })
+            .collect())
+    }
+}
+
+/// The outcome of a `SYS_QUERY_HISTORY` row, or `None` while it is not settled.
+fn sys_outcome(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) -> Option<Outcome> {
+    match status.map(str::to_ascii_lowercase).as_deref() {
+        Some("failed") | Some("canceled") | Some("cancelled") => Some(Outcome::RolledBack),
+        Some("success") => match txn.map(str::to_ascii_lowercase).as_deref() {
+            Some("rolledback") | Some("rolled back") | Some("aborted") => Some(Outcome::RolledBack),
+            Some(_) => Some(Outcome::Committed),
+            None if ended_long_ago => Some(Outcome::Committed),
+            None => None,
+        },
+        // planning, queued, running, returning, or unknown: still open.
+        _ => None,
+    }
+}
+
+/// Joins `STL_QUERYTEXT` pieces: each is a `char(200)`, so every piece but the last is exactly
+/// 200 characters of text (padding restored when the driver trimmed it), the last one is
+/// right-trimmed.
+pub fn join_stl_pieces(pieces: &[String]) -> String {
+    let mut out = String::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i + 1 == pieces.len() {
+            out.push_str(piece.trim_end());
+        } else {
+            out.push_str(piece);
+            let n = piece.chars().count();
+            out.extend(std::iter::repeat_n(' ', STL_PIECE_CHARS.saturating_sub(n)));
+        }
+    }
+    out
+}
+
+/// New rows of DMS's `awsdms_apply_exceptions` table for one target table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExceptionCount {
+    /// `TABLE_OWNER.TABLE_NAME`.
+    pub table: String,
+    pub error_time: NaiveDateTime,
+    pub rows: i64,
+}
+
+/// SQL counting `awsdms_apply_exceptions` rows at or after `$1`, by table and error time.
+pub const APPLY_EXCEPTIONS_SQL: &str = "SELECT \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\", \
+     count(*) FROM awsdms_apply_exceptions WHERE \"ERROR_TIME\" >= $1 \
+     GROUP BY \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\" ORDER BY \"ERROR_TIME\"";
+
+/// Counts apply exceptions at or after `since`. A missing table (DMS creates it on its first
+/// exception) reads as none.
+pub async fn read_apply_exceptions(
+    client: &Client,
+    since: NaiveDateTime,
+) -> Result<Vec<ExceptionCount>, SystemViewError> {
+    match client.query(APPLY_EXCEPTIONS_SQL, &[&since]).await {
+        Ok(rows) => Ok(rows
+            .iter()
+            .map(|row| ExceptionCount {
+                table: format!(
+                    "{}.{}",
+                    row.get::<_, String>(0).trim_end(),
+                    row.get::<_, String>(1).trim_end()
+                ),
+                error_time: row.get(2),
+                rows: row.get(3),
+            })
+            .collect()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            Ok(Vec::new())
+        }
+        Err(source) => Err(SystemViewError::Query {
+            view: "awsdms_apply_exceptions",
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stl_pieces_keep_spaces_at_piece_boundaries() {
+        let text = format!("{}x", "a ".repeat(100)); // 201 chars, piece 1 ends with a space
+        let first: String = text.chars().take(200).collect();
+        // A driver may hand back char(200) values trimmed or padded.
+        let trimmed = vec![first.trim_end().to_owned(), "x".to_owned()];
+        assert_eq!(join_stl_pieces(&trimmed), text);
+        let padded = vec![first.clone(), format!("{:<200}", "x")];
+        assert_eq!(join_stl_pieces(&padded), text);
+    }
+
+    #[test]
+    fn sys_outcome_waits_for_the_transaction() {
+        assert_eq!(sys_outcome(Some("running"), None, true), None);
+        assert_eq!(sys_outcome(Some("success"), None, false), None);
+        assert_eq!(
+            sys_outcome(Some("success"), None, true),
+            Some(Outcome::Committed)
+        );
+        assert_eq!(
+            sys_outcome(Some("success"), Some("committed"), false),
+            Some(Outcome::Committed)
+        );
+        assert_eq!(
+            sys_outcome(Some("success"), Some("rolledback"), false),
+            Some(Outcome::RolledBack)
+        );
+        assert_eq!(
+            sys_outcome(Some("failed"), None, false),
+            Some(Outcome::RolledBack)
+        );
+    }
+
+    /// Every statement this module sends must be Redshift SQL.
+    #[test]
+    fn sql_parses_in_the_redshift_dialect() {
+        use sqlparser::dialect::RedshiftSqlDialect;
+        use sqlparser::parser::Parser;
+        let mut sqls = vec![APPLY_EXCEPTIONS_SQL.to_owned()];
+        for family in [SystemViews::Sys, SystemViews::Stl] {
+            let r = StatementReader::new(family, "%AWS DMS%");
+            sqls.push(r.statements_sql(&Cursor::After(1)));
+            sqls.push(r.statements_sql(&Cursor::Since(NaiveDateTime::default())));
+        }
+        sqls.push(
+            "SELECT query_id, sequence, text FROM sys_query_text WHERE query_id IN ($1, $2) \
+             ORDER BY query_id, sequence"
+                .to_owned(),
+        );
+        sqls.push(
+            "SELECT CAST(query AS bigint), sequence, text FROM stl_querytext WHERE query IN ($1) \
+             ORDER BY query, sequence"
+                .to_owned(),
+        );
+        for sql in sqls {
+            Parser::parse_sql(&RedshiftSqlDialect {}, &sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+}
