@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::routing::post;
-use dmsguard_lab::harness::{eventually, Alertmanager};
+use dmsguard_lab::harness::{eventually, Alertmanager, Prometheus};
 use promql_parser::parser::Expr;
 use promql_parser::util::{walk_expr, ExprVisitor};
 use serde_json::Value as Json;
@@ -337,6 +337,49 @@ fn rules_pass_promtool_check_and_unit_tests() {
         files.len(),
         "every unit-test file passes:\n{out}"
     );
+}
+
+#[tokio::test]
+async fn prometheus_loads_and_evaluates_every_rule() -> anyhow::Result<()> {
+    let prometheus = Prometheus::spawn(&format!(
+        "global: {{evaluation_interval: 1s}}\nrule_files:\n  - '{}'\n",
+        rules_path().display()
+    ))
+    .await?;
+    let expected = rules().len();
+    let http = reqwest::Client::new();
+    let rules = eventually("every rule evaluated", Duration::from_secs(30), || async {
+        let body: Json = http
+            .get(format!("{}/api/v1/rules", prometheus.url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let rules: Vec<Json> = body["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let evaluated = rules.len() == expected && rules.iter().all(|r| r["health"] != "unknown");
+        Ok(evaluated.then_some(rules))
+    })
+    .await?;
+    for rule in &rules {
+        assert_eq!(
+            rule["health"], "ok",
+            "{} evaluates: {}",
+            rule["name"], rule["lastError"]
+        );
+    }
+    // Nothing is scraped: the probe-down alert's `absent` branch must be counting down.
+    let probe_down = rules
+        .iter()
+        .find(|r| r["name"] == "DmsguardProbeDown")
+        .expect("DmsguardProbeDown loaded");
+    assert_eq!(probe_down["state"], "pending");
+    Ok(())
 }
 
 #[test]
