@@ -259,7 +259,6 @@ impl Worker {
         };
         if !job.manual {
             if let Some(previous) = inner.ledger.acted_within(&job, settings.cooldown).await? {
-                locks.release().await;
                 let (outcome, summary) = match fix.on_cooldown() {
                     CooldownPolicy::Skip => (
                         JobOutcome::SkippedCooldown,
@@ -273,7 +272,8 @@ impl Worker {
                         ),
                     ),
                 };
-                return self
+                // Record before releasing: the ledger's times then never overlap on a task.
+                let report = self
                     .finish(
                         &job,
                         started,
@@ -284,12 +284,14 @@ impl Worker {
                         json!({ "previous_job": previous }),
                     )
                     .await;
+                locks.release().await;
+                return report;
             }
         }
         inner.ledger.mark_acting(job.id).await?;
         let result = fix.execute(&inner.ctx, &job, &plan).await;
-        locks.release().await;
-        match result {
+        // Record before releasing: the ledger's times then never overlap on a task.
+        let report = match result {
             Ok(outcome) => {
                 let job_outcome = match outcome.status {
                     OutcomeStatus::Succeeded => JobOutcome::Succeeded,
@@ -319,7 +321,9 @@ impl Worker {
                 )
                 .await
             }
-        }
+        };
+        locks.release().await;
+        report
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -380,8 +384,7 @@ impl Worker {
         };
         tracing::info!(step = step.id, job = step.job_id, description = %step.description, "Running scheduled step.");
         let result = inner.fixes.get(step.fix).run_step(&inner.ctx, &step).await;
-        locks.release().await;
-        match result {
+        let recorded = match result {
             Ok(summary) => {
                 tracing::info!(step = step.id, job = step.job_id, result = %summary, "Scheduled step done.");
                 inner.ledger.finish_step(step.id, Ok(&summary)).await
@@ -401,7 +404,9 @@ impl Worker {
                     .retry_step(step.id, delay, Some(&error.to_string()))
                     .await
             }
-        }
+        };
+        locks.release().await;
+        recorded
     }
 
     /// Takes the locks of `tasks`, retrying each second for up to `wait`.
