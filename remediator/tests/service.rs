@@ -707,3 +707,148 @@ async fn cli_runs_fixes_by_hand_and_lists_jobs() -> anyhow::Result<()> {
     );
     lab.dbs.drop().await
 }
+
+#[tokio::test]
+async fn dms_task_ops_resolve_stop_resume_and_report_errors() -> anyhow::Result<()> {
+    use dmsguard_pipeline::dms_tasks::DmsTaskError;
+    let lab = Lab::start("rem_dmsops", &[("t1", "i1")]).await?;
+    let tasks = lab.tasks_api();
+    assert!(matches!(
+        tasks.describe("nope").await,
+        Err(DmsTaskError::NotFound(name)) if name == "nope"
+    ));
+    let state = tasks.describe("t1").await?;
+    assert!(state.is_running() && state.arn.ends_with("t1"), "{state:?}");
+    assert!(tasks.stop("t1").await?.is_stopped());
+    let err = tasks.stop("t1").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmsTaskError::Api {
+                operation: "StopReplicationTask",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(tasks.resume("t1").await?.is_running());
+    lab.dbs.drop().await
+}
+
+#[tokio::test]
+async fn disabled_dry_run_and_cooldown_record_jobs_that_change_nothing() -> anyhow::Result<()> {
+    let lab = Lab::start("rem_switches", &[("t1", "i1"), ("t2", "i1")]).await?;
+    let app = Running::spawn(lab.config(&remediator_section(
+        "127.0.0.1:0",
+        "[remediator.fixes.stalled_task]\nenabled = false\n[remediator.fixes.memory]\ndry_run = true\n",
+    )))
+    .await?;
+    let post = |a: Value| {
+        let bytes = body(&payload(vec![a]));
+        let url = app.url("/alerts");
+        async move { support::post_alerts(&url, Some(TOKEN), bytes).await }
+    };
+    assert_eq!(
+        post(alert(
+            "DMSTaskStalled",
+            &[("task", "t1")],
+            "fp-s",
+            "2026-11-25T01:00:00Z"
+        ))
+        .await?
+        .0,
+        202
+    );
+    assert_eq!(
+        post(alert(
+            "DMSInstanceMemoryLow",
+            &[("replication_instance", "i1")],
+            "fp-m",
+            "2026-11-25T01:00:00Z"
+        ))
+        .await?
+        .0,
+        202
+    );
+    let jobs = lab.finished_jobs(2).await?;
+    assert_eq!(
+        (
+            jobs[0].get::<_, &str>("state"),
+            jobs[0].get::<_, &str>("outcome")
+        ),
+        ("skipped", "disabled")
+    );
+    assert_eq!(
+        (
+            jobs[1].get::<_, &str>("state"),
+            jobs[1].get::<_, &str>("outcome")
+        ),
+        ("skipped", "dry_run")
+    );
+    let plan: String = lab
+        .dbs
+        .source_client()
+        .await?
+        .query_one(
+            "SELECT plan_text FROM dmsguard.jobs WHERE id = $1",
+            &[&jobs[1].get::<_, i64>("id")],
+        )
+        .await?
+        .get(0);
+    assert!(
+        plan.contains("1. Stop task t1") && plan.contains("Resume task t2"),
+        "{plan}"
+    );
+    assert!(
+        !lab.was_stopped("t1").await? && !lab.was_stopped("t2").await?,
+        "nothing changed"
+    );
+    assert_eq!(
+        app.metric("dmsguard_remediator_jobs_total{fix=\"memory\",outcome=\"dry_run\"}")
+            .await?,
+        1.0
+    );
+
+    // Maintenance acts once; a second alert within the cooldown is skipped.
+    assert_eq!(
+        post(alert(
+            "RedshiftMaintenanceImminent",
+            &[],
+            "fp-r",
+            "2026-11-25T01:00:00Z"
+        ))
+        .await?
+        .0,
+        202
+    );
+    lab.finished_jobs(3).await?;
+    assert_eq!(
+        post(alert(
+            "RedshiftMaintenanceImminent",
+            &[],
+            "fp-r",
+            "2026-11-25T02:00:00Z"
+        ))
+        .await?
+        .0,
+        202
+    );
+    let jobs = lab.finished_jobs(4).await?;
+    assert_eq!(jobs[2].get::<_, &str>("outcome"), "succeeded");
+    assert_eq!(jobs[3].get::<_, &str>("outcome"), "skipped_cooldown");
+    assert!(lab.task("t1").await?.is_stopped() && lab.task("t2").await?.is_stopped());
+    eventually(
+        "the resume counted as pending",
+        Duration::from_secs(10),
+        || async {
+            Ok((app
+                .metric("dmsguard_remediator_scheduled_steps_pending")
+                .await?
+                == 1.0)
+                .then_some(()))
+        },
+    )
+    .await?;
+    app.stop().await?;
+    lab.dbs.drop().await
+}
