@@ -112,6 +112,7 @@ impl Worker {
         tracing::info!(runner = %self.inner.runner, "Worker started.");
         let mut running = JoinSet::new();
         let mut last_recover: Option<Instant> = None;
+        let mut last_count: Option<Instant> = None;
         loop {
             while let Some(done) = running.try_join_next() {
                 if let Err(error) = done {
@@ -123,9 +124,13 @@ impl Worker {
                 self.recover().await;
             }
             self.claim(&mut running).await;
-            match self.inner.ledger.pending_step_count().await {
-                Ok(n) => self.inner.metrics.set_steps_pending(n),
-                Err(error) => tracing::warn!(%error, "Cannot count pending steps."),
+            // Wakes come with every queued job; count at most once per poll interval.
+            if last_count.is_none_or(|t| t.elapsed() >= POLL_INTERVAL) {
+                last_count = Some(Instant::now());
+                match self.inner.ledger.pending_step_count().await {
+                    Ok(n) => self.inner.metrics.set_steps_pending(n),
+                    Err(error) => tracing::warn!(%error, "Cannot count pending steps."),
+                }
             }
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
