@@ -112,6 +112,7 @@ impl Worker {
         tracing::info!(runner = %self.inner.runner, "Worker started.");
         let mut running = JoinSet::new();
         let mut last_recover: Option<Instant> = None;
+        let mut last_count: Option<Instant> = None;
         loop {
             while let Some(done) = running.try_join_next() {
                 if let Err(error) = done {
@@ -123,9 +124,13 @@ impl Worker {
                 self.recover().await;
             }
             self.claim(&mut running).await;
-            match self.inner.ledger.pending_step_count().await {
-                Ok(n) => self.inner.metrics.set_steps_pending(n),
-                Err(error) => tracing::warn!(%error, "Cannot count pending steps."),
+            // Wakes come with every queued job; count at most once per poll interval.
+            if last_count.is_none_or(|t| t.elapsed() >= POLL_INTERVAL) {
+                last_count = Some(Instant::now());
+                match self.inner.ledger.pending_step_count().await {
+                    Ok(n) => self.inner.metrics.set_steps_pending(n),
+                    Err(error) => tracing::warn!(%error, "Cannot count pending steps."),
+                }
             }
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
@@ -259,7 +264,6 @@ impl Worker {
         };
         if !job.manual {
             if let Some(previous) = inner.ledger.acted_within(&job, settings.cooldown).await? {
-                locks.release().await;
                 let (outcome, summary) = match fix.on_cooldown() {
                     CooldownPolicy::Skip => (
                         JobOutcome::SkippedCooldown,
@@ -273,7 +277,8 @@ impl Worker {
                         ),
                     ),
                 };
-                return self
+                // Record before releasing: the ledger's times then never overlap on a task.
+                let report = self
                     .finish(
                         &job,
                         started,
@@ -284,12 +289,14 @@ impl Worker {
                         json!({ "previous_job": previous }),
                     )
                     .await;
+                locks.release().await;
+                return report;
             }
         }
         inner.ledger.mark_acting(job.id).await?;
         let result = fix.execute(&inner.ctx, &job, &plan).await;
-        locks.release().await;
-        match result {
+        // Record before releasing: the ledger's times then never overlap on a task.
+        let report = match result {
             Ok(outcome) => {
                 let job_outcome = match outcome.status {
                     OutcomeStatus::Succeeded => JobOutcome::Succeeded,
@@ -319,7 +326,9 @@ impl Worker {
                 )
                 .await
             }
-        }
+        };
+        locks.release().await;
+        report
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -380,8 +389,7 @@ impl Worker {
         };
         tracing::info!(step = step.id, job = step.job_id, description = %step.description, "Running scheduled step.");
         let result = inner.fixes.get(step.fix).run_step(&inner.ctx, &step).await;
-        locks.release().await;
-        match result {
+        let recorded = match result {
             Ok(summary) => {
                 tracing::info!(step = step.id, job = step.job_id, result = %summary, "Scheduled step done.");
                 inner.ledger.finish_step(step.id, Ok(&summary)).await
@@ -401,7 +409,9 @@ impl Worker {
                     .retry_step(step.id, delay, Some(&error.to_string()))
                     .await
             }
-        }
+        };
+        locks.release().await;
+        recorded
     }
 
     /// Takes the locks of `tasks`, retrying each second for up to `wait`.

@@ -5,7 +5,7 @@ use tokio_postgres::Client;
 use super::LedgerError;
 
 /// Serialises migrations across replicas starting at once (an arbitrary constant).
-const MIGRATION_LOCK_KEY: i64 = 0x646d_7367_6d69_67; // "dmsgmig"
+const MIGRATION_LOCK_KEY: i64 = 0x0064_6d73_676d_6967; // "dmsgmig" in ASCII
 
 /// One schema change; `version` orders them and is recorded once applied.
 pub struct Migration {
