@@ -30,4 +30,6 @@ pub struct Cli {
 pub enum Command {
     /// Serve the webhook API (the default).
     Serve,
+    /// Print the ids missing from (and extra in) a table's target; changes nothing.
+    Gaps(crate::commands::gaps::GapsArgs),
 }

@@ -1,6 +1,7 @@
 //! dmsguard-remediator: turns Alertmanager webhooks into fixes, recorded in a durable ledger.
 
 pub mod cli;
+pub mod commands;
 
 use std::net::SocketAddr;
 

@@ -18,5 +18,10 @@ async fn main() -> anyhow::Result<()> {
             let app = dmsguard_remediator::Remediator::build(config).await?;
             app.run_until(service::shutdown_signal()).await
         }
+        Command::Gaps(args) => {
+            dmsguard_remediator::commands::gaps::run(&config, &args, &mut std::io::stdout())
+                .await
+                .map(|_| ())
+        }
     }
 }
