@@ -172,11 +172,15 @@ async fn build_table(
              INSERT INTO {name}
                SELECT g, md5(g::text), timestamptz '2026-11-01 00:00:00+00' + g * interval '10 ms'
                FROM generate_series(1, {size}) g {filter};
-             ALTER TABLE {name} ADD PRIMARY KEY (id);
-             VACUUM ANALYZE {name};"
+             ALTER TABLE {name} ADD PRIMARY KEY (id);"
         ))
         .await
-        .with_context(|| format!("building {name}"))
+        .with_context(|| format!("building {name}"))?;
+    // VACUUM cannot share a transaction with the statements above.
+    client
+        .batch_execute(&format!("VACUUM ANALYZE {name}"))
+        .await
+        .with_context(|| format!("vacuuming {name}"))
 }
 
 struct Case<'a> {
@@ -317,7 +321,9 @@ impl Case<'_> {
         futures::pin_mut!(out);
         futures::pin_mut!(sink);
         while let Some(chunk) = out.next().await {
-            sink.send(chunk?).await?;
+            // `feed` leaves batching to the sink (it sends in 4 KiB messages) instead of
+            // flushing every row.
+            sink.feed(chunk?).await?;
         }
         let loaded = sink.as_mut().finish().await?;
         let rows = self
