@@ -59,6 +59,8 @@ pub enum Command {
     },
     /// Print Redshift CREATE TABLE statements for the configured tables (never executes them).
     Ddl(DdlArgs),
+    /// Print the ids missing from (and extra in) a table's target; changes nothing.
+    Gaps(crate::commands::gaps::GapsArgs),
 }
 
 /// Options of `dmsguard-remediator ddl`.

@@ -32,5 +32,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Jobs { limit } => commands::list_jobs(config, limit).await,
         Command::Ddl(args) => args.run(&config).await,
+        Command::Gaps(args) => {
+            dmsguard_remediator::commands::gaps::run(&config, &args, &mut std::io::stdout())
+                .await
+                .map(|_| ())
+        }
     }
 }

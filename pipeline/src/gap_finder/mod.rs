@@ -175,7 +175,7 @@ impl Default for GapFinderOptions {
             min_first_width: 64,
             fanout: 16,
             list_threshold: 16,
-            max_ranges_per_query: 256,
+            max_ranges_per_query: 32,
             max_span_per_query: 1 << 24,
             max_list_span_per_query: 1 << 16,
         }
@@ -329,7 +329,13 @@ impl GapFinder {
             let next_width = groups.first().map_or(1, |q| child_width(q.width, o.fanout));
             split.sort_unstable();
             to_list.sort_unstable();
-            groups = batch_ranges(&split, o.max_ranges_per_query, o.max_span_per_query)
+            // Touching buckets merge into one range predicate (dense gaps read as one scan),
+            // as long as one query still returns at most `max_buckets_per_query` buckets.
+            let group_span = o
+                .max_span_per_query
+                .min(o.max_buckets_per_query.saturating_mul(next_width));
+            let split = coalesce(&split, group_span);
+            groups = batch_ranges(&split, o.max_ranges_per_query, group_span)
                 .into_iter()
                 .map(|ranges| GroupQuery {
                     anchor: request.lo,

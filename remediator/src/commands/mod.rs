@@ -1,5 +1,7 @@
 //! The CLI's hand runs and listings, on the same ledger and worker as the service.
 
+pub mod gaps;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 

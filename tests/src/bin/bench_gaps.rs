@@ -1,0 +1,445 @@
+//! `bench-gaps`: times the gap finder against dump-and-join, reladiff and a bare `count(*)`.
+//!
+//! Builds, on the lab's PostgreSQL, a source database and a target database (as in production),
+//! each size's source table and one target table per missing fraction, then runs every method
+//! on the same tables in one run and prints seconds, ratios to the gap finder and rows moved.
+//! Each method's answer is checked against the ids the generator removed. Needs `tests/lab/up`
+//! (PostgreSQL and the venv with reladiff). Not run in CI; build it with `--release`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use dmsguard_lab::harness::LabEnv;
+use dmsguard_pipeline::config::{DatabaseConfig, QualifiedName};
+use dmsguard_pipeline::gap_finder::{GapFinder, IdRange, TableSpec};
+use futures::{SinkExt, StreamExt};
+use tokio_postgres::Client;
+
+/// Benchmark of the gap finder (DESIGN.md section 5).
+#[derive(Debug, Parser)]
+#[command(name = "bench-gaps")]
+struct Args {
+    /// Table sizes in rows.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    sizes: Vec<i64>,
+    /// Fractions of ids missing in the target, in percent.
+    #[arg(long, value_delimiter = ',', default_value = "0.01,1")]
+    missing: Vec<f64>,
+    /// Runs per method and table (the median is reported); reladiff runs once.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// The reladiff executable (from the lab's venv).
+    #[arg(long, env = "DMSGUARD_RELADIFF")]
+    reladiff: Option<String>,
+    /// Leave the bench databases in place.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Ids removed from the target: a scattered, reproducible choice of `per_million` in a million.
+fn is_missing(id: i64, per_million: i64) -> bool {
+    (id * 2_654_435_761) % 1_000_000 < per_million
+}
+
+const MISSING_SQL: &str = "(g * 2654435761) % 1000000 < ";
+
+fn per_million(percent: f64) -> i64 {
+    (percent * 10_000.0).round() as i64
+}
+
+struct Measurement {
+    method: &'static str,
+    seconds: f64,
+    rows_moved: Option<u64>,
+    exact: bool,
+    note: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn config(env: &LabEnv, db: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        statement_timeout: Duration::ZERO,
+        ..env.database(db)
+    }
+}
+
+async fn connect(env: &LabEnv, db: &str) -> anyhow::Result<Client> {
+    dmsguard_pipeline::db::connect(&config(env, db))
+        .await
+        .with_context(|| format!("connecting to {db} (is the lab up? tests/lab/up --pg-only)"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let env = LabEnv::from_env();
+    let pid = std::process::id();
+    let (src_db, tgt_db) = (
+        format!("bench_gaps_src_{pid}"),
+        format!("bench_gaps_tgt_{pid}"),
+    );
+    let admin = connect(&env, "postgres").await?;
+    for db in [&src_db, &tgt_db] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+            .await?;
+    }
+    let result = run(&args, &env, &src_db, &tgt_db).await;
+    if !args.keep {
+        for db in [&src_db, &tgt_db] {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .await?;
+        }
+    }
+    result
+}
+
+async fn run(args: &Args, env: &LabEnv, src_db: &str, tgt_db: &str) -> anyhow::Result<()> {
+    let source = connect(env, src_db).await?;
+    let target = connect(env, tgt_db).await?;
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        let started = Instant::now();
+        let source_table = format!("s_{size}");
+        let targets: Vec<(f64, String)> = args
+            .missing
+            .iter()
+            .map(|&pct| (pct, format!("t_{size}_{}", per_million(pct))))
+            .collect();
+        tokio::try_join!(build_table(&source, &source_table, size, None), async {
+            for (pct, name) in &targets {
+                build_table(&target, name, size, Some(per_million(*pct))).await?;
+            }
+            Ok(())
+        })?;
+        eprintln!(
+            "Built {size}-row tables in {:.1} s.",
+            started.elapsed().as_secs_f64()
+        );
+        for (pct, target_table) in &targets {
+            let expected: BTreeSet<i64> = (1..=size)
+                .filter(|&id| is_missing(id, per_million(*pct)))
+                .collect();
+            let case = Case {
+                source: &source,
+                target: &target,
+                src_db,
+                tgt_db,
+                source_table: &source_table,
+                target_table,
+                range: IdRange::new(1, size)?,
+                expected: &expected,
+                env,
+            };
+            // Warm both tables' caches so the first method timed does not pay for them.
+            case.count_both().await?;
+            let measurements = case.measure(args).await?;
+            rows.push((size, *pct, expected.len(), measurements));
+        }
+        source
+            .batch_execute(&format!("DROP TABLE {source_table}"))
+            .await?;
+        for (_, name) in &targets {
+            target.batch_execute(&format!("DROP TABLE {name}")).await?;
+        }
+    }
+    print_table(&rows);
+    check_bars(&rows);
+    Ok(())
+}
+
+/// Creates `name` with ids 1..=size (minus the missing ones) and a payload, keyed and analysed.
+async fn build_table(
+    client: &Client,
+    name: &str,
+    size: i64,
+    missing_per_million: Option<i64>,
+) -> anyhow::Result<()> {
+    let filter = missing_per_million
+        .map(|m| format!("WHERE NOT ({MISSING_SQL}{m})"))
+        .unwrap_or_default();
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {name};
+             CREATE TABLE {name} (id bigint NOT NULL, payload text, created_at timestamptz);
+             INSERT INTO {name}
+               SELECT g, md5(g::text), timestamptz '2026-11-01 00:00:00+00' + g * interval '10 ms'
+               FROM generate_series(1, {size}) g {filter};
+             ALTER TABLE {name} ADD PRIMARY KEY (id);"
+        ))
+        .await
+        .with_context(|| format!("building {name}"))?;
+    // VACUUM cannot share a transaction with the statements above.
+    client
+        .batch_execute(&format!("VACUUM ANALYZE {name}"))
+        .await
+        .with_context(|| format!("vacuuming {name}"))
+}
+
+struct Case<'a> {
+    source: &'a Client,
+    target: &'a Client,
+    src_db: &'a str,
+    tgt_db: &'a str,
+    source_table: &'a str,
+    target_table: &'a str,
+    range: IdRange,
+    expected: &'a BTreeSet<i64>,
+    env: &'a LabEnv,
+}
+
+impl Case<'_> {
+    async fn measure(&self, args: &Args) -> anyhow::Result<Vec<Measurement>> {
+        let (mut ours, mut dump, mut count) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ours_rows, mut dump_rows) = (0, 0);
+        let (mut ours_exact, mut dump_exact) = (true, true);
+        let mut ours_note = String::new();
+        for _ in 0..args.repeat.max(1) {
+            let t = Instant::now();
+            self.count_both().await?;
+            count.push(t.elapsed().as_secs_f64());
+
+            let t = Instant::now();
+            let report = self.gap_finder().await?;
+            ours.push(t.elapsed().as_secs_f64());
+            ours_rows = report.stats.rows_transferred;
+            ours_exact &= report
+                .missing
+                .iter()
+                .copied()
+                .eq(self.expected.iter().copied())
+                && report.extra.is_empty();
+            ours_note = format!(
+                "{} queries, {} rounds",
+                report.stats.queries, report.stats.rounds
+            );
+
+            let t = Instant::now();
+            let (missing, moved) = self.dump_and_join().await?;
+            dump.push(t.elapsed().as_secs_f64());
+            dump_rows = moved;
+            dump_exact &= missing == *self.expected;
+        }
+        let mut out = vec![
+            Measurement {
+                method: "gap finder",
+                seconds: median(ours),
+                rows_moved: Some(ours_rows),
+                exact: ours_exact,
+                note: ours_note,
+            },
+            Measurement {
+                method: "dump-and-join",
+                seconds: median(dump),
+                rows_moved: Some(dump_rows),
+                exact: dump_exact,
+                note: "COPY out, COPY in, LEFT JOIN".to_owned(),
+            },
+        ];
+        match &args.reladiff {
+            Some(reladiff) => {
+                let t = Instant::now();
+                let (missing, extra) = self.reladiff(reladiff).await?;
+                out.push(Measurement {
+                    method: "reladiff",
+                    seconds: t.elapsed().as_secs_f64(),
+                    rows_moved: None,
+                    exact: missing == *self.expected && extra.is_empty(),
+                    note: "one run, default options".to_owned(),
+                });
+            }
+            None => eprintln!("DMSGUARD_RELADIFF is not set: reladiff skipped."),
+        }
+        out.push(Measurement {
+            method: "count(*) both",
+            seconds: median(count),
+            rows_moved: Some(2),
+            exact: true,
+            note: "floor: one scan per side".to_owned(),
+        });
+        Ok(out)
+    }
+
+    fn spec(&self) -> TableSpec {
+        TableSpec {
+            source: QualifiedName::parse(&format!("public.{}", self.source_table)).unwrap(),
+            target: QualifiedName::parse(&format!("public.{}", self.target_table)).unwrap(),
+            id_column: "id".to_owned(),
+        }
+    }
+
+    async fn gap_finder(&self) -> anyhow::Result<dmsguard_pipeline::gap_finder::GapReport> {
+        Ok(GapFinder::default()
+            .find(self.source, self.target, &self.spec(), self.range)
+            .await?)
+    }
+
+    async fn count_both(&self) -> anyhow::Result<()> {
+        let sql = |t: &str| format!("SELECT count(*) FROM {t} WHERE id >= $1 AND id <= $2");
+        let (s, t) = (sql(self.source_table), sql(self.target_table));
+        let bounds: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&self.range.lo, &self.range.hi];
+        let (a, b) = tokio::try_join!(
+            self.source.query_one(&s, &bounds),
+            self.target.query_one(&t, &bounds),
+        )?;
+        let (a, b): (i64, i64) = (a.get(0), b.get(0));
+        if a - b != self.expected.len() as i64 {
+            bail!(
+                "count(*) difference {} but {} ids missing",
+                a - b,
+                self.expected.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// The usual method: every source id out with COPY, into a temporary target table with
+    /// COPY, then a LEFT JOIN against the target.
+    async fn dump_and_join(&self) -> anyhow::Result<(BTreeSet<i64>, u64)> {
+        self.target
+            .batch_execute("CREATE TEMPORARY TABLE bench_source_ids (id bigint)")
+            .await?;
+        let out = self
+            .source
+            .copy_out(&format!(
+                "COPY (SELECT id FROM {} WHERE id >= {} AND id <= {}) TO STDOUT",
+                self.source_table, self.range.lo, self.range.hi
+            ))
+            .await?;
+        let sink = self
+            .target
+            .copy_in("COPY bench_source_ids (id) FROM STDIN")
+            .await?;
+        futures::pin_mut!(out);
+        futures::pin_mut!(sink);
+        while let Some(chunk) = out.next().await {
+            // `feed` leaves batching to the sink (it sends in 4 KiB messages) instead of
+            // flushing every row.
+            sink.feed(chunk?).await?;
+        }
+        let loaded = sink.as_mut().finish().await?;
+        let rows = self
+            .target
+            .query(
+                &format!(
+                    "SELECT s.id FROM bench_source_ids s LEFT JOIN {} t ON t.id = s.id \
+                     WHERE t.id IS NULL",
+                    self.target_table
+                ),
+                &[],
+            )
+            .await?;
+        self.target
+            .batch_execute("DROP TABLE bench_source_ids")
+            .await?;
+        let missing: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        // Each id crosses twice (out of the source, into the target), plus the answer.
+        Ok((missing, 2 * loaded + rows.len() as u64))
+    }
+
+    async fn reladiff(&self, reladiff: &str) -> anyhow::Result<(BTreeSet<i64>, BTreeSet<i64>)> {
+        let url = |db: &str| {
+            format!(
+                "postgresql://{}@{}:{}/{db}",
+                self.env.pg_user, self.env.pg_host, self.env.pg_port
+            )
+        };
+        let output = tokio::process::Command::new(reladiff)
+            .arg(url(self.src_db))
+            .arg(self.source_table)
+            .arg(url(self.tgt_db))
+            .arg(self.target_table)
+            .args(["-k", "id", "--json"])
+            // The password goes through the environment, never the command line.
+            .env("PGPASSWORD", &self.env.pg_password)
+            .output()
+            .await
+            .with_context(|| format!("running {reladiff}"))?;
+        if !output.status.success() {
+            bail!(
+                "reladiff failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let (mut missing, mut extra) = (BTreeSet::new(), BTreeSet::new());
+        for line in String::from_utf8(output.stdout)?.lines() {
+            // JSONL: ["-", ["<id>"]] only in the first table, ["+", ["<id>"]] only in the second.
+            let value: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("reladiff line `{line}`"))?;
+            let sign = value[0].as_str().unwrap_or_default();
+            let id: i64 = value[1][0]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("reladiff line `{line}`"))?;
+            match sign {
+                "-" => missing.insert(id),
+                "+" => extra.insert(id),
+                other => bail!("reladiff sign `{other}` in `{line}`"),
+            };
+        }
+        Ok((missing, extra))
+    }
+}
+
+type Row = (i64, f64, usize, Vec<Measurement>);
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| method | rows | missing | missing ids | seconds | x gap finder | rows moved | exact | note |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|---|");
+    for (size, pct, missing, ms) in rows {
+        let ours = ms[0].seconds;
+        for m in ms {
+            println!(
+                "| {} | {size} | {pct}% | {missing} | {:.3} | {:.2} | {} | {} | {} |",
+                m.method,
+                m.seconds,
+                m.seconds / ours,
+                m.rows_moved.map_or("n/a".to_owned(), |r| r.to_string()),
+                if m.exact { "yes" } else { "NO" },
+                m.note
+            );
+        }
+    }
+}
+
+/// DESIGN.md section 5, on the largest table with the smallest missing fraction.
+fn check_bars(rows: &[Row]) {
+    let Some((size, pct, _, ms)) = rows
+        .iter()
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
+    else {
+        return;
+    };
+    let time = |name: &str| ms.iter().find(|m| m.method == name).map(|m| m.seconds);
+    let ours = ms[0].seconds;
+    println!();
+    println!("Bars on {size} rows, {pct}% missing (gap finder {ours:.3} s):");
+    let bar = |what: &str, ok: Option<bool>| {
+        let verdict = match ok {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        println!("- {what}: {verdict}");
+    };
+    bar(
+        "at least 5x faster than dump-and-join",
+        time("dump-and-join").map(|d| d >= 5.0 * ours),
+    );
+    bar("faster than reladiff", time("reladiff").map(|r| r > ours));
+    bar(
+        "at most 1.5x count(*) on both sides",
+        time("count(*) both").map(|c| ours <= 1.5 * c),
+    );
+    bar("every method exact", Some(ms.iter().all(|m| m.exact)));
+}
