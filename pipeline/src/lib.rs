@@ -1,9 +1,15 @@
 //! Shared library of dmsguard: configuration, connections and the domain logic both binaries use.
 
 pub mod aws;
+pub mod catalogue;
 pub mod config;
 pub mod db;
+pub mod ddl;
+pub mod dms_tasks;
+pub mod gap_finder;
 pub mod maintenance;
 pub mod secret;
 pub mod service;
+pub mod statement_parser;
 pub mod system_views;
+pub mod type_translator;

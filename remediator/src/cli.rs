@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use dmsguard_pipeline::config::FixName;
 use dmsguard_pipeline::service::LogFormat;
 
 #[derive(Debug, clap::Parser)]
@@ -30,4 +31,27 @@ pub struct Cli {
 pub enum Command {
     /// Serve the webhook API (the default).
     Serve,
+    /// Run a fix by hand, through the same code path as alerts, recorded in the ledger.
+    Run {
+        /// The fix: one_by_one, memory, maintenance, missing_rows or stalled_task.
+        fix: FixName,
+        /// The DMS task (one_by_one, stalled_task).
+        #[arg(long)]
+        task: Option<String>,
+        /// The table as `schema.table` (missing_rows).
+        #[arg(long)]
+        table: Option<String>,
+        /// The replication instance identifier (memory).
+        #[arg(long)]
+        replication_instance: Option<String>,
+        /// Print the plan and its SQL; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List recent jobs from the ledger.
+    Jobs {
+        /// How many jobs to list, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
 }

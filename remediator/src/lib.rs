@@ -1,28 +1,97 @@
 //! dmsguard-remediator: turns Alertmanager webhooks into fixes, recorded in a durable ledger.
 
+pub mod alerts;
+pub mod api;
 pub mod cli;
+pub mod commands;
+pub mod fixes;
+pub mod ledger;
+pub mod metrics;
+pub mod routing;
+pub mod status_page;
+pub mod worker;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
-use axum::routing::get;
-use axum::Router;
-use dmsguard_pipeline::config::Config;
+use dmsguard_pipeline::aws::AwsClients;
+use dmsguard_pipeline::config::{resolve_secret, Config};
 use dmsguard_pipeline::service;
+use prometheus_client::registry::Registry;
 
-/// The built remediator: bound listener and config.
+use crate::fixes::{FixContext, FixRegistry};
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::worker::Worker;
+
+/// The parts every mode shares: config, ledger (migrated), fix context, worker, metrics.
+pub struct Core {
+    pub config: Arc<Config>,
+    pub ledger: Ledger,
+    pub worker: Worker,
+    pub metrics: Metrics,
+    registry: Registry,
+}
+
+impl Core {
+    /// Connects the ledger (applying migrations) and builds the worker over `fixes`.
+    pub async fn open(config: Config, fixes: FixRegistry) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let ledger_db = config.ledger_database();
+        let ledger = Ledger::open(ledger_db).await.with_context(|| {
+            format!(
+                "opening the job ledger on {}",
+                dmsguard_pipeline::db::describe(ledger_db)
+            )
+        })?;
+        let aws = AwsClients::new(&config.aws).await;
+        let ctx = FixContext::new(config.clone(), aws, ledger.clone());
+        let mut registry = Registry::with_prefix("dmsguard");
+        let metrics = Metrics::register(&mut registry);
+        let worker = Worker::new(config.clone(), ledger.clone(), fixes, ctx, metrics.clone());
+        Ok(Self {
+            config,
+            ledger,
+            worker,
+            metrics,
+            registry,
+        })
+    }
+}
+
+/// The built remediator: bound listener, migrated ledger, worker.
 pub struct Remediator {
+    core: Core,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    token: dmsguard_pipeline::secret::Secret,
 }
 
 impl Remediator {
-    /// Binds the listen address from the config (port 0 picks a free port).
+    /// Builds with every standard fix; see [`Remediator::build_with`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let (listener, addr) = service::bind(config.remediator.listen)
+        Self::build_with(config, FixRegistry::standard()).await
+    }
+
+    /// Reads the webhook token, opens the ledger (running migrations) and binds the listen
+    /// address (port 0 picks a free port).
+    pub async fn build_with(config: Config, fixes: FixRegistry) -> anyhow::Result<Self> {
+        let token = resolve_secret(&config.remediator.token, &config.remediator.token_file)
+            .context("reading remediator.token_file")?
+            .filter(|t| !t.is_empty())
+            .context("remediator.token (or token_file) must be set: the webhook refuses unauthenticated calls")?;
+        let listen = config.remediator.listen;
+        let core = Core::open(config, fixes).await?;
+        let (listener, addr) = service::bind(listen)
             .await
-            .with_context(|| format!("binding {}", config.remediator.listen))?;
-        Ok(Self { listener, addr })
+            .with_context(|| format!("binding {listen}"))?;
+        Ok(Self {
+            core,
+            listener,
+            addr,
+            token,
+        })
     }
 
     /// The address the API is served on.
@@ -30,15 +99,44 @@ impl Remediator {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves.
+    /// The job ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.core.ledger
+    }
+
+    /// This instance's runner id, recorded on the jobs and steps it runs.
+    pub fn runner(&self) -> &str {
+        self.core.worker.runner()
+    }
+
+    /// Serves the API and runs the worker until `shutdown` resolves; then stops taking work
+    /// and waits for jobs in flight.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let Core {
+            config,
+            ledger,
+            worker,
+            metrics,
+            registry,
+        } = self.core;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let worker_task = tokio::spawn(worker.clone().run(stop_rx));
+        let state = api::ApiState::new(
+            self.token,
+            ledger,
+            routing::Router::new(config.clone()),
+            metrics,
+            registry,
+            worker,
+        );
+        let router = api::router(state, config.remediator.max_body_bytes);
         tracing::info!(addr = %self.addr, "Remediator listening.");
-        let router = Router::new().route("/healthz", get(|| async { "ok\n" }));
-        service::serve(self.listener, router, shutdown)
-            .await
-            .context("serving HTTP")
+        let served = service::serve(self.listener, router, shutdown).await;
+        let _ = stop_tx.send(true);
+        worker_task.await.context("worker task")?;
+        served.context("serving HTTP")
     }
 }

@@ -3,6 +3,7 @@
 use clap::Parser;
 use dmsguard_pipeline::service;
 use dmsguard_remediator::cli::{Cli, Command};
+use dmsguard_remediator::commands;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -18,5 +19,17 @@ async fn main() -> anyhow::Result<()> {
             let app = dmsguard_remediator::Remediator::build(config).await?;
             app.run_until(service::shutdown_signal()).await
         }
+        Command::Run {
+            fix,
+            task,
+            table,
+            replication_instance,
+            dry_run,
+        } => {
+            let target = commands::target(fix, task, table, replication_instance)?;
+            let code = commands::run_fix(config, fix, target, dry_run).await?;
+            std::process::exit(code);
+        }
+        Command::Jobs { limit } => commands::list_jobs(config, limit).await,
     }
 }

@@ -30,6 +30,8 @@ pub enum ProbeError {
     #[error("query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
     #[error(transparent)]
+    Gap(#[from] dmsguard_pipeline::gap_finder::GapError),
+    #[error(transparent)]
     SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
     #[error("AWS {call} failed: {message}")]
     Aws { call: &'static str, message: String },

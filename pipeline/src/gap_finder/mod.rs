@@ -1,0 +1,429 @@
+//! Gap finder: ids missing from (or extra in) a replicated table, at a cost that grows with the gaps.
+//!
+//! Both sides answer the same grouped query: per bucket of ids, the row count, the sum of ids
+//! and the sum of a nonlinear hash of the ids. Buckets whose fingerprints agree are done; those
+//! that differ are split into narrower buckets on the next round, or, once small, their ids are
+//! listed on both sides and compared. The first round reads the whole range once (one scan per
+//! side, like a `count(*)`); every later round reads only the differing buckets through range
+//! predicates on the id, so the rows moved grow with the gaps, not with the table.
+//!
+//! Rows change while the search runs (replication goes on): a report describes each bucket as
+//! it was when that bucket was last read. Callers that repair must re-check ids before writing.
+
+mod buckets;
+mod queries;
+
+use chrono::NaiveDate;
+use tokio_postgres::Client;
+
+use crate::config::{QualifiedName, TableConfig};
+use buckets::{
+    batch_ranges, child_width, coalesce, compare, diff_ids, first_ranges, first_width, span,
+    BucketPrint, GroupQuery, ListQuery,
+};
+
+/// Which database a query ran on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The source PostgreSQL.
+    Source,
+    /// The Redshift target.
+    Target,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// Why a search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GapError {
+    #[error("invalid id range: {0}")]
+    InvalidRange(String),
+    #[error("invalid gap finder options: {0}")]
+    InvalidOptions(String),
+    #[error("invalid table: {0}")]
+    InvalidTable(String),
+    #[error("query on the {side} failed: {source}")]
+    Query {
+        side: Side,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("unexpected result: {0}")]
+    Decode(String),
+    #[error("day column `{column}` has type {type_name}; expected timestamp, timestamptz or date")]
+    UnsupportedDayColumn { column: String, type_name: String },
+}
+
+/// An inclusive range of ids, `lo..=hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdRange {
+    pub lo: i64,
+    pub hi: i64,
+}
+
+impl IdRange {
+    /// `lo..=hi`; an error when `lo > hi`.
+    pub fn new(lo: i64, hi: i64) -> Result<Self, GapError> {
+        if lo > hi {
+            return Err(GapError::InvalidRange(format!("{lo} is above {hi}")));
+        }
+        Ok(Self { lo, hi })
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.lo <= id && id <= self.hi
+    }
+
+    /// The smallest range holding both.
+    pub fn union(self, other: IdRange) -> IdRange {
+        IdRange {
+            lo: self.lo.min(other.lo),
+            hi: self.hi.max(other.hi),
+        }
+    }
+}
+
+impl std::fmt::Display for IdRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..={}", self.lo, self.hi)
+    }
+}
+
+/// A replicated table: where it lives on each side and its monotonically increasing id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub source: QualifiedName,
+    pub target: QualifiedName,
+    /// The bigint (or integer) key column, same name on both sides.
+    pub id_column: String,
+}
+
+impl TableSpec {
+    /// From a `[[tables]]` entry (names were validated when the config loaded).
+    pub fn from_config(table: &TableConfig) -> Result<Self, GapError> {
+        let parse = |name: &str| {
+            QualifiedName::parse(name)
+                .ok_or_else(|| GapError::InvalidTable(format!("`{name}` is not `schema.table`")))
+        };
+        if !crate::config::is_identifier(&table.id_column) {
+            return Err(GapError::InvalidTable(format!(
+                "`{}` is not a plain column name",
+                table.id_column
+            )));
+        }
+        Ok(Self {
+            source: parse(&table.source)?,
+            target: parse(table.target_name())?,
+            id_column: table.id_column.clone(),
+        })
+    }
+}
+
+/// What the search cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GapStats {
+    /// Statements run, both sides together.
+    pub queries: u64,
+    /// Result rows received, both sides together.
+    pub rows_transferred: u64,
+    /// Buckets whose fingerprints were compared.
+    pub ranges_compared: u64,
+    /// Rounds of queries (each round queries both sides concurrently).
+    pub rounds: u64,
+}
+
+/// The outcome of one search.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GapReport {
+    /// Ids in the source and not in the target, ascending.
+    pub missing: Vec<i64>,
+    /// Ids in the target and not in the source (deleted at the source), ascending.
+    pub extra: Vec<i64>,
+    pub stats: GapStats,
+}
+
+/// Bounds and shape of the search. The defaults suit tables of millions to billions of rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GapFinderOptions {
+    /// Most buckets one first-round query groups into (and returns).
+    pub max_buckets_per_query: u64,
+    /// Narrowest first-round bucket, in ids (a power of two).
+    pub min_first_width: u64,
+    /// Sub-buckets each differing bucket splits into on the next round (a power of two).
+    pub fanout: u64,
+    /// List the ids of a differing bucket once neither side holds more than this many rows.
+    pub list_threshold: u64,
+    /// Most id ranges in one query's predicate.
+    pub max_ranges_per_query: usize,
+    /// Widest id span one grouped query reads (a power of two); longer ranges take several.
+    pub max_span_per_query: u64,
+    /// Widest id span one listing query reads.
+    pub max_list_span_per_query: u64,
+}
+
+impl Default for GapFinderOptions {
+    fn default() -> Self {
+        Self {
+            max_buckets_per_query: 1 << 16,
+            min_first_width: 64,
+            fanout: 16,
+            list_threshold: 16,
+            max_ranges_per_query: 256,
+            max_span_per_query: 1 << 24,
+            max_list_span_per_query: 1 << 16,
+        }
+    }
+}
+
+impl GapFinderOptions {
+    fn validate(&self) -> Result<(), GapError> {
+        let bad = |m: &str| Err(GapError::InvalidOptions(m.to_owned()));
+        if self.max_buckets_per_query == 0 {
+            return bad("max_buckets_per_query must be above 0");
+        }
+        if !self.min_first_width.is_power_of_two() {
+            return bad("min_first_width must be a power of two");
+        }
+        if !self.fanout.is_power_of_two() || self.fanout < 2 {
+            return bad("fanout must be a power of two of at least 2");
+        }
+        if !self.max_span_per_query.is_power_of_two()
+            || self.max_span_per_query < self.min_first_width
+        {
+            return bad("max_span_per_query must be a power of two of at least min_first_width");
+        }
+        if self.max_ranges_per_query == 0 {
+            return bad("max_ranges_per_query must be above 0");
+        }
+        if self.max_list_span_per_query == 0 {
+            return bad("max_list_span_per_query must be above 0");
+        }
+        Ok(())
+    }
+}
+
+/// One side's ids, as the search sees them.
+pub(crate) trait IdSet {
+    /// Per-bucket fingerprints of the query's ranges (buckets without rows are absent).
+    async fn fingerprints(&self, query: &GroupQuery) -> Result<Vec<BucketPrint>, GapError>;
+    /// Every id in the query's ranges, in any order.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<i64>, GapError>;
+}
+
+/// Finds missing and extra ids between a source and a target table.
+#[derive(Debug, Clone, Default)]
+pub struct GapFinder {
+    options: GapFinderOptions,
+}
+
+impl GapFinder {
+    pub fn new(options: GapFinderOptions) -> Result<Self, GapError> {
+        options.validate()?;
+        Ok(Self { options })
+    }
+
+    pub fn options(&self) -> &GapFinderOptions {
+        &self.options
+    }
+
+    /// The ids in `range` present on one side only. Reads only (plain `SELECT`s, no locks);
+    /// each statement is bounded by `max_span_per_query` and the connection's statement timeout.
+    pub async fn find(
+        &self,
+        source: &Client,
+        target: &Client,
+        table: &TableSpec,
+        range: IdRange,
+    ) -> Result<GapReport, GapError> {
+        let src = queries::PgIdSet::new(source, Side::Source, &table.source, &table.id_column);
+        let tgt = queries::PgIdSet::new(target, Side::Target, &table.target, &table.id_column);
+        let report = self.search(&src, &tgt, range).await?;
+        tracing::debug!(
+            table = %table.source,
+            range = %range,
+            missing = report.missing.len(),
+            extra = report.extra.len(),
+            queries = report.stats.queries,
+            rows = report.stats.rows_transferred,
+            "Gap search done."
+        );
+        Ok(report)
+    }
+
+    /// The search over any pair of id sets.
+    pub(crate) async fn search<S: IdSet, T: IdSet>(
+        &self,
+        source: &S,
+        target: &T,
+        request: IdRange,
+    ) -> Result<GapReport, GapError> {
+        IdRange::new(request.lo, request.hi)?;
+        if request.hi.checked_sub(request.lo).is_none() {
+            // Bucket numbers are `id - lo` in a bigint.
+            return Err(GapError::InvalidRange(format!(
+                "{request} spans more than 2^63 ids"
+            )));
+        }
+        let o = &self.options;
+        let mut report = GapReport::default();
+        let width = first_width(
+            request,
+            o.max_buckets_per_query,
+            o.min_first_width,
+            o.max_span_per_query,
+        );
+        let (mut groups, mut lists) = if span(request) <= u128::from(o.list_threshold.max(1)) {
+            (
+                Vec::new(),
+                vec![ListQuery {
+                    ranges: vec![request],
+                }],
+            )
+        } else {
+            let groups = first_ranges(request, o.max_span_per_query)
+                .into_iter()
+                .map(|r| GroupQuery {
+                    anchor: request.lo,
+                    width,
+                    base: r.lo,
+                    ranges: vec![r],
+                })
+                .collect();
+            (groups, Vec::new())
+        };
+        while !groups.is_empty() || !lists.is_empty() {
+            report.stats.rounds += 1;
+            let (from_source, from_target) = tokio::try_join!(
+                round(source, &groups, &lists),
+                round(target, &groups, &lists)
+            )?;
+            report.stats.queries += 2 * (groups.len() + lists.len()) as u64;
+            report.stats.rows_transferred += from_source.rows() + from_target.rows();
+
+            for (s, t) in from_source.lists.into_iter().zip(from_target.lists) {
+                let (missing, extra) = diff_ids(s, t);
+                report.missing.extend(missing);
+                report.extra.extend(extra);
+            }
+            let mut split = Vec::new();
+            let mut to_list = Vec::new();
+            for ((query, s), t) in groups
+                .iter()
+                .zip(&from_source.groups)
+                .zip(&from_target.groups)
+            {
+                let verdict = compare(query, request, s, t, o.list_threshold)?;
+                report.stats.ranges_compared += verdict.compared;
+                report.missing.extend(verdict.missing);
+                report.extra.extend(verdict.extra);
+                split.extend(verdict.split);
+                to_list.extend(verdict.list);
+            }
+            let next_width = groups.first().map_or(1, |q| child_width(q.width, o.fanout));
+            split.sort_unstable();
+            to_list.sort_unstable();
+            groups = batch_ranges(&split, o.max_ranges_per_query, o.max_span_per_query)
+                .into_iter()
+                .map(|ranges| GroupQuery {
+                    anchor: request.lo,
+                    width: next_width,
+                    base: ranges[0].lo,
+                    ranges,
+                })
+                .collect();
+            let to_list = coalesce(&to_list, o.max_list_span_per_query);
+            lists = batch_ranges(&to_list, o.max_ranges_per_query, o.max_list_span_per_query)
+                .into_iter()
+                .map(|ranges| ListQuery { ranges })
+                .collect();
+        }
+        report.missing.sort_unstable();
+        report.extra.sort_unstable();
+        Ok(report)
+    }
+}
+
+/// One side's answers to one round.
+struct RoundResult {
+    groups: Vec<Vec<BucketPrint>>,
+    lists: Vec<Vec<i64>>,
+}
+
+impl RoundResult {
+    fn rows(&self) -> u64 {
+        let g: usize = self.groups.iter().map(Vec::len).sum();
+        let l: usize = self.lists.iter().map(Vec::len).sum();
+        (g + l) as u64
+    }
+}
+
+/// Sends all of a round's queries to one side at once (pipelined on its connection).
+async fn round<S: IdSet>(
+    side: &S,
+    groups: &[GroupQuery],
+    lists: &[ListQuery],
+) -> Result<RoundResult, GapError> {
+    let (groups, lists) = futures::try_join!(
+        futures::future::try_join_all(groups.iter().map(|q| side.fingerprints(q))),
+        futures::future::try_join_all(lists.iter().map(|q| side.list(q))),
+    )?;
+    Ok(RoundResult { groups, lists })
+}
+
+/// Min and max id of the source rows whose `day_column` falls in the UTC day `day`, or `None`
+/// when there are none. `day_column` may be `timestamptz`, `timestamp` (read as UTC) or `date`.
+pub async fn id_range_for_day(
+    source: &Client,
+    table: &TableSpec,
+    day_column: &str,
+    day: NaiveDate,
+) -> Result<Option<IdRange>, GapError> {
+    if !crate::config::is_identifier(day_column) {
+        return Err(GapError::InvalidTable(format!(
+            "`{day_column}` is not a plain column name"
+        )));
+    }
+    queries::day_bounds(source, table, day_column, day).await
+}
+
+/// The smallest range holding every id of both sides, or `None` when both tables are empty.
+pub async fn id_range_of_tables(
+    source: &Client,
+    target: &Client,
+    table: &TableSpec,
+) -> Result<Option<IdRange>, GapError> {
+    let source_sql = queries::bounds_sql(&table.source, &table.id_column);
+    let target_sql = queries::bounds_sql(&table.target, &table.id_column);
+    let (s, t) = tokio::try_join!(
+        async {
+            let row = source.query_one(&source_sql, &[]).await;
+            let row = row.map_err(|source| GapError::Query {
+                side: Side::Source,
+                source,
+            })?;
+            queries::read_bounds(&row, Side::Source)
+        },
+        async {
+            let row = target.query_one(&target_sql, &[]).await;
+            let row = row.map_err(|source| GapError::Query {
+                side: Side::Target,
+                source,
+            })?;
+            queries::read_bounds(&row, Side::Target)
+        },
+    )?;
+    Ok(match (s, t) {
+        (Some(s), Some(t)) => Some(s.union(t)),
+        (s, t) => s.or(t),
+    })
+}
+
+#[cfg(test)]
+mod tests;

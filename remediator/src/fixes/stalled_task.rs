@@ -1,0 +1,68 @@
+//! F5: restart (stop, then resume) a task that says running but applies nothing; a second
+//! stall within the cooldown goes to a human instead of looping.
+
+use dmsguard_pipeline::config::FixName;
+use serde_json::json;
+
+use super::{configured_task, job_task, CooldownPolicy, Fix, FixContext, FixError, Outcome, Plan};
+use crate::ledger::Job;
+
+pub struct StalledTaskFix;
+
+#[async_trait::async_trait]
+impl Fix for StalledTaskFix {
+    fn name(&self) -> FixName {
+        FixName::StalledTask
+    }
+
+    fn on_cooldown(&self) -> CooldownPolicy {
+        CooldownPolicy::Escalate
+    }
+
+    async fn plan(&self, ctx: &FixContext, job: &Job) -> Result<Plan, FixError> {
+        let task = job_task(job)?;
+        configured_task(ctx.config(), task)?;
+        let state = ctx.tasks().describe(task).await?;
+        let mut plan = Plan::new(format!("Restart stalled DMS task {task}."));
+        plan.tasks.push(task.to_owned());
+        plan.facts.insert("status".into(), json!(state.status));
+        if state.is_running() {
+            plan.step(format!("Stop task {task} and wait until it is stopped."));
+            plan.step(format!(
+                "Resume task {task} (resume-processing) and wait until it is running."
+            ));
+        } else {
+            plan.summary = format!(
+                "Task {task} is {}, not running: nothing to restart; a human should look.",
+                state.status
+            );
+        }
+        Ok(plan)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &FixContext,
+        job: &Job,
+        _plan: &Plan,
+    ) -> Result<Outcome, FixError> {
+        let task = job_task(job)?;
+        // Re-read under the lock: the plan may be stale.
+        let state = ctx.tasks().describe(task).await?;
+        if !state.is_running() {
+            return Ok(Outcome::needs_human(
+                format!(
+                    "Task {task} is {}, not running; left as it is.",
+                    state.status
+                ),
+                json!({ "task": task, "status": state.status }),
+            ));
+        }
+        ctx.tasks().stop(task).await?;
+        let resumed = ctx.tasks().resume(task).await?;
+        Ok(Outcome::succeeded(
+            format!("Restarted task {task}."),
+            json!({ "task": task, "restarted": true, "status": resumed.status }),
+        ))
+    }
+}

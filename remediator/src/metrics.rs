@@ -1,0 +1,215 @@
+//! The remediator's own metrics (`dmsguard_remediator_*`), encoded on `/metrics`.
+
+use dmsguard_pipeline::config::FixName;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::ledger::JobOutcome;
+
+/// Names below the registry's `dmsguard` prefix (counters get `_total` when encoded).
+pub const WEBHOOKS: &str = "remediator_webhooks";
+pub const JOBS: &str = "remediator_jobs";
+pub const JOB_DURATION_SECONDS: &str = "remediator_job_duration_seconds";
+pub const JOBS_IN_FLIGHT: &str = "remediator_jobs_in_flight";
+pub const SCHEDULED_STEPS_PENDING: &str = "remediator_scheduled_steps_pending";
+
+/// How a webhook request (or one alert in it) was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookResult {
+    /// A firing alert queued a new job.
+    Accepted,
+    /// A firing alert that already has a job (same fingerprint and startsAt).
+    Duplicate,
+    /// A resolved notification, recorded.
+    Resolved,
+    /// An alert no route names: acknowledged, nothing runs.
+    UnknownAlert,
+    /// Missing or wrong bearer token.
+    Unauthorized,
+    /// Not JSON, wrong version, wrong types, missing labels.
+    Invalid,
+    /// Body over `remediator.max_body_bytes`.
+    TooLarge,
+}
+
+impl WebhookResult {
+    pub const ALL: [WebhookResult; 7] = [
+        WebhookResult::Accepted,
+        WebhookResult::Duplicate,
+        WebhookResult::Resolved,
+        WebhookResult::UnknownAlert,
+        WebhookResult::Unauthorized,
+        WebhookResult::Invalid,
+        WebhookResult::TooLarge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookResult::Accepted => "accepted",
+            WebhookResult::Duplicate => "duplicate",
+            WebhookResult::Resolved => "resolved",
+            WebhookResult::UnknownAlert => "unknown_alert",
+            WebhookResult::Unauthorized => "unauthorized",
+            WebhookResult::Invalid => "invalid",
+            WebhookResult::TooLarge => "too_large",
+        }
+    }
+}
+
+impl EncodeLabelValue for WebhookResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// A fix as a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FixLabel(pub FixName);
+
+impl EncodeLabelValue for FixLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.0.as_str())
+    }
+}
+
+impl EncodeLabelValue for JobOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub result: WebhookResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct JobLabels {
+    pub fix: FixLabel,
+    pub outcome: JobOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FixLabels {
+    pub fix: FixLabel,
+}
+
+type HistogramFamily = Family<FixLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 0.25 s .. about 68 min: a restart takes seconds, a large repair many minutes.
+    Histogram::new(exponential_buckets(0.25, 2.0, 15))
+}
+
+/// All remediator metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    webhooks: Family<WebhookLabels, Counter>,
+    jobs: Family<JobLabels, Counter>,
+    job_duration: HistogramFamily,
+    jobs_in_flight: Family<FixLabels, Gauge>,
+    steps_pending: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric, with all closed label values present from the start.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            webhooks: Family::default(),
+            jobs: Family::default(),
+            job_duration: HistogramFamily::new_with_constructor(duration_histogram),
+            jobs_in_flight: Family::default(),
+            steps_pending: Gauge::default(),
+        };
+        registry.register(
+            WEBHOOKS,
+            "Webhook requests refused, and alerts in accepted requests, by result",
+            metrics.webhooks.clone(),
+        );
+        registry.register(
+            JOBS,
+            "Finished remediation jobs by fix and outcome",
+            metrics.jobs.clone(),
+        );
+        registry.register(
+            JOB_DURATION_SECONDS,
+            "Time from a job's start to its end, in seconds",
+            metrics.job_duration.clone(),
+        );
+        registry.register(
+            JOBS_IN_FLIGHT,
+            "Jobs this remediator is running now, by fix",
+            metrics.jobs_in_flight.clone(),
+        );
+        registry.register(
+            SCHEDULED_STEPS_PENDING,
+            "Scheduled steps in the ledger not yet done (e.g. resumes after maintenance)",
+            metrics.steps_pending.clone(),
+        );
+        for result in WebhookResult::ALL {
+            let _ = metrics.webhooks.get_or_create(&WebhookLabels { result });
+        }
+        for fix in FixName::ALL {
+            for outcome in JobOutcome::COUNTED {
+                let _ = metrics.jobs.get_or_create(&JobLabels {
+                    fix: FixLabel(fix),
+                    outcome,
+                });
+            }
+            let _ = metrics
+                .job_duration
+                .get_or_create(&FixLabels { fix: FixLabel(fix) });
+            let _ = metrics
+                .jobs_in_flight
+                .get_or_create(&FixLabels { fix: FixLabel(fix) });
+        }
+        metrics
+    }
+
+    pub fn webhook(&self, result: WebhookResult) {
+        self.webhooks.get_or_create(&WebhookLabels { result }).inc();
+    }
+
+    /// Counts a finished job (disabled-fix records are not jobs that ran and are not counted).
+    pub fn job_finished(&self, fix: FixName, outcome: JobOutcome, seconds: f64) {
+        if outcome == JobOutcome::Disabled {
+            return;
+        }
+        self.jobs
+            .get_or_create(&JobLabels {
+                fix: FixLabel(fix),
+                outcome,
+            })
+            .inc();
+        self.job_duration
+            .get_or_create(&FixLabels { fix: FixLabel(fix) })
+            .observe(seconds);
+    }
+
+    /// Counts a job in flight until the guard drops.
+    pub fn in_flight(&self, fix: FixName) -> InFlight {
+        let gauge = self
+            .jobs_in_flight
+            .get_or_create(&FixLabels { fix: FixLabel(fix) })
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    pub fn set_steps_pending(&self, n: i64) {
+        self.steps_pending.set(n);
+    }
+}
+
+/// Decrements `jobs_in_flight` when dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,169 @@
+//! Alert -> fix routing from `remediator.routes`, and the labels each fix needs.
+
+use dmsguard_pipeline::config::{Config, FixConfig, FixName};
+
+use crate::alerts::Alert;
+
+/// Where a firing alert goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A fix handles it; `target` is what its cooldown is counted on.
+    Fix {
+        fix: FixName,
+        target: JobTarget,
+        enabled: bool,
+        dry_run: bool,
+    },
+    /// No route for this alert name: acknowledged and counted, nothing runs.
+    Unknown,
+}
+
+/// What a job acts on: the labels it was given, and the key its cooldown counts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobTarget {
+    pub task: Option<String>,
+    pub table: Option<String>,
+    pub replication_instance: Option<String>,
+    /// Cooldown key: the task, table or instance, or `cluster` for the whole pipeline.
+    pub key: String,
+}
+
+/// The key cooldowns of whole-pipeline fixes (maintenance) count on.
+pub const CLUSTER_KEY: &str = "cluster";
+
+impl JobTarget {
+    /// Builds the target of `fix` from the given labels; `Err` names the missing one.
+    pub fn for_fix(
+        fix: FixName,
+        task: Option<&str>,
+        table: Option<&str>,
+        replication_instance: Option<&str>,
+    ) -> Result<Self, String> {
+        let need = |value: Option<&str>, label: &str| {
+            value
+                .map(str::to_owned)
+                .ok_or_else(|| format!("fix `{fix}` needs label `{label}`"))
+        };
+        let key = match fix {
+            FixName::OneByOne | FixName::StalledTask => need(task, "task")?,
+            FixName::Memory => need(replication_instance, "replication_instance")?,
+            FixName::MissingRows => need(table, "table")?,
+            FixName::Maintenance => CLUSTER_KEY.to_owned(),
+        };
+        Ok(Self {
+            task: task.map(str::to_owned),
+            table: table.map(str::to_owned),
+            replication_instance: replication_instance.map(str::to_owned),
+            key,
+        })
+    }
+}
+
+/// Routes alerts by name to fixes, with each fix's switches.
+#[derive(Debug, Clone)]
+pub struct Router {
+    config: std::sync::Arc<Config>,
+}
+
+impl Router {
+    pub fn new(config: std::sync::Arc<Config>) -> Self {
+        Self { config }
+    }
+
+    /// The route of a firing alert; `Err` says which label its fix lacks.
+    pub fn route(&self, alert: &Alert) -> Result<Route, String> {
+        let Some(&fix) = self.config.remediator.routes.get(&alert.alertname) else {
+            return Ok(Route::Unknown);
+        };
+        let target = JobTarget::for_fix(
+            fix,
+            alert.label("task"),
+            alert.label("table"),
+            alert.label("replication_instance"),
+        )
+        .map_err(|e| format!("alert `{}`: {e}", alert.alertname))?;
+        let FixConfig {
+            enabled, dry_run, ..
+        } = *self.config.remediator.fixes.get(fix);
+        Ok(Route::Fix {
+            fix,
+            target,
+            enabled,
+            dry_run,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::AlertStatus;
+
+    fn config(extra: &str) -> std::sync::Arc<Config> {
+        let text = format!(
+            "[source]\nurl = \"postgresql://u@h/s\"\n[redshift]\nurl = \"postgresql://u@h/r\"\n{extra}"
+        );
+        std::sync::Arc::new(Config::from_toml(&text, &|_| None).unwrap())
+    }
+
+    fn alert(name: &str, labels: &[(&str, &str)]) -> Alert {
+        let mut l: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.insert("alertname".into(), name.into());
+        Alert {
+            status: AlertStatus::Firing,
+            alertname: name.into(),
+            labels: l,
+            starts_at: chrono::Utc::now(),
+            ends_at: None,
+            fingerprint: "f".into(),
+        }
+    }
+
+    #[test]
+    fn routes_default_alerts_and_needs_labels() {
+        let router = Router::new(config(""));
+        let route = router
+            .route(&alert("DMSTaskStalled", &[("task", "t1")]))
+            .unwrap();
+        assert!(
+            matches!(route, Route::Fix { fix: FixName::StalledTask, ref target, enabled: true, dry_run: false } if target.key == "t1")
+        );
+        let err = router
+            .route(&alert("DMSInstanceMemoryLow", &[("instance", "x")]))
+            .unwrap_err();
+        assert!(err.contains("replication_instance"), "{err}");
+        assert_eq!(
+            router.route(&alert("SomethingElse", &[])).unwrap(),
+            Route::Unknown
+        );
+        let maintenance = router
+            .route(&alert("RedshiftMaintenanceImminent", &[]))
+            .unwrap();
+        assert!(matches!(maintenance, Route::Fix { ref target, .. } if target.key == CLUSTER_KEY));
+    }
+
+    #[test]
+    fn custom_routes_and_switches_apply() {
+        let router = Router::new(config(
+            "[remediator.routes]\nMyStall = \"stalled_task\"\n[remediator.fixes.stalled_task]\ndry_run = true\nenabled = false\n",
+        ));
+        let route = router.route(&alert("MyStall", &[("task", "t")])).unwrap();
+        assert!(matches!(
+            route,
+            Route::Fix {
+                enabled: false,
+                dry_run: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            router
+                .route(&alert("DMSTaskStalled", &[("task", "t")]))
+                .unwrap(),
+            Route::Unknown
+        );
+    }
+}

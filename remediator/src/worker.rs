@@ -1,0 +1,450 @@
+//! The worker: claims queued jobs and due scheduled steps from the ledger and runs them, off
+//! the request path, with per-fix concurrency limits, task locks and cooldowns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dmsguard_pipeline::config::{Config, FixName};
+use serde_json::json;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::fixes::{CooldownPolicy, FixContext, FixError, FixRegistry, OutcomeStatus};
+use crate::ledger::{Job, JobOutcome, Ledger, LedgerError, ScheduledStep, TaskLocks};
+use crate::metrics::Metrics;
+
+/// Time between two looks at the ledger when nothing wakes the worker.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a running job or step proves its runner is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// A running job or step whose heartbeat is older than this belonged to a dead runner.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+/// How soon work whose tasks were locked by another job is tried again.
+pub const LOCK_RETRY: Duration = Duration::from_secs(1);
+/// Attempts of a failing step before it is marked failed.
+pub const MAX_STEP_ATTEMPTS: i32 = 5;
+/// Steps run at once by one worker.
+const MAX_STEPS_IN_FLIGHT: usize = 4;
+/// How often abandoned work is looked for.
+const RECOVER_EVERY: Duration = Duration::from_secs(15);
+
+/// How a job run ended.
+#[derive(Debug, Clone)]
+pub enum JobReport {
+    /// The job finished with this outcome.
+    Finished {
+        job_id: i64,
+        outcome: JobOutcome,
+        summary: String,
+        error: Option<String>,
+        plan: Option<String>,
+    },
+    /// Its tasks were locked by another job; it is queued again.
+    Requeued { job_id: i64 },
+}
+
+/// Runs jobs and steps. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    ledger: Ledger,
+    fixes: FixRegistry,
+    ctx: FixContext,
+    metrics: Metrics,
+    runner: String,
+    wake: Arc<Notify>,
+    limits: BTreeMap<FixName, Arc<Semaphore>>,
+    steps: Arc<Semaphore>,
+}
+
+impl Worker {
+    pub fn new(
+        config: Arc<Config>,
+        ledger: Ledger,
+        fixes: FixRegistry,
+        ctx: FixContext,
+        metrics: Metrics,
+    ) -> Self {
+        let limits = FixName::ALL
+            .into_iter()
+            .map(|fix| {
+                let n = config.remediator.fixes.get(fix).max_concurrency.max(1);
+                (fix, Arc::new(Semaphore::new(n)))
+            })
+            .collect();
+        let runner = format!(
+            "pid{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                ledger,
+                fixes,
+                ctx,
+                metrics,
+                runner,
+                wake: Arc::new(Notify::new()),
+                limits,
+                steps: Arc::new(Semaphore::new(MAX_STEPS_IN_FLIGHT)),
+            }),
+        }
+    }
+
+    /// This worker's id, recorded as `runner` on the jobs and steps it runs.
+    pub fn runner(&self) -> &str {
+        &self.inner.runner
+    }
+
+    /// Wakes the worker now (a job was queued) instead of at the next poll.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Claims and runs work until `shutdown` turns true, then waits for work in flight.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(runner = %self.inner.runner, "Worker started.");
+        let mut running = JoinSet::new();
+        let mut last_recover: Option<Instant> = None;
+        loop {
+            while let Some(done) = running.try_join_next() {
+                if let Err(error) = done {
+                    tracing::error!(%error, "A job or step task ended abnormally.");
+                }
+            }
+            if last_recover.is_none_or(|t| t.elapsed() >= RECOVER_EVERY) {
+                last_recover = Some(Instant::now());
+                self.recover().await;
+            }
+            self.claim(&mut running).await;
+            match self.inner.ledger.pending_step_count().await {
+                Ok(n) => self.inner.metrics.set_steps_pending(n),
+                Err(error) => tracing::warn!(%error, "Cannot count pending steps."),
+            }
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        if !running.is_empty() {
+            tracing::info!(
+                in_flight = running.len(),
+                "Worker stopping: waiting for work in flight."
+            );
+        }
+        while let Some(done) = running.join_next().await {
+            if let Err(error) = done {
+                tracing::error!(%error, "A job or step task ended abnormally.");
+            }
+        }
+        tracing::info!("Worker stopped.");
+    }
+
+    async fn recover(&self) {
+        match self.inner.ledger.recover_abandoned(STALE_AFTER).await {
+            Ok((0, 0)) => {}
+            Ok((jobs, steps)) => tracing::warn!(
+                jobs,
+                steps,
+                "Recovered work abandoned by a stopped remediator."
+            ),
+            Err(error) => tracing::warn!(%error, "Cannot look for abandoned work."),
+        }
+    }
+
+    async fn claim(&self, running: &mut JoinSet<()>) {
+        for (&fix, limit) in &self.inner.limits {
+            while let Ok(permit) = limit.clone().try_acquire_owned() {
+                match self.inner.ledger.claim_job(fix, &self.inner.runner).await {
+                    Ok(Some(job)) => {
+                        let worker = self.clone();
+                        running.spawn(async move {
+                            let _permit = permit;
+                            if let Err(error) = worker.run_job(job, Duration::ZERO).await {
+                                tracing::error!(%error, "Ledger failed while running a job.");
+                            }
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, fix = %fix, "Cannot claim jobs.");
+                        return;
+                    }
+                }
+            }
+        }
+        while let Ok(permit) = self.inner.steps.clone().try_acquire_owned() {
+            match self.inner.ledger.claim_due_step(&self.inner.runner).await {
+                Ok(Some(step)) => {
+                    let worker = self.clone();
+                    running.spawn(async move {
+                        let _permit = permit;
+                        if let Err(error) = worker.run_step(step).await {
+                            tracing::error!(%error, "Ledger failed while running a step.");
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot claim scheduled steps.");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs a claimed job to its end: plan, (dry run stops here), lock its tasks, check the
+    /// cooldown under the lock, execute, record. Waits up to `lock_wait` for locked tasks,
+    /// then puts the job back in the queue.
+    pub async fn run_job(&self, job: Job, lock_wait: Duration) -> Result<JobReport, LedgerError> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let _in_flight = inner.metrics.in_flight(job.fix);
+        let _heartbeat = self.heartbeat(Some(job.id), None);
+        let fix = inner.fixes.get(job.fix);
+        let settings = inner.config.remediator.fixes.get(job.fix);
+        tracing::info!(job = job.id, fix = %job.fix, target = %job.target.key, "Running job.");
+
+        let plan = match fix.plan(&inner.ctx, &job).await {
+            Ok(plan) => plan,
+            Err(error) => {
+                return self
+                    .finish(
+                        &job,
+                        started,
+                        JobOutcome::Failed,
+                        "Planning failed.",
+                        Some(&error),
+                        None,
+                        json!({}),
+                    )
+                    .await;
+            }
+        };
+        let plan_text = plan.render();
+        let plan_json = serde_json::to_value(&plan).unwrap_or_else(|_| json!({}));
+        inner
+            .ledger
+            .set_plan(job.id, &plan_text, &plan_json)
+            .await?;
+        if job.dry_run {
+            tracing::info!(job = job.id, plan = %plan_text, "Dry run: planned, changed nothing.");
+            return self
+                .finish(
+                    &job,
+                    started,
+                    JobOutcome::DryRun,
+                    &format!("Dry run: {}", plan.summary),
+                    None,
+                    Some(plan_text),
+                    json!({}),
+                )
+                .await;
+        }
+
+        let Some(locks) = self.lock(&plan.tasks, lock_wait).await? else {
+            tracing::info!(job = job.id, tasks = ?plan.tasks, "Tasks are locked by another job; job requeued.");
+            inner.ledger.requeue(job.id, LOCK_RETRY).await?;
+            return Ok(JobReport::Requeued { job_id: job.id });
+        };
+        if !job.manual {
+            if let Some(previous) = inner.ledger.acted_within(&job, settings.cooldown).await? {
+                locks.release().await;
+                let (outcome, summary) = match fix.on_cooldown() {
+                    CooldownPolicy::Skip => (
+                        JobOutcome::SkippedCooldown,
+                        format!("Skipped: job {previous} acted on {} within the cooldown.", job.target.key),
+                    ),
+                    CooldownPolicy::Escalate => (
+                        JobOutcome::NeedsHuman,
+                        format!(
+                            "Needs a human: job {previous} already acted on {} within the cooldown; not acting again.",
+                            job.target.key
+                        ),
+                    ),
+                };
+                return self
+                    .finish(
+                        &job,
+                        started,
+                        outcome,
+                        &summary,
+                        None,
+                        Some(plan_text),
+                        json!({ "previous_job": previous }),
+                    )
+                    .await;
+            }
+        }
+        inner.ledger.mark_acting(job.id).await?;
+        let result = fix.execute(&inner.ctx, &job, &plan).await;
+        locks.release().await;
+        match result {
+            Ok(outcome) => {
+                let job_outcome = match outcome.status {
+                    OutcomeStatus::Succeeded => JobOutcome::Succeeded,
+                    OutcomeStatus::Failed => JobOutcome::Failed,
+                    OutcomeStatus::NeedsHuman => JobOutcome::NeedsHuman,
+                };
+                self.finish(
+                    &job,
+                    started,
+                    job_outcome,
+                    &outcome.summary,
+                    None,
+                    Some(plan_text),
+                    outcome.details,
+                )
+                .await
+            }
+            Err(error) => {
+                self.finish(
+                    &job,
+                    started,
+                    JobOutcome::Failed,
+                    "Execution failed.",
+                    Some(&error),
+                    Some(plan_text),
+                    json!({}),
+                )
+                .await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        job: &Job,
+        started: Instant,
+        outcome: JobOutcome,
+        summary: &str,
+        error: Option<&FixError>,
+        plan: Option<String>,
+        details: serde_json::Value,
+    ) -> Result<JobReport, LedgerError> {
+        let error = error.map(ToString::to_string);
+        self.inner
+            .ledger
+            .finish_job(job.id, outcome, summary, error.as_deref(), &details)
+            .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.inner.metrics.job_finished(job.fix, outcome, seconds);
+        match outcome {
+            JobOutcome::Failed | JobOutcome::NeedsHuman => tracing::warn!(
+                job = job.id,
+                fix = %job.fix,
+                target = %job.target.key,
+                outcome = outcome.as_str(),
+                summary,
+                error = error.as_deref().unwrap_or(""),
+                seconds,
+                "Job finished."
+            ),
+            _ => tracing::info!(
+                job = job.id,
+                fix = %job.fix,
+                target = %job.target.key,
+                outcome = outcome.as_str(),
+                summary,
+                seconds,
+                "Job finished."
+            ),
+        }
+        Ok(JobReport::Finished {
+            job_id: job.id,
+            outcome,
+            summary: summary.to_owned(),
+            error,
+            plan,
+        })
+    }
+
+    /// Runs a claimed scheduled step through its fix; retries failures with a growing delay.
+    pub async fn run_step(&self, step: ScheduledStep) -> Result<(), LedgerError> {
+        let inner = &self.inner;
+        let _heartbeat = self.heartbeat(None, Some(step.id));
+        let Some(locks) = self.lock(&step.tasks, Duration::ZERO).await? else {
+            inner.ledger.retry_step(step.id, LOCK_RETRY, None).await?;
+            return Ok(());
+        };
+        tracing::info!(step = step.id, job = step.job_id, description = %step.description, "Running scheduled step.");
+        let result = inner.fixes.get(step.fix).run_step(&inner.ctx, &step).await;
+        locks.release().await;
+        match result {
+            Ok(summary) => {
+                tracing::info!(step = step.id, job = step.job_id, result = %summary, "Scheduled step done.");
+                inner.ledger.finish_step(step.id, Ok(&summary)).await
+            }
+            Err(error) if step.attempts >= MAX_STEP_ATTEMPTS => {
+                tracing::error!(step = step.id, job = step.job_id, %error, attempts = step.attempts, "Scheduled step failed for good.");
+                inner
+                    .ledger
+                    .finish_step(step.id, Err(&error.to_string()))
+                    .await
+            }
+            Err(error) => {
+                let delay = Duration::from_secs(10 * step.attempts.max(1) as u64);
+                tracing::warn!(step = step.id, job = step.job_id, %error, retry_in = ?delay, "Scheduled step failed; will retry.");
+                inner
+                    .ledger
+                    .retry_step(step.id, delay, Some(&error.to_string()))
+                    .await
+            }
+        }
+    }
+
+    /// Takes the locks of `tasks`, retrying each second for up to `wait`.
+    async fn lock(
+        &self,
+        tasks: &[String],
+        wait: Duration,
+    ) -> Result<Option<TaskLocks>, LedgerError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(locks) = self.inner.ledger.lock_tasks(tasks).await? {
+                return Ok(Some(locks));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(LOCK_RETRY).await;
+        }
+    }
+
+    /// Keeps the heartbeat of a job or step fresh until the guard drops.
+    fn heartbeat(&self, job: Option<i64>, step: Option<i64>) -> AbortOnDrop {
+        let ledger = self.inner.ledger.clone();
+        let runner = self.inner.runner.clone();
+        let jobs: Vec<i64> = job.into_iter().collect();
+        let steps: Vec<i64> = step.into_iter().collect();
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(error) = ledger.heartbeat(&runner, &jobs, &steps).await {
+                    tracing::warn!(%error, "Cannot record a heartbeat.");
+                }
+            }
+        }))
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
