@@ -30,6 +30,8 @@ pub enum ProbeError {
     #[error("query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
     #[error(transparent)]
+    Gap(#[from] dmsguard_pipeline::gap_finder::GapError),
+    #[error(transparent)]
     SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
     #[error("AWS {call} failed: {message}")]
     Aws { call: &'static str, message: String },
@@ -189,4 +191,127 @@ pub fn table_label(config: &dmsguard_pipeline::config::Config, target: &str) -> 
     config
         .table(target)
         .map_or_else(|| target.to_owned(), |t| t.source.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    /// A probe that takes `run` per refresh and fails while `failing` is set.
+    struct SlowProbe {
+        run: Duration,
+        in_flight: Arc<AtomicUsize>,
+        max_in_flight: Arc<AtomicUsize>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Probe for SlowProbe {
+        fn name(&self) -> ProbeName {
+            ProbeName::Gaps
+        }
+
+        async fn refresh(&mut self) -> Result<(), ProbeError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.run).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                Err(ProbeError::Invalid("source down".to_owned()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn schedule(interval_ms: u64, timeout_ms: u64) -> ProbeSchedule {
+        ProbeSchedule {
+            enabled: true,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_never_overlap_and_failures_flip_success() {
+        let metrics = ProbeMetrics::register(&mut Registry::default());
+        let board = Arc::new(StatusBoard::default());
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let probe = SlowProbe {
+            run: Duration::from_millis(30),
+            in_flight: Arc::default(),
+            max_in_flight: max_in_flight.clone(),
+            failing: failing.clone(),
+        };
+        // The interval is shorter than a run: ticks must be skipped, not run concurrently.
+        let handle = spawn(probe, &schedule(5, 1000), metrics.clone(), board.clone());
+        let labels = ProbeLabels {
+            probe: ProbeName::Gaps,
+        };
+        let runs = || board.snapshot()[0].1.runs;
+        wait_for("five runs", || runs() >= 5).await;
+        assert_eq!(max_in_flight.load(Ordering::SeqCst), 1);
+        assert_eq!(metrics.success.get_or_create(&labels).get(), 1);
+        assert!(metrics.last_success.get_or_create(&labels).get() > 0.0);
+
+        failing.store(true, Ordering::SeqCst);
+        wait_for("failure seen", || {
+            board.snapshot()[0].1.last_ok == Some(false)
+        })
+        .await;
+        assert_eq!(metrics.success.get_or_create(&labels).get(), 0);
+        let status = board.snapshot()[0].1.clone();
+        assert_eq!(status.last_error.as_deref(), Some("source down"));
+        assert!(
+            status.last_success.is_some(),
+            "the last success is remembered"
+        );
+
+        failing.store(false, Ordering::SeqCst);
+        wait_for("recovery", || board.snapshot()[0].1.last_ok == Some(true)).await;
+        assert_eq!(metrics.success.get_or_create(&labels).get(), 1);
+        handle.abort();
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_timeout_is_a_failure() {
+        let metrics = ProbeMetrics::register(&mut Registry::default());
+        let board = Arc::new(StatusBoard::default());
+        let probe = SlowProbe {
+            run: Duration::from_secs(60),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+            failing: Arc::default(),
+        };
+        let handle = spawn(probe, &schedule(10, 50), metrics.clone(), board.clone());
+        wait_for("a timed-out run", || board.snapshot()[0].1.runs >= 1).await;
+        let status = board.snapshot()[0].1.clone();
+        assert_eq!(status.last_ok, Some(false));
+        assert!(
+            status.last_error.unwrap_or_default().contains("timed out"),
+            "timeout reported"
+        );
+        let labels = ProbeLabels {
+            probe: ProbeName::Gaps,
+        };
+        assert_eq!(metrics.success.get_or_create(&labels).get(), 0);
+        let took = metrics.duration.get_or_create(&labels).get();
+        assert!((0.05..5.0).contains(&took), "duration {took}");
+        handle.abort();
+    }
 }

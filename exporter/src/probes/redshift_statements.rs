@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 use dmsguard_pipeline::config::{Config, DatabaseConfig, QualifiedName};
+use dmsguard_pipeline::statement_parser::{
+    parse_dms_statement, StatementKind as ParsedKind, StatementParseError,
+};
 use dmsguard_pipeline::system_views::{self, Cursor, DmsQuery, Outcome, StatementReader};
 use tokio_postgres::Client;
 
@@ -157,59 +160,15 @@ impl Probe for RedshiftStatementsProbe {
     }
 }
 
-/// Kind and target table of a DMS statement.
-fn classify(sql: &str) -> Result<(StatementKind, QualifiedName), String> {
-    use sqlparser::ast::{FromTable, ObjectName, Statement, TableFactor, TableObject};
-    use sqlparser::dialect::RedshiftSqlDialect;
-    use sqlparser::parser::Parser;
-
-    fn name(o: &ObjectName) -> Option<QualifiedName> {
-        let parts: Vec<&str> =
-            o.0.iter()
-                .map(|p| p.as_ident().map(|i| i.value.as_str()))
-                .collect::<Option<_>>()?;
-        match parts[..] {
-            [schema, table] => Some(QualifiedName {
-                schema: schema.to_owned(),
-                table: table.to_owned(),
-            }),
-            [table] => Some(QualifiedName {
-                schema: "public".to_owned(),
-                table: table.to_owned(),
-            }),
-            _ => None,
-        }
-    }
-    fn factor(f: &TableFactor) -> Option<QualifiedName> {
-        match f {
-            TableFactor::Table { name: n, .. } => name(n),
-            _ => None,
-        }
-    }
-
-    let statements =
-        Parser::parse_sql(&RedshiftSqlDialect {}, sql).map_err(|e| format!("not SQL: {e}"))?;
-    let [statement] = &statements[..] else {
-        return Err(format!("{} statements, expected one", statements.len()));
+/// Kind and target table of a DMS statement, from the statement parser.
+fn classify(sql: &str) -> Result<(StatementKind, QualifiedName), StatementParseError> {
+    let statement = parse_dms_statement(sql)?;
+    let kind = match statement.kind {
+        ParsedKind::Insert => StatementKind::Insert,
+        ParsedKind::Update => StatementKind::Update,
+        ParsedKind::Delete => StatementKind::Delete,
     };
-    let parsed = match statement {
-        Statement::Insert(insert) => match &insert.table {
-            TableObject::TableName(n) => name(n).map(|t| (StatementKind::Insert, t)),
-            _ => None,
-        },
-        Statement::Update(update) => {
-            factor(&update.table.relation).map(|t| (StatementKind::Update, t))
-        }
-        Statement::Delete(delete) => {
-            let from = match &delete.from {
-                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t.first(),
-            };
-            from.and_then(|t| factor(&t.relation))
-                .map(|t| (StatementKind::Delete, t))
-        }
-        _ => None,
-    };
-    parsed.ok_or_else(|| "not an INSERT, UPDATE or DELETE on a named table".to_owned())
+    Ok((kind, statement.target))
 }
 
 #[cfg(test)]
