@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultParseError};
-pub use target_schema::{compare_tables, Column, ColumnKind, Diff, RowMismatch, SimTable};
+pub use target_schema::{compare_tables, copy_rows, Column, ColumnKind, Diff, RowMismatch, SimTable};
 pub use workload::{HotRows, Workload, WorkloadConfig, WorkloadCounters, WorkloadHandle};
 
 use crate::harness::{eventually, TestDatabases};

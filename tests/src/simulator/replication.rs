@@ -104,8 +104,8 @@ pub(crate) async fn install_task(
         .execute(
             &format!(
                 "INSERT INTO public.{TXN_STATE_TABLE} (\"TASK_NAME\", \"CHECKPOINT\", \"LAST_SEQ\", \"CHECKPOINT_TIME\")
-                 SELECT $1, '0/0', 0, now() AT TIME ZONE 'UTC'
-                 WHERE NOT EXISTS (SELECT 1 FROM public.{TXN_STATE_TABLE} WHERE \"TASK_NAME\" = $1)"
+                 SELECT $1::varchar, '0/0', 0, now() AT TIME ZONE 'UTC'
+                 WHERE NOT EXISTS (SELECT 1 FROM public.{TXN_STATE_TABLE} WHERE \"TASK_NAME\" = $1::varchar)"
             ),
             &[&task.name],
         )
@@ -493,17 +493,20 @@ impl Replicator {
             _ => Op::Delete,
         };
         let mut values = vec![None; info.columns.len()];
-        let source = if op == Op::Delete {
-            &data["identity"]
-        } else {
-            &data["columns"]
+        // Old values first: an UPDATE's new tuple leaves out unchanged TOASTed columns.
+        let sources: &[&str] = match op {
+            Op::Insert => &["columns"],
+            Op::Update => &["identity", "columns"],
+            Op::Delete => &["identity"],
         };
-        for col in source.as_array().map(Vec::as_slice).unwrap_or_default() {
-            let Some(name) = col["name"].as_str() else {
-                continue;
-            };
-            if let Some(&i) = info.index.get(name) {
-                values[i] = text_value(&col["value"], info.columns[i].kind);
+        for source in sources {
+            for col in data[*source].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let Some(name) = col["name"].as_str() else {
+                    continue;
+                };
+                if let Some(&i) = info.index.get(name) {
+                    values[i] = text_value(&col["value"], info.columns[i].kind);
+                }
             }
         }
         let key_source = if op == Op::Delete {

@@ -135,7 +135,9 @@ impl SimTable {
             .join(", ")
     }
 
-    /// Creates the source table (and the enum type) if missing.
+    /// Creates the source table (and the enum type) if missing. `REPLICA IDENTITY FULL`, as
+    /// DMS advises for tables with LOBs: an UPDATE's new tuple omits unchanged TOASTed values,
+    /// the full old tuple supplies them.
     pub async fn install_source(&self, source: &Client) -> Result<(), tokio_postgres::Error> {
         let schema = quote_ident(&self.name.schema);
         let values = ENUM_VALUES
@@ -149,7 +151,8 @@ impl SimTable {
                  DO $$ BEGIN
                    CREATE TYPE {schema}.{ty} AS ENUM ({values});
                  EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-                 CREATE TABLE IF NOT EXISTS {table} ({cols});",
+                 CREATE TABLE IF NOT EXISTS {table} ({cols});
+                 ALTER TABLE {table} REPLICA IDENTITY FULL;",
                 ty = quote_ident(ENUM_TYPE),
                 table = self.name.quoted(),
                 cols = self.column_defs(false),
@@ -329,7 +332,7 @@ pub async fn compare_tables(
     let columns = table.columns();
     let id = quote_ident(ID_COLUMN);
     let source_sql = format!(
-        "SELECT {id}, {} FROM {} ORDER BY {id}",
+        "SELECT {id}, {} FROM {} ORDER BY 1",
         columns
             .iter()
             .map(Column::source_text_expr)
@@ -338,7 +341,7 @@ pub async fn compare_tables(
         table.name.quoted()
     );
     let target_sql = format!(
-        "SELECT {id}, {} FROM {} ORDER BY {id}",
+        "SELECT {id}, {} FROM {} ORDER BY 1",
         columns
             .iter()
             .map(|c| format!("{}::text", quote_ident(&c.name)))
@@ -400,6 +403,52 @@ pub fn diff_rows(table: &str, columns: &[Column], src: &Rows, dst: &Rows) -> Dif
         }
     }
     diff
+}
+
+/// Copies source rows into the target with DMS's type conversion (what a repair does);
+/// returns the rows inserted. For tests that stand in for a fix.
+pub async fn copy_rows(
+    source: &Client,
+    redshift: &Client,
+    table: &SimTable,
+    ids: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    let columns = table.columns();
+    let id = quote_ident(ID_COLUMN);
+    let select = format!(
+        "SELECT {} FROM {} WHERE {id} = ANY($1::bigint[])",
+        columns
+            .iter()
+            .map(Column::source_text_expr)
+            .collect::<Vec<_>>()
+            .join(", "),
+        table.name.quoted()
+    );
+    let insert = format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        table.name.quoted(),
+        columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(","),
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("CAST(${}::text AS {})", i + 1, c.target_type))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut n = 0;
+    for row in source.query(&select, &[&ids]).await? {
+        let values: Vec<Option<String>> = (0..row.len()).map(|i| row.get(i)).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        n += redshift.execute(&insert, &params).await?;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
