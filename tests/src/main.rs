@@ -217,7 +217,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let secs = t0.elapsed().as_secs_f64();
         let generated = (s.generated - g0) as f64 / secs;
         let applied = (s.applied() - a0) as f64 / secs;
-        let backlog = s.generated.saturating_sub(s.applied() + s.dropped_changes());
+        let backlog = s
+            .generated
+            .saturating_sub(s.applied() + s.dropped_changes());
         sim.stop_workload().await?;
         let caught_up = std::time::Instant::now();
         sim.wait_caught_up(Duration::from_secs(120)).await?;
@@ -225,17 +227,29 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let stats = sim.stop().await?;
         let mut equal = true;
         for t in &tables {
-            let diff = dmsguard_lab::simulator::compare_source_target(&dbs.source, &dbs.redshift, t)
-                .await?;
+            let diff =
+                dmsguard_lab::simulator::compare_source_target(&dbs.source, &dbs.redshift, t)
+                    .await?;
             equal &= diff.is_empty();
         }
-        results.push((rate, generated, applied, backlog, drain, stats.batches(), equal));
+        results.push((
+            rate,
+            generated,
+            applied,
+            backlog,
+            drain,
+            stats.batches(),
+            equal,
+        ));
         dbs.drop().await?;
     }
     println!("| target rate | generated/s | applied/s | backlog at end | drain s | batches | target = source |");
     println!("|---:|---:|---:|---:|---:|---:|:---:|");
     for (rate, g, a, b, d, n, eq) in results {
-        println!("| {rate} | {g:.0} | {a:.0} | {b} | {d:.1} | {n} | {} |", if eq { "yes" } else { "NO" });
+        println!(
+            "| {rate} | {g:.0} | {a:.0} | {b} | {d:.1} | {n} | {} |",
+            if eq { "yes" } else { "NO" }
+        );
     }
     Ok(())
 }

@@ -312,9 +312,24 @@ async fn push_metrics(shared: &Shared, aws: &AwsClients) -> anyhow::Result<()> {
     let instance = &shared.config.instance;
     let (freeable, available, swap) = memory(shared);
     let mut data = vec![
-        datum(FREEABLE_MEMORY, instance_dimensions(instance), freeable, StandardUnit::Bytes),
-        datum(AVAILABLE_MEMORY, instance_dimensions(instance), available, StandardUnit::Bytes),
-        datum(SWAP_USAGE, instance_dimensions(instance), swap, StandardUnit::Bytes),
+        datum(
+            FREEABLE_MEMORY,
+            instance_dimensions(instance),
+            freeable,
+            StandardUnit::Bytes,
+        ),
+        datum(
+            AVAILABLE_MEMORY,
+            instance_dimensions(instance),
+            available,
+            StandardUnit::Bytes,
+        ),
+        datum(
+            SWAP_USAGE,
+            instance_dimensions(instance),
+            swap,
+            StandardUnit::Bytes,
+        ),
     ];
     let now = chrono::Utc::now();
     for t in &shared.tasks {
@@ -333,9 +348,24 @@ async fn push_metrics(shared: &Shared, aws: &AwsClients) -> anyhow::Result<()> {
             }
             _ => lag.last_batch_latency,
         };
-        data.push(datum(CDC_LATENCY_SOURCE, dims(), lag.source_latency, StandardUnit::Seconds));
-        data.push(datum(CDC_LATENCY_TARGET, dims(), target_latency, StandardUnit::Seconds));
-        data.push(datum(CDC_INCOMING_CHANGES, dims(), lag.pending as f64, StandardUnit::Count));
+        data.push(datum(
+            CDC_LATENCY_SOURCE,
+            dims(),
+            lag.source_latency,
+            StandardUnit::Seconds,
+        ));
+        data.push(datum(
+            CDC_LATENCY_TARGET,
+            dims(),
+            target_latency,
+            StandardUnit::Seconds,
+        ));
+        data.push(datum(
+            CDC_INCOMING_CHANGES,
+            dims(),
+            lag.pending as f64,
+            StandardUnit::Count,
+        ));
     }
     aws.cloudwatch
         .put_metric_data()

@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultParseError};
-pub use target_schema::{compare_tables, copy_rows, Column, ColumnKind, Diff, RowMismatch, SimTable};
+pub use target_schema::{
+    compare_tables, copy_rows, Column, ColumnKind, Diff, RowMismatch, SimTable,
+};
 pub use workload::{HotRows, Workload, WorkloadConfig, WorkloadCounters, WorkloadHandle};
 
 use crate::harness::{eventually, TestDatabases};
@@ -381,7 +383,9 @@ impl Simulator {
                 .await
                 .context("connecting to the Redshift stand-in")?;
             for t in &tables {
-                t.install_source(&source).await.context("creating source tables")?;
+                t.install_source(&source)
+                    .await
+                    .context("creating source tables")?;
                 t.install_target(&redshift)
                     .await
                     .context("creating target tables")?;
@@ -586,8 +590,12 @@ impl SimHandle {
             .into_iter()
             .find(|t| t.dotted() == table || t.to_string() == table)
             .ok_or_else(|| anyhow::anyhow!("`{table}` is not a simulated table"))?;
-        compare_source_target(&self.shared.config.source, &self.shared.config.redshift, &table)
-            .await
+        compare_source_target(
+            &self.shared.config.source,
+            &self.shared.config.redshift,
+            &table,
+        )
+        .await
     }
 
     /// Stops everything; returns the final stats.

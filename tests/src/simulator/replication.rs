@@ -500,7 +500,11 @@ impl Replicator {
             Op::Delete => &["identity"],
         };
         for source in sources {
-            for col in data[*source].as_array().map(Vec::as_slice).unwrap_or_default() {
+            for col in data[*source]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 let Some(name) = col["name"].as_str() else {
                     continue;
                 };
@@ -894,10 +898,18 @@ impl Replicator {
             return Ok(());
         }
         if self.recorder.is_none() {
-            self.recorder = Some(dmsguard_pipeline::db::connect(&self.shared.config.redshift).await?);
+            self.recorder =
+                Some(dmsguard_pipeline::db::connect(&self.shared.config.redshift).await?);
         }
         let c = self.recorder.as_ref().expect("just set");
-        write_records(c, &self.pending, &self.rt.task.name, &self.db_name, self.session_id).await?;
+        write_records(
+            c,
+            &self.pending,
+            &self.rt.task.name,
+            &self.db_name,
+            self.session_id,
+        )
+        .await?;
         self.pending = Pending::default();
         Ok(())
     }
@@ -1335,7 +1347,12 @@ mod tests {
         let ct = QualifiedName::parse("public.awsdms_changes1a2b3c4d").unwrap();
         let i = bulk_statement(&info(), &ct, Op::Insert, 1, 250);
         assert!(i.starts_with("/* Applied by AWS DMS 3.5.3 */ INSERT INTO \"public\".\"orders\" (\"id\",\"status\","), "{i}");
-        assert!(i.contains("SELECT CAST(changes.\"seg1\" AS bigint), CAST(changes.\"c2\" AS varchar(20))"), "{i}");
+        assert!(
+            i.contains(
+                "SELECT CAST(changes.\"seg1\" AS bigint), CAST(changes.\"c2\" AS varchar(20))"
+            ),
+            "{i}"
+        );
         assert!(i.ends_with("FROM \"public\".\"awsdms_changes1a2b3c4d\" changes WHERE changes.\"tbl\" = 'public.orders' AND changes.\"op\" = 'I' AND changes.\"seq\" >= 1 AND changes.\"seq\" <= 250"), "{i}");
         let d = bulk_statement(&info(), &ct, Op::Delete, 251, 300);
         assert_eq!(d, "/* Applied by AWS DMS 3.5.3 */ DELETE FROM \"public\".\"orders\" USING \"public\".\"awsdms_changes1a2b3c4d\" changes WHERE \"public\".\"orders\".\"id\" = CAST(changes.\"seg1\" AS bigint) AND changes.\"tbl\" = 'public.orders' AND changes.\"op\" = 'D' AND changes.\"seq\" >= 251 AND changes.\"seq\" <= 300");
@@ -1365,9 +1382,18 @@ mod tests {
     fn fold_keeps_one_net_change_per_row() {
         let n = |op| Net { op, values: vec![] };
         assert!(fold(Some(n(Op::Insert)), n(Op::Delete)).is_none());
-        assert_eq!(fold(Some(n(Op::Insert)), n(Op::Update)).unwrap().op, Op::Insert);
-        assert_eq!(fold(Some(n(Op::Update)), n(Op::Delete)).unwrap().op, Op::Delete);
-        assert_eq!(fold(Some(n(Op::Delete)), n(Op::Insert)).unwrap().op, Op::Update);
+        assert_eq!(
+            fold(Some(n(Op::Insert)), n(Op::Update)).unwrap().op,
+            Op::Insert
+        );
+        assert_eq!(
+            fold(Some(n(Op::Update)), n(Op::Delete)).unwrap().op,
+            Op::Delete
+        );
+        assert_eq!(
+            fold(Some(n(Op::Delete)), n(Op::Insert)).unwrap().op,
+            Op::Update
+        );
         assert_eq!(fold(None, n(Op::Update)).unwrap().op, Op::Update);
     }
 
@@ -1385,13 +1411,26 @@ mod tests {
 
     #[test]
     fn wal2json_values_become_dms_text() {
-        assert_eq!(text_value(&serde_json::json!(true), ColumnKind::Boolean).as_deref(), Some("true"));
-        assert_eq!(text_value(&serde_json::json!(12.3), ColumnKind::Plain).as_deref(), Some("12.3"));
         assert_eq!(
-            text_value(&serde_json::json!("2026-11-25 01:58:08.232422+00"), ColumnKind::TimestampTz).as_deref(),
+            text_value(&serde_json::json!(true), ColumnKind::Boolean).as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            text_value(&serde_json::json!(12.3), ColumnKind::Plain).as_deref(),
+            Some("12.3")
+        );
+        assert_eq!(
+            text_value(
+                &serde_json::json!("2026-11-25 01:58:08.232422+00"),
+                ColumnKind::TimestampTz
+            )
+            .as_deref(),
             Some("2026-11-25 01:58:08.232422")
         );
-        assert_eq!(text_value(&serde_json::Value::Null, ColumnKind::Plain), None);
+        assert_eq!(
+            text_value(&serde_json::Value::Null, ColumnKind::Plain),
+            None
+        );
         assert!(parse_ts("2026-11-25 01:58:08.232843+00").is_some());
     }
 }

@@ -188,7 +188,11 @@ impl SimTable {
             .await?;
         for c in self.columns() {
             let sortkey: i32 = i32::from(c.kind == ColumnKind::Id);
-            let encoding = if c.kind == ColumnKind::Id { "none" } else { "lzo" };
+            let encoding = if c.kind == ColumnKind::Id {
+                "none"
+            } else {
+                "lzo"
+            };
             redshift
                 .execute(
                     "INSERT INTO pg_table_def (schemaname, tablename, \"column\", type, encoding, distkey, sortkey, \"notnull\") VALUES ($1, $2, $3, $4, $5, false, $6, $7)",
@@ -317,7 +321,9 @@ async fn fetch(client: &Client, sql: &str) -> Result<Rows, tokio_postgres::Error
         .iter()
         .map(|r| {
             let id: i64 = r.get(0);
-            let values = (1..r.len()).map(|i| r.get::<_, Option<String>>(i)).collect();
+            let values = (1..r.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect();
             (id, values)
         })
         .collect())
@@ -473,9 +479,21 @@ mod tests {
 
     #[test]
     fn diff_finds_missing_extra_duplicate_and_changed_rows() {
-        let cols = vec![Column::new("v", "text", "varchar(65535)", ColumnKind::Plain, true)];
+        let cols = vec![Column::new(
+            "v",
+            "text",
+            "varchar(65535)",
+            ColumnKind::Plain,
+            true,
+        )];
         let src = vec![row(1, "a"), row(2, "b"), row(3, "c"), row(5, "e")];
-        let dst = vec![row(1, "a"), row(3, "x"), row(3, "x"), row(4, "d"), row(5, "e")];
+        let dst = vec![
+            row(1, "a"),
+            row(3, "x"),
+            row(3, "x"),
+            row(4, "d"),
+            row(5, "e"),
+        ];
         let d = diff_rows("public.t", &cols, &src, &dst);
         assert_eq!(d.missing_in_target, vec![2]);
         assert_eq!(d.extra_in_target, vec![4]);
