@@ -201,6 +201,14 @@ async fn healthy_replication_converges_and_logs_like_redshift() -> anyhow::Resul
             .push("public.wide_orders:90".parse().unwrap());
     })
     .await?;
+    let outcome = scenario_healthy_replication_converges_and_logs_like_redshift(&lab).await;
+    lab.finish().await?;
+    outcome
+}
+
+async fn scenario_healthy_replication_converges_and_logs_like_redshift(
+    lab: &Lab,
+) -> anyhow::Result<()> {
     lab.applied_at_least(2_000).await?;
     lab.assert_converges().await?;
     let s = lab.sim.stats();
@@ -311,12 +319,20 @@ async fn healthy_replication_converges_and_logs_like_redshift() -> anyhow::Resul
     let latency = lab.task_metric(CDC_LATENCY_TARGET).await?;
     assert!(!latency.is_empty(), "task latency datapoints");
     assert!(latency.iter().all(|v| *v < 10.0), "{latency:?}");
-    lab.finish().await
+    Ok(())
 }
 
 #[tokio::test]
 async fn stop_and_resume_in_dms_pauses_apply_without_loss() -> anyhow::Result<()> {
     let lab = lab("sim_stop_resume", |_| {}).await?;
+    let outcome = scenario_stop_and_resume_in_dms_pauses_apply_without_loss(&lab).await;
+    lab.finish().await?;
+    outcome
+}
+
+async fn scenario_stop_and_resume_in_dms_pauses_apply_without_loss(
+    lab: &Lab,
+) -> anyhow::Result<()> {
     lab.applied_at_least(500).await?;
     lab.stop_task().await?;
     lab.generated_more(200).await?;
@@ -337,7 +353,7 @@ async fn stop_and_resume_in_dms_pauses_apply_without_loss() -> anyhow::Result<()
     let s = lab.sim.stats();
     assert!(s.applied() > paused_at);
     assert_eq!(s.task(TASK).unwrap().restarts, 1, "{s:?}");
-    lab.finish().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -346,6 +362,12 @@ async fn drop_rows_leaves_ids_missing_in_the_target() -> anyhow::Result<()> {
         c.initial_fault = Fault::DropRows { every: 25 };
     })
     .await?;
+    let outcome = scenario_drop_rows_leaves_ids_missing_in_the_target(&lab).await;
+    lab.finish().await?;
+    outcome
+}
+
+async fn scenario_drop_rows_leaves_ids_missing_in_the_target(lab: &Lab) -> anyhow::Result<()> {
     eventually("rows dropped", Duration::from_secs(30), || async {
         Ok((lab.sim.stats().dropped_ids().len() >= 5).then_some(()))
     })
@@ -400,12 +422,20 @@ async fn drop_rows_leaves_ids_missing_in_the_target() -> anyhow::Result<()> {
         diff.target_rows + diff.missing_in_target.len(),
         diff.source_rows
     );
-    lab.finish().await
+    Ok(())
 }
 
 #[tokio::test]
 async fn missing_then_update_stays_one_by_one_until_the_row_exists() -> anyhow::Result<()> {
     let lab = lab("sim_one_by_one", |_| {}).await?;
+    let outcome = scenario_missing_then_update_stays_one_by_one_until_the_row_exists(&lab).await;
+    lab.finish().await?;
+    outcome
+}
+
+async fn scenario_missing_then_update_stays_one_by_one_until_the_row_exists(
+    lab: &Lab,
+) -> anyhow::Result<()> {
     lab.applied_at_least(300).await?;
     lab.sim.set_fault(Fault::MissingThenUpdate);
     eventually(
@@ -512,7 +542,7 @@ async fn missing_then_update_stays_one_by_one_until_the_row_exists() -> anyhow::
     );
     lab.sim.clear_fault();
     lab.assert_converges().await?;
-    lab.finish().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -524,6 +554,12 @@ async fn memory_leak_falls_until_the_task_is_restarted() -> anyhow::Result<()> {
         c.metrics_interval = Duration::from_millis(500);
     })
     .await?;
+    let outcome = scenario_memory_leak_falls_until_the_task_is_restarted(&lab).await;
+    lab.finish().await?;
+    outcome
+}
+
+async fn scenario_memory_leak_falls_until_the_task_is_restarted(lab: &Lab) -> anyhow::Result<()> {
     let low = eventually(
         "FreeableMemory below 2 GiB",
         Duration::from_secs(30),
@@ -559,7 +595,7 @@ async fn memory_leak_falls_until_the_task_is_restarted() -> anyhow::Result<()> {
     )
     .await?;
     lab.assert_converges().await?;
-    lab.finish().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -568,6 +604,14 @@ async fn stall_keeps_running_while_latency_and_backlog_grow() -> anyhow::Result<
         c.metrics_interval = Duration::from_millis(500);
     })
     .await?;
+    let outcome = scenario_stall_keeps_running_while_latency_and_backlog_grow(&lab).await;
+    lab.finish().await?;
+    outcome
+}
+
+async fn scenario_stall_keeps_running_while_latency_and_backlog_grow(
+    lab: &Lab,
+) -> anyhow::Result<()> {
     lab.applied_at_least(300).await?;
     lab.sim.set_fault(Fault::Stall);
     lab.generated_more(100).await?;
@@ -596,7 +640,7 @@ async fn stall_keeps_running_while_latency_and_backlog_grow() -> anyhow::Result<
     lab.stop_task().await?;
     lab.resume_task().await?;
     lab.assert_converges().await?;
-    lab.finish().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -605,6 +649,15 @@ async fn redshift_restart_cuts_the_target_then_the_task_stops_silently() -> anyh
         c.metrics_interval = Duration::from_millis(500);
     })
     .await?;
+    let outcome =
+        scenario_redshift_restart_cuts_the_target_then_the_task_stops_silently(&lab).await;
+    lab.finish().await?;
+    outcome
+}
+
+async fn scenario_redshift_restart_cuts_the_target_then_the_task_stops_silently(
+    lab: &Lab,
+) -> anyhow::Result<()> {
     lab.applied_at_least(300).await?;
     lab.sim.set_fault(Fault::RedshiftRestart { seconds: 3 });
     eventually(
@@ -648,5 +701,5 @@ async fn redshift_restart_cuts_the_target_then_the_task_stops_silently() -> anyh
     lab.stop_task().await?;
     lab.resume_task().await?;
     lab.assert_converges().await?;
-    lab.finish().await
+    Ok(())
 }

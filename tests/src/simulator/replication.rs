@@ -549,10 +549,7 @@ impl Replicator {
 
     /// While not applying: how much waits in the slot, and since when.
     async fn measure_backlog(&mut self) -> anyhow::Result<()> {
-        let (checkpoint, _) = match self.checkpoint().await {
-            Ok(c) => c,
-            Err(_) => (0, 0),
-        };
+        let (checkpoint, _) = self.checkpoint().await.unwrap_or_default();
         let slot = self.rt.slot.clone();
         let add_tables = self.add_tables.clone();
         let row = self
