@@ -382,6 +382,9 @@ impl Simulator {
             let redshift = dmsguard_pipeline::db::connect(&config.redshift)
                 .await
                 .context("connecting to the Redshift stand-in")?;
+            crate::harness::install_redshift_standin(&redshift)
+                .await
+                .context("creating the Redshift stand-in system views")?;
             for t in &tables {
                 t.install_source(&source)
                     .await
@@ -599,14 +602,14 @@ impl SimHandle {
     }
 
     /// Stops everything; returns the final stats.
-    pub async fn stop(self) -> anyhow::Result<SimStats> {
+    pub async fn stop(mut self) -> anyhow::Result<SimStats> {
         self.stop_workload().await?;
         let _ = self.stop.send(true);
         let restart = lock(&self.restart).take();
         if let Some(job) = restart {
             job.await??;
         }
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             t.await??;
         }
         Ok(SimStats {
@@ -616,6 +619,13 @@ impl SimHandle {
                 .unwrap_or(0),
             tasks: self.shared.tasks.iter().map(|t| t.snapshot()).collect(),
         })
+    }
+}
+
+impl Drop for SimHandle {
+    /// A handle dropped without `stop` still ends its background tasks.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 

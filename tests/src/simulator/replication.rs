@@ -348,7 +348,7 @@ pub(crate) async fn run(
             tracing::debug!(task = %r.rt.task.name, error = %format!("{e:#}"), "Writing system views failed; keeping rows for later.");
             r.recorder = None;
         }
-        if *stopped.borrow() {
+        if *stopped.borrow() || stopped.has_changed().is_err() {
             return Ok(());
         }
         tokio::select! {
