@@ -496,11 +496,20 @@ async fn scenario_missing_then_update_stays_one_by_one_until_the_row_exists(
         vec![missing],
         "absent in target: {absent:?}"
     );
-    assert!(
-        lab.count("SELECT count(*) FROM stl_query WHERE aborted = 1 AND querytxt LIKE '%UPDATE%'")
-            .await?
-            >= 3
-    );
+    // A batch's statements reach the system views right after the batch.
+    eventually(
+        "three aborted UPDATEs in STL_QUERY",
+        Duration::from_secs(20),
+        || async {
+            let n = lab
+                .count(
+                    "SELECT count(*) FROM stl_query WHERE aborted = 1 AND querytxt LIKE '%UPDATE%'",
+                )
+                .await?;
+            Ok((n >= 3).then_some(()))
+        },
+    )
+    .await?;
     let exception: String = rs
         .query_one(
             "SELECT \"STATEMENT\" FROM awsdms_apply_exceptions WHERE \"TASK_NAME\" = $1 AND \"TABLE_NAME\" = 'orders' LIMIT 1",
