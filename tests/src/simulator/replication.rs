@@ -279,6 +279,8 @@ struct Replicator {
     dropped_keys: HashSet<(usize, i64)>,
     db_name: String,
     session_id: i32,
+    /// The slot's position after the last advance.
+    advanced_lsn: u64,
 }
 
 /// Runs a task's replicator until `stopped`.
@@ -317,6 +319,7 @@ pub(crate) async fn run(
         dropped_keys: HashSet::new(),
         db_name,
         session_id,
+        advanced_lsn: 0,
     };
     let interval = r.shared.config.batch.min_interval;
     let measure_every = r.shared.config.metrics_interval / 2;
@@ -344,9 +347,16 @@ pub(crate) async fn run(
                 }
             }
         }
-        if let Err(e) = r.flush_records().await {
-            tracing::debug!(task = %r.rt.task.name, error = %format!("{e:#}"), "Writing system views failed; keeping rows for later.");
-            r.recorder = None;
+        match r.flush_records().await {
+            // Caught up means applied and logged.
+            Ok(()) => {
+                r.rt.processed_lsn
+                    .fetch_max(r.advanced_lsn, Ordering::SeqCst);
+            }
+            Err(e) => {
+                tracing::debug!(task = %r.rt.task.name, error = %format!("{e:#}"), "Writing system views failed; keeping rows for later.");
+                r.recorder = None;
+            }
         }
         if *stopped.borrow() || stopped.has_changed().is_err() {
             return Ok(());
@@ -543,7 +553,8 @@ impl Replicator {
             )
             .await
             .context("advancing the replication slot")?;
-        self.rt.processed_lsn.fetch_max(lsn, Ordering::SeqCst);
+        // Published once the batch's statements are in the system views (see `run`).
+        self.advanced_lsn = self.advanced_lsn.max(lsn);
         Ok(())
     }
 
