@@ -1,6 +1,7 @@
 //! The DMS simulator against the real lab: PostgreSQL source and Redshift stand-in, a moto of
 //! each test's own. Healthy replication, stop/resume in DMS, and every fault's signature.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_cloudwatch::types::{Metric, MetricDataQuery, MetricStat};
@@ -14,6 +15,7 @@ use dmsguard_lab::simulator::{
     copy_rows, Fault, SimConfig, SimHandle, SimTable, Simulator, DMS_COMMENT,
 };
 use dmsguard_pipeline::aws::AwsClients;
+use futures::FutureExt;
 use sqlparser::dialect::RedshiftSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -174,8 +176,22 @@ impl Lab {
     }
 
     async fn finish(self) -> anyhow::Result<()> {
-        self.sim.stop().await?;
-        self.dbs.drop().await
+        let stopped = self.sim.stop().await;
+        self.dbs.drop().await?;
+        stopped.map(|_| ())
+    }
+}
+
+/// Drops the test's databases whatever the scenario's outcome, then reports it (a failed
+/// assertion's panic included).
+async fn settle(
+    lab: Lab,
+    outcome: Result<anyhow::Result<()>, Box<dyn std::any::Any + Send>>,
+) -> anyhow::Result<()> {
+    lab.finish().await?;
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
@@ -201,9 +217,11 @@ async fn healthy_replication_converges_and_logs_like_redshift() -> anyhow::Resul
             .push("public.wide_orders:90".parse().unwrap());
     })
     .await?;
-    let outcome = scenario_healthy_replication_converges_and_logs_like_redshift(&lab).await;
-    lab.finish().await?;
-    outcome
+    let outcome =
+        AssertUnwindSafe(scenario_healthy_replication_converges_and_logs_like_redshift(&lab))
+            .catch_unwind()
+            .await;
+    settle(lab, outcome).await
 }
 
 async fn scenario_healthy_replication_converges_and_logs_like_redshift(
@@ -325,9 +343,12 @@ async fn scenario_healthy_replication_converges_and_logs_like_redshift(
 #[tokio::test]
 async fn stop_and_resume_in_dms_pauses_apply_without_loss() -> anyhow::Result<()> {
     let lab = lab("sim_stop_resume", |_| {}).await?;
-    let outcome = scenario_stop_and_resume_in_dms_pauses_apply_without_loss(&lab).await;
-    lab.finish().await?;
-    outcome
+    let outcome = AssertUnwindSafe(scenario_stop_and_resume_in_dms_pauses_apply_without_loss(
+        &lab,
+    ))
+    .catch_unwind()
+    .await;
+    settle(lab, outcome).await
 }
 
 async fn scenario_stop_and_resume_in_dms_pauses_apply_without_loss(
@@ -362,9 +383,10 @@ async fn drop_rows_leaves_ids_missing_in_the_target() -> anyhow::Result<()> {
         c.initial_fault = Fault::DropRows { every: 25 };
     })
     .await?;
-    let outcome = scenario_drop_rows_leaves_ids_missing_in_the_target(&lab).await;
-    lab.finish().await?;
-    outcome
+    let outcome = AssertUnwindSafe(scenario_drop_rows_leaves_ids_missing_in_the_target(&lab))
+        .catch_unwind()
+        .await;
+    settle(lab, outcome).await
 }
 
 async fn scenario_drop_rows_leaves_ids_missing_in_the_target(lab: &Lab) -> anyhow::Result<()> {
@@ -428,9 +450,11 @@ async fn scenario_drop_rows_leaves_ids_missing_in_the_target(lab: &Lab) -> anyho
 #[tokio::test]
 async fn missing_then_update_stays_one_by_one_until_the_row_exists() -> anyhow::Result<()> {
     let lab = lab("sim_one_by_one", |_| {}).await?;
-    let outcome = scenario_missing_then_update_stays_one_by_one_until_the_row_exists(&lab).await;
-    lab.finish().await?;
-    outcome
+    let outcome =
+        AssertUnwindSafe(scenario_missing_then_update_stays_one_by_one_until_the_row_exists(&lab))
+            .catch_unwind()
+            .await;
+    settle(lab, outcome).await
 }
 
 async fn scenario_missing_then_update_stays_one_by_one_until_the_row_exists(
@@ -563,9 +587,10 @@ async fn memory_leak_falls_until_the_task_is_restarted() -> anyhow::Result<()> {
         c.metrics_interval = Duration::from_millis(500);
     })
     .await?;
-    let outcome = scenario_memory_leak_falls_until_the_task_is_restarted(&lab).await;
-    lab.finish().await?;
-    outcome
+    let outcome = AssertUnwindSafe(scenario_memory_leak_falls_until_the_task_is_restarted(&lab))
+        .catch_unwind()
+        .await;
+    settle(lab, outcome).await
 }
 
 async fn scenario_memory_leak_falls_until_the_task_is_restarted(lab: &Lab) -> anyhow::Result<()> {
@@ -613,9 +638,12 @@ async fn stall_keeps_running_while_latency_and_backlog_grow() -> anyhow::Result<
         c.metrics_interval = Duration::from_millis(500);
     })
     .await?;
-    let outcome = scenario_stall_keeps_running_while_latency_and_backlog_grow(&lab).await;
-    lab.finish().await?;
-    outcome
+    let outcome = AssertUnwindSafe(scenario_stall_keeps_running_while_latency_and_backlog_grow(
+        &lab,
+    ))
+    .catch_unwind()
+    .await;
+    settle(lab, outcome).await
 }
 
 async fn scenario_stall_keeps_running_while_latency_and_backlog_grow(
@@ -658,10 +686,12 @@ async fn redshift_restart_cuts_the_target_then_the_task_stops_silently() -> anyh
         c.metrics_interval = Duration::from_millis(500);
     })
     .await?;
-    let outcome =
-        scenario_redshift_restart_cuts_the_target_then_the_task_stops_silently(&lab).await;
-    lab.finish().await?;
-    outcome
+    let outcome = AssertUnwindSafe(
+        scenario_redshift_restart_cuts_the_target_then_the_task_stops_silently(&lab),
+    )
+    .catch_unwind()
+    .await;
+    settle(lab, outcome).await
 }
 
 async fn scenario_redshift_restart_cuts_the_target_then_the_task_stops_silently(
