@@ -599,7 +599,9 @@ impl Replicator {
         let before = parse_lsn(&before)?;
         let limit = i32::try_from(self.shared.config.batch.max_changes).unwrap_or(i32::MAX);
         let read_at = Utc::now();
+        let t0 = std::time::Instant::now();
         let (txns, last_commit) = self.peek(limit).await?;
+        let peeked = t0.elapsed();
         let txns: Vec<Txn> = txns
             .into_iter()
             .filter(|t| t.commit_lsn > checkpoint)
@@ -705,7 +707,10 @@ impl Replicator {
             }
         }
 
+        let t1 = std::time::Instant::now();
         self.load_changes(&rows, last_seq).await?;
+        let loaded = t1.elapsed();
+        let t2 = std::time::Instant::now();
         let outcome = self.apply_bulk(&groups, commit_lsn, seq).await?;
         let one_by_one = match outcome {
             BulkOutcome::Committed => false,
@@ -740,7 +745,12 @@ impl Replicator {
                 .map(|o| (end - o).num_milliseconds().max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
         }
+        let applied = t2.elapsed();
+        let t3 = std::time::Instant::now();
         self.advance(commit_lsn).await?;
+        tracing::debug!(task = %self.rt.task.name, changes = raw, peek_ms = peeked.as_millis() as u64,
+            load_ms = loaded.as_millis() as u64, apply_ms = applied.as_millis() as u64,
+            advance_ms = t3.elapsed().as_millis() as u64, "Batch applied.");
         Ok(())
     }
 

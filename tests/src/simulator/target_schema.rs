@@ -11,6 +11,9 @@ use tokio_postgres::Client;
 pub const ENUM_TYPE: &str = "lab_order_kind";
 /// The enum's values.
 pub const ENUM_VALUES: [&str; 3] = ["retail", "wholesale", "internal"];
+/// Tables with at most this many extra columns (33 bytes each at most) stay under 8160 bytes
+/// a row, so nothing is TOASTed out of line.
+const INLINE_EXTRA_COLUMNS: usize = 150;
 /// The one key column of every simulated table (DMS's `seg1`).
 pub const ID_COLUMN: &str = "id";
 
@@ -135,9 +138,11 @@ impl SimTable {
             .join(", ")
     }
 
-    /// Creates the source table (and the enum type) if missing. `REPLICA IDENTITY FULL`, as
-    /// DMS advises for tables with LOBs: an UPDATE's new tuple omits unchanged TOASTed values,
-    /// the full old tuple supplies them.
+    /// Creates the source table (and the enum type) if missing.
+    ///
+    /// An UPDATE's new tuple in the WAL omits unchanged values TOASTed out of line. Rows are
+    /// kept inline up to 8160 bytes (`toast_tuple_target`); wider tables get `REPLICA IDENTITY
+    /// FULL`, as DMS advises for tables with LOBs, so the old tuple supplies such values.
     pub async fn install_source(&self, source: &Client) -> Result<(), tokio_postgres::Error> {
         let schema = quote_ident(&self.name.schema);
         let values = ENUM_VALUES
@@ -151,8 +156,13 @@ impl SimTable {
                  DO $$ BEGIN
                    CREATE TYPE {schema}.{ty} AS ENUM ({values});
                  EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-                 CREATE TABLE IF NOT EXISTS {table} ({cols});
-                 ALTER TABLE {table} REPLICA IDENTITY FULL;",
+                 CREATE TABLE IF NOT EXISTS {table} ({cols}) WITH (toast_tuple_target = 8160);
+                 ALTER TABLE {table} REPLICA IDENTITY {identity};",
+                identity = if self.extra_columns > INLINE_EXTRA_COLUMNS {
+                    "FULL"
+                } else {
+                    "DEFAULT"
+                },
                 ty = quote_ident(ENUM_TYPE),
                 table = self.name.quoted(),
                 cols = self.column_defs(false),
