@@ -174,6 +174,28 @@ struct RawChange {
     values: Vec<Option<String>>,
 }
 
+/// One wal2json (format 2) row.
+#[derive(serde::Deserialize)]
+struct W2jRow {
+    action: String,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    columns: Vec<W2jColumn>,
+    #[serde(default)]
+    identity: Vec<W2jColumn>,
+}
+
+#[derive(serde::Deserialize)]
+struct W2jColumn {
+    name: String,
+    value: serde_json::Value,
+}
+
 /// A committed source transaction.
 struct Txn {
     commit_lsn: u64,
@@ -447,23 +469,24 @@ impl Replicator {
             )
             .await
             .context("reading the replication slot")?;
+        let queried = std::time::Instant::now();
         let mut txns = Vec::new();
         let mut open: Option<Txn> = None;
         let mut last_commit = None;
         for row in &rows {
             let lsn = parse_lsn(row.get::<_, &str>(0))?;
-            let data: serde_json::Value =
+            let data: W2jRow =
                 serde_json::from_str(row.get::<_, &str>(1)).context("decoding wal2json")?;
-            let ts = data["timestamp"].as_str().and_then(parse_ts);
-            match data["action"].as_str() {
-                Some("B") => {
+            let ts = data.timestamp.as_deref().and_then(parse_ts);
+            match data.action.as_str() {
+                "B" => {
                     open = Some(Txn {
                         commit_lsn: 0,
                         commit_ts: ts,
                         changes: Vec::new(),
                     })
                 }
-                Some("C") => {
+                "C" => {
                     if let Some(mut t) = open.take() {
                         t.commit_lsn = lsn;
                         t.commit_ts = ts.or(t.commit_ts);
@@ -471,67 +494,61 @@ impl Replicator {
                         txns.push(t);
                     }
                 }
-                Some(action @ ("I" | "U" | "D")) => {
+                "I" | "U" | "D" => {
                     let Some(t) = open.as_mut() else { continue };
-                    if let Some(change) = self.parse_change(action, &data)? {
+                    if let Some(change) = self.parse_change(data)? {
                         t.changes.push(change);
                     }
                 }
                 _ => {}
             }
         }
+        tracing::trace!(
+            rows = rows.len(),
+            decode_ms = queried.elapsed().as_millis() as u64,
+            "Slot rows decoded."
+        );
         Ok((txns, last_commit))
     }
 
-    fn parse_change(
-        &self,
-        action: &str,
-        data: &serde_json::Value,
-    ) -> anyhow::Result<Option<RawChange>> {
+    fn parse_change(&self, data: W2jRow) -> anyhow::Result<Option<RawChange>> {
         let dotted = format!(
             "{}.{}",
-            data["schema"].as_str().unwrap_or_default(),
-            data["table"].as_str().unwrap_or_default()
+            data.schema.as_deref().unwrap_or_default(),
+            data.table.as_deref().unwrap_or_default()
         );
         let Some(&table) = self.by_name.get(&dotted) else {
             return Ok(None);
         };
         let info = &self.tables[table];
-        let op = match action {
+        let op = match data.action.as_str() {
             "I" => Op::Insert,
             "U" => Op::Update,
             _ => Op::Delete,
         };
         let mut values = vec![None; info.columns.len()];
         // Old values first: an UPDATE's new tuple leaves out unchanged TOASTed columns.
-        let sources: &[&str] = match op {
-            Op::Insert => &["columns"],
-            Op::Update => &["identity", "columns"],
-            Op::Delete => &["identity"],
+        let sources: &[&Vec<W2jColumn>] = match op {
+            Op::Insert => &[&data.columns],
+            Op::Update => &[&data.identity, &data.columns],
+            Op::Delete => &[&data.identity],
         };
         for source in sources {
-            for col in data[*source]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                let Some(name) = col["name"].as_str() else {
-                    continue;
-                };
-                if let Some(&i) = info.index.get(name) {
-                    values[i] = text_value(&col["value"], info.columns[i].kind);
+            for col in source.iter() {
+                if let Some(&i) = info.index.get(col.name.as_str()) {
+                    values[i] = text_value(&col.value, info.columns[i].kind);
                 }
             }
         }
         let key_source = if op == Op::Delete {
-            &data["identity"]
+            &data.identity
         } else {
-            &data["columns"]
+            &data.columns
         };
         let id = key_source
-            .as_array()
-            .and_then(|cols| cols.iter().find(|c| c["name"] == ID_COLUMN))
-            .and_then(|c| c["value"].as_i64())
+            .iter()
+            .find(|c| c.name == ID_COLUMN)
+            .and_then(|c| c.value.as_i64())
             .ok_or_else(|| anyhow::anyhow!("change on {dotted} without an `{ID_COLUMN}`"))?;
         Ok(Some(RawChange {
             table,
