@@ -648,6 +648,11 @@ impl Replicator {
 
         // Faults that keep changes from the target, then net changes per row.
         let fault = self.shared.fault();
+        if !matches!(fault, Fault::DropRows { .. }) {
+            // Once drop_rows ends, changes of rows it dropped flow again (an UPDATE of a row
+            // still missing then sends the batch to one-by-one mode, as on DMS).
+            self.dropped_keys.clear();
+        }
         let mut dropped = 0u64;
         let mut dropped_ids = Vec::new();
         let mut net: Vec<BTreeMap<i64, Net>> = vec![BTreeMap::new(); self.tables.len()];
