@@ -743,3 +743,85 @@ async fn scenario_redshift_restart_cuts_the_target_then_the_task_stops_silently(
     lab.assert_converges().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn command_line_switches_faults_through_the_control_file() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("sim_cli").await?;
+    let outcome = AssertUnwindSafe(scenario_command_line(&dbs))
+        .catch_unwind()
+        .await;
+    dbs.drop().await?;
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+async fn scenario_command_line(dbs: &TestDatabases) -> anyhow::Result<()> {
+    let moto = Moto::spawn().await?;
+    let dir = tempfile::tempdir()?;
+    let control = dir.path().join("fault");
+    std::fs::write(&control, "none\n")?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dmsguard-lab"))
+        .arg("simulate")
+        .args(["--source-url", &dbs.source.url])
+        .args(["--redshift-url", &dbs.redshift.url])
+        .args(["--moto-url", &moto.url()])
+        .args([
+            "--rate",
+            "300",
+            "--batch-interval",
+            "500ms",
+            "--one-by-one-cost",
+            "0ms",
+        ])
+        .args(["--metrics-interval", "1s", "--poll-interval", "200ms"])
+        .arg("--control-file")
+        .arg(&control)
+        .env("PGPASSWORD", &dbs.env.pg_password)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let rs = || async { dbs.redshift_client().await };
+    eventually(
+        "statements from the command line",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = rs()
+                .await?
+                .query_one("SELECT count(*) FROM sys_query_history", &[])
+                .await?
+                .get(0);
+            Ok((n > 0).then_some(()))
+        },
+    )
+    .await?;
+    std::fs::write(&control, "missing_then_update\n")?;
+    eventually(
+        "a rolled-back bulk UPDATE",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = rs()
+                .await?
+                .query_one(
+                    "SELECT count(*) FROM sys_transaction_history WHERE status = 'rolledback'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok((n > 0).then_some(()))
+        },
+    )
+    .await?;
+    std::fs::write(&control, "none\n")?;
+    let pid = child.id().expect("running").to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await?;
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await??;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    Ok(())
+}
