@@ -633,6 +633,10 @@ impl Replicator {
             lag.oldest_pending = None;
             return Ok(());
         }
+        if !self.rt.applying() {
+            // Stopped or blocked while reading: leave the changes in the slot.
+            return Ok(());
+        }
         let commit_lsn = txns.last().map(|t| t.commit_lsn).unwrap_or(checkpoint);
         let oldest = txns.iter().find_map(|t| t.commit_ts);
         let newest = txns.iter().rev().find_map(|t| t.commit_ts);
