@@ -1,3 +1,4 @@
 //! The dmsguard lab: a harness over the real lab services, and the DMS simulator.
 
 pub mod harness;
+pub mod simulator;

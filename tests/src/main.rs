@@ -1,6 +1,13 @@
 //! `dmsguard-lab`: drives the lab from the command line (used by the demo).
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Parser;
+use dmsguard_lab::simulator::{
+    BatchLimits, Fault, MemoryModel, SimConfig, SimTable, SimTask, Simulator,
+};
 
 /// Lab commands.
 #[derive(Debug, clap::Parser)]
@@ -12,6 +19,239 @@ enum Cli {
         #[arg(long, env = "DMSGUARD_REDSHIFT_URL")]
         url: String,
     },
+    /// Run the DMS simulator: workload on the source, batch apply into the Redshift stand-in,
+    /// tasks and metrics in moto. Runs until SIGINT/SIGTERM.
+    Simulate(SimulateArgs),
+    /// Measure the simulator's sustained apply rate on fresh databases and a private moto.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// Source database URL (password from PGPASSWORD or DMSGUARD_PG_PASSWORD, never the URL
+    /// in production).
+    #[arg(long, env = "DMSGUARD_SOURCE_URL")]
+    source_url: String,
+    /// Redshift stand-in database URL.
+    #[arg(long, env = "DMSGUARD_REDSHIFT_URL")]
+    redshift_url: String,
+    /// moto endpoint (DMS and CloudWatch).
+    #[arg(long, env = "DMSGUARD_MOTO_URL")]
+    moto_url: String,
+    /// Workload changes per second over all tables (0: no workload).
+    #[arg(long, default_value_t = 800)]
+    rate: u32,
+    /// A replicated table, `schema.table` or `schema.table:N` with N extra wide columns.
+    #[arg(long = "table", default_values_t = vec!["public.orders".to_owned()])]
+    tables: Vec<String>,
+    /// A task: `name` (replicates every table) or `name=schema.t1,schema.t2`.
+    #[arg(long = "task", default_values_t = vec!["lab-task".to_owned()])]
+    tasks: Vec<String>,
+    /// Replication instance identifier.
+    #[arg(long, default_value = "lab-instance")]
+    instance: String,
+    /// Fault active at start: none, drop_rows[:N], missing_then_update, memory_leak[:BYTES_PER_S],
+    /// stall, redshift_restart[:SECONDS].
+    #[arg(long, default_value = "none")]
+    fault: Fault,
+    /// A file holding the fault to switch to; read every 500 ms, applied when its content
+    /// changes (e.g. `echo stall > FILE`).
+    #[arg(long)]
+    control_file: Option<PathBuf>,
+    /// Least time between two batches (DMS BatchApplyTimeoutMin).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    batch_interval: Duration,
+    /// Most changes read into one batch.
+    #[arg(long, default_value_t = 50_000)]
+    batch_max_changes: u32,
+    /// Simulated cost of one statement in one-by-one mode.
+    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+    one_by_one_cost: Duration,
+    /// How often datapoints are pushed to CloudWatch.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    metrics_interval: Duration,
+    /// How often task status is read from DMS.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: dmsguard_pipeline::service::LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Workload rates to try, changes per second.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![800, 1600, 3200])]
+    rates: Vec<u32>,
+    /// How long each rate runs.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// A replicated table (as for `simulate`).
+    #[arg(long = "table", default_values_t = vec!["public.orders".to_owned()])]
+    tables: Vec<String>,
+}
+
+fn parse_tasks(tasks: &[String], tables: &[SimTable]) -> anyhow::Result<Vec<SimTask>> {
+    tasks
+        .iter()
+        .map(|spec| {
+            let (name, list) = match spec.split_once('=') {
+                Some((n, l)) => (n, Some(l)),
+                None => (spec.as_str(), None),
+            };
+            let tables = match list {
+                None => tables.to_vec(),
+                Some(l) => l
+                    .split(',')
+                    .map(|t| {
+                        tables
+                            .iter()
+                            .find(|x| x.dotted() == t.trim())
+                            .cloned()
+                            .ok_or_else(|| anyhow::anyhow!("task `{name}`: `{t}` is not a --table"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            Ok(SimTask {
+                name: name.to_owned(),
+                tables,
+            })
+        })
+        .collect()
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    dmsguard_lab::harness::ensure_test_credentials();
+    let tables = args
+        .tables
+        .iter()
+        .map(|t| t.parse())
+        .collect::<anyhow::Result<Vec<SimTable>>>()?;
+    let config = SimConfig {
+        source: dmsguard_lab::harness::database_config(&args.source_url),
+        redshift: dmsguard_lab::harness::database_config(&args.redshift_url),
+        aws: dmsguard_lab::harness::aws_config(&args.moto_url),
+        instance: args.instance,
+        tasks: parse_tasks(&args.tasks, &tables)?,
+        rate: args.rate,
+        batch: BatchLimits {
+            min_interval: args.batch_interval,
+            max_changes: args.batch_max_changes,
+        },
+        one_by_one_statement_cost: args.one_by_one_cost,
+        poll_interval: args.poll_interval,
+        metrics_interval: args.metrics_interval,
+        memory: MemoryModel::default(),
+        initial_fault: args.fault,
+        start_tasks: true,
+    };
+    let sim = Simulator::start(config)
+        .await
+        .context("starting the simulator")?;
+    tracing::info!(fault = %sim.fault(), "Simulator running.");
+    let mut last_control: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut report = tokio::time::interval(Duration::from_secs(10));
+    let shutdown = dmsguard_pipeline::service::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                if let Some(path) = &args.control_file {
+                    let content = std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned());
+                    if content.is_some() && content != last_control {
+                        let text = content.clone().unwrap_or_default();
+                        match text.parse::<Fault>() {
+                            Ok(f) => sim.set_fault(f),
+                            Err(e) => tracing::warn!(error = %e, path = %path.display(), "Ignoring control file."),
+                        }
+                        last_control = content;
+                    }
+                }
+            }
+            _ = report.tick() => {
+                let s = sim.stats();
+                tracing::info!(generated = s.generated, applied = s.applied(), batches = s.batches(),
+                    one_by_one_batches = s.one_by_one_batches(), dropped = s.dropped_changes(),
+                    last_seq = s.last_applied_seq(), fault = %sim.fault(), "Simulator progress.");
+            }
+        }
+    }
+    let stats = sim.stop().await?;
+    tracing::info!(
+        generated = stats.generated,
+        applied = stats.applied(),
+        "Simulator stopped."
+    );
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use dmsguard_lab::harness::{Moto, TestDatabases};
+    let tables = args
+        .tables
+        .iter()
+        .map(|t| t.parse())
+        .collect::<anyhow::Result<Vec<SimTable>>>()?;
+    let mut results = Vec::new();
+    for rate in args.rates {
+        let dbs = TestDatabases::create("sim_bench").await?;
+        let moto = Moto::spawn().await?;
+        let mut config = SimConfig::for_test(&dbs, &moto.url());
+        config.rate = rate;
+        config.tasks[0].tables = tables.clone();
+        config.batch.min_interval = Duration::from_secs(1);
+        config.metrics_interval = Duration::from_secs(5);
+        let sim = Simulator::start(config).await?;
+        let warmup = Duration::from_secs(2);
+        tokio::time::sleep(warmup).await;
+        let (g0, a0, t0) = (
+            sim.stats().generated,
+            sim.stats().applied(),
+            std::time::Instant::now(),
+        );
+        // The measurement window itself.
+        tokio::time::sleep(args.duration).await;
+        let s = sim.stats();
+        let secs = t0.elapsed().as_secs_f64();
+        let generated = (s.generated - g0) as f64 / secs;
+        let applied = (s.applied() - a0) as f64 / secs;
+        let backlog = s
+            .generated
+            .saturating_sub(s.applied() + s.dropped_changes());
+        sim.stop_workload().await?;
+        let caught_up = std::time::Instant::now();
+        sim.wait_caught_up(Duration::from_secs(120)).await?;
+        let drain = caught_up.elapsed().as_secs_f64();
+        let stats = sim.stop().await?;
+        let mut equal = true;
+        for t in &tables {
+            let diff =
+                dmsguard_lab::simulator::compare_source_target(&dbs.source, &dbs.redshift, t)
+                    .await?;
+            equal &= diff.is_empty();
+        }
+        results.push((
+            rate,
+            generated,
+            applied,
+            backlog,
+            drain,
+            stats.batches(),
+            equal,
+        ));
+        dbs.drop().await?;
+    }
+    println!("| target rate | generated/s | applied/s | backlog at end | drain s | batches | target = source |");
+    println!("|---:|---:|---:|---:|---:|---:|:---:|");
+    for (rate, g, a, b, d, n, eq) in results {
+        println!(
+            "| {rate} | {g:.0} | {a:.0} | {b} | {d:.1} | {n} | {} |",
+            if eq { "yes" } else { "NO" }
+        );
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -22,6 +262,14 @@ async fn main() -> anyhow::Result<()> {
             let client = dmsguard_pipeline::db::connect(&config).await?;
             dmsguard_lab::harness::install_redshift_standin(&client).await?;
             println!("Redshift stand-in system views installed.");
+        }
+        Cli::Simulate(args) => {
+            dmsguard_pipeline::service::init_telemetry(args.log_format);
+            simulate(args).await?;
+        }
+        Cli::Bench(args) => {
+            dmsguard_pipeline::service::init_telemetry(Default::default());
+            bench(args).await?;
         }
     }
     Ok(())
