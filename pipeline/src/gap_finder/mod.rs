@@ -162,7 +162,8 @@ pub struct GapFinderOptions {
     pub list_threshold: u64,
     /// Most id ranges in one query's predicate.
     pub max_ranges_per_query: usize,
-    /// Widest id span one grouped query reads (a power of two); longer ranges take several.
+    /// Widest id span one grouped query reads (a power of two, at most 2^31); longer ranges
+    /// take several.
     pub max_span_per_query: u64,
     /// Widest id span one listing query reads.
     pub max_list_span_per_query: u64,
@@ -196,8 +197,12 @@ impl GapFinderOptions {
         }
         if !self.max_span_per_query.is_power_of_two()
             || self.max_span_per_query < self.min_first_width
+            || self.max_span_per_query > 1 << 31
         {
-            return bad("max_span_per_query must be a power of two of at least min_first_width");
+            // Queries sum `id - base` as a 32-bit integer.
+            return bad(
+                "max_span_per_query must be a power of two between min_first_width and 2^31",
+            );
         }
         if self.max_ranges_per_query == 0 {
             return bad("max_ranges_per_query must be above 0");

@@ -128,11 +128,17 @@ pub(crate) fn group_sql(table: &str, id: &str, query: &GroupQuery) -> (String, V
     let predicate = ranges_predicate(id, &query.ranges, 4, &mut params);
     let x = format!("CAST({id} AS BIGINT)");
     let r = format!("({x} % {HASH_PRIME})");
+    // Summands are cast to INTEGER: `id - base` stays below `max_span_per_query` (at most
+    // 2^31) and the hash below the prime, so both fit; sums of integers keep a plain bigint
+    // state (PostgreSQL's bigint sums keep a 128-bit one per group, and spill sooner). The
+    // `OFFSET 0` subquery hides the bucket expression from PostgreSQL's group estimate (it
+    // would guess one group per row, size the hash table for that and spill to disk).
     let sql = format!(
-        "SELECT ({x} - $1) / $2 AS bucket, COUNT(*) AS n, \
-         CAST(SUM({x} - $3) AS VARCHAR(40)) AS s, \
-         CAST(SUM(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME}) AS VARCHAR(40)) AS h \
-         FROM {table} WHERE {predicate} GROUP BY 1"
+        "SELECT bucket, COUNT(*) AS n, CAST(SUM(x) AS VARCHAR(40)) AS s, \
+         CAST(SUM(h) AS VARCHAR(40)) AS h FROM (\
+         SELECT ({x} - $1) / $2 AS bucket, CAST({x} - $3 AS INTEGER) AS x, \
+         CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER) AS h \
+         FROM {table} WHERE {predicate} OFFSET 0) AS ids GROUP BY bucket"
     );
     (sql, params)
 }
@@ -244,7 +250,7 @@ mod tests {
         let (sql, params) = group_sql("\"public\".\"orders\"", "\"id\"", &q);
         assert_eq!(params, vec![100, 16, 100, 100, 179, 100, 115, 164, 179]);
         assert!(sql.contains("$9") && !sql.contains("$10"), "{sql}");
-        assert!(sql.contains("GROUP BY 1"));
+        assert!(sql.contains("GROUP BY bucket"));
         parses_on_redshift(&sql);
         let single = GroupQuery {
             ranges: vec![r(100, 115)],
