@@ -433,6 +433,9 @@ pub struct RemediatorConfig {
     /// How long to wait for a DMS task to reach `stopped` or `running`.
     #[serde(default = "defaults::task_state_timeout", with = "humantime_serde")]
     pub task_state_timeout: Duration,
+    /// F1: how far back the system views are searched for the rolled-back DMS UPDATE.
+    #[serde(default = "defaults::one_by_one_lookback", with = "humantime_serde")]
+    pub one_by_one_lookback: Duration,
 }
 
 impl Default for RemediatorConfig {
@@ -450,6 +453,7 @@ impl Default for RemediatorConfig {
             maintenance_hold: defaults::maintenance_hold(),
             insert_batch_rows: defaults::insert_batch_rows(),
             task_state_timeout: defaults::task_state_timeout(),
+            one_by_one_lookback: defaults::one_by_one_lookback(),
         }
     }
 }
@@ -538,6 +542,9 @@ pub mod defaults {
     }
     pub fn task_state_timeout() -> Duration {
         Duration::from_secs(600)
+    }
+    pub fn one_by_one_lookback() -> Duration {
+        Duration::from_secs(2 * 3600)
     }
 }
 

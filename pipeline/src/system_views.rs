@@ -240,7 +240,7 @@ impl StatementReader {
     }
 
     /// Reassembles the full texts of `ids` from their pieces, in `sequence` order.
-    async fn full_texts(
+    pub async fn full_texts(
         &self,
         client: &Client,
         ids: &[i64],

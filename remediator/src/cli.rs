@@ -47,6 +47,16 @@ pub enum Command {
         /// The replication instance identifier (memory).
         #[arg(long)]
         replication_instance: Option<String>,
+        /// missing_rows: repair this UTC day (YYYY-MM-DD) through the table's day_column;
+        /// default yesterday (the whole id range for a table without day_column).
+        #[arg(long, conflicts_with_all = ["from_id", "to_id"])]
+        day: Option<String>,
+        /// missing_rows: repair ids from this one (with --to-id), inclusive.
+        #[arg(long, requires = "to_id")]
+        from_id: Option<i64>,
+        /// missing_rows: repair ids up to this one (with --from-id), inclusive.
+        #[arg(long, requires = "from_id")]
+        to_id: Option<i64>,
         /// Print the plan and its SQL; change nothing.
         #[arg(long)]
         dry_run: bool,

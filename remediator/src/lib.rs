@@ -7,6 +7,7 @@ pub mod commands;
 pub mod fixes;
 pub mod ledger;
 pub mod metrics;
+pub mod progress;
 pub mod routing;
 pub mod status_page;
 pub mod worker;
@@ -37,6 +38,15 @@ pub struct Core {
 impl Core {
     /// Connects the ledger (applying migrations) and builds the worker over `fixes`.
     pub async fn open(config: Config, fixes: FixRegistry) -> anyhow::Result<Self> {
+        Self::open_with_progress(config, fixes, None).await
+    }
+
+    /// [`Core::open`], with fixes reporting row progress to `progress` (default: log lines).
+    pub async fn open_with_progress(
+        config: Config,
+        fixes: FixRegistry,
+        progress: Option<Arc<dyn progress::Progress>>,
+    ) -> anyhow::Result<Self> {
         let config = Arc::new(config);
         let ledger_db = config.ledger_database();
         let ledger = Ledger::open(ledger_db).await.with_context(|| {
@@ -46,7 +56,10 @@ impl Core {
             )
         })?;
         let aws = AwsClients::new(&config.aws).await;
-        let ctx = FixContext::new(config.clone(), aws, ledger.clone());
+        let mut ctx = FixContext::new(config.clone(), aws, ledger.clone());
+        if let Some(progress) = progress {
+            ctx = ctx.with_progress(progress);
+        }
         let mut registry = Registry::with_prefix("dmsguard");
         let metrics = Metrics::register(&mut registry);
         let worker = Worker::new(config.clone(), ledger.clone(), fixes, ctx, metrics.clone());

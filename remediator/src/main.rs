@@ -24,10 +24,18 @@ async fn main() -> anyhow::Result<()> {
             task,
             table,
             replication_instance,
+            day,
+            from_id,
+            to_id,
             dry_run,
         } => {
             let target = commands::target(fix, task, table, replication_instance)?;
-            let code = commands::run_fix(config, fix, target, dry_run).await?;
+            let window = commands::WindowArgs {
+                day,
+                from_id,
+                to_id,
+            };
+            let code = commands::run_fix_with(config, fix, target, dry_run, window).await?;
             std::process::exit(code);
         }
         Command::Jobs { limit } => commands::list_jobs(config, limit).await,

@@ -3,7 +3,7 @@
 pub mod gaps;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context;
 use dmsguard_pipeline::config::{Config, FixName};
@@ -38,6 +38,15 @@ pub fn target(
     })
 }
 
+/// The window options of a hand run of `missing_rows`, recorded as job labels.
+#[derive(Debug, Clone, Default)]
+pub struct WindowArgs {
+    /// A UTC day, `YYYY-MM-DD`.
+    pub day: Option<String>,
+    pub from_id: Option<i64>,
+    pub to_id: Option<i64>,
+}
+
 /// Runs `fix` by hand: records a job in the ledger (cooldowns do not apply), plans, prints the
 /// plan, executes unless `dry_run`. Returns the exit code: 0 succeeded or planned, 1 otherwise.
 pub async fn run_fix(
@@ -46,11 +55,40 @@ pub async fn run_fix(
     target: JobTarget,
     dry_run: bool,
 ) -> anyhow::Result<i32> {
+    run_fix_with(config, fix, target, dry_run, WindowArgs::default()).await
+}
+
+/// [`run_fix`] with a window for `missing_rows`. Row progress shows as a bar when stderr is a
+/// terminal, as log lines otherwise.
+pub async fn run_fix_with(
+    config: Config,
+    fix: FixName,
+    target: JobTarget,
+    dry_run: bool,
+    window: WindowArgs,
+) -> anyhow::Result<i32> {
     let wait = config.remediator.task_state_timeout;
-    let core = Core::open(config, FixRegistry::standard()).await?;
-    let labels = json!({
+    let progress: Option<std::sync::Arc<dyn crate::progress::Progress>> =
+        if std::io::stderr().is_terminal() {
+            Some(std::sync::Arc::new(
+                crate::progress::TerminalProgress::default(),
+            ))
+        } else {
+            None
+        };
+    let core = Core::open_with_progress(config, FixRegistry::standard(), progress).await?;
+    let mut labels = json!({
         "task": target.task, "table": target.table, "replication_instance": target.replication_instance,
     });
+    for (key, value) in [
+        ("day", window.day.map(serde_json::Value::from)),
+        ("from_id", window.from_id.map(|v| json!(v.to_string()))),
+        ("to_id", window.to_id.map(|v| json!(v.to_string()))),
+    ] {
+        if let Some(value) = value {
+            labels[key] = value;
+        }
+    }
     let job = core
         .ledger
         .insert_job(&NewJob {

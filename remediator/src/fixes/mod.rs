@@ -6,7 +6,9 @@
 
 mod maintenance;
 mod memory;
+mod missing_rows;
 mod not_implemented;
+mod one_by_one;
 mod stalled_task;
 
 use std::collections::BTreeMap;
@@ -21,10 +23,13 @@ use serde::{Deserialize, Serialize};
 
 pub use maintenance::MaintenanceFix;
 pub use memory::MemoryFix;
+pub use missing_rows::MissingRowsFix;
 pub use not_implemented::NotImplementedFix;
+pub use one_by_one::OneByOneFix;
 pub use stalled_task::StalledTaskFix;
 
 use crate::ledger::{Job, Ledger, LedgerError, NewStep, ScheduledStep};
+use crate::progress::{LogProgress, Progress};
 
 /// Why a fix could not plan or execute.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,18 @@ pub enum FixError {
     Input(String),
     #[error("fix `{0}` is not implemented yet")]
     NotImplemented(FixName),
+    #[error("{0}")]
+    Gap(#[from] dmsguard_pipeline::gap_finder::GapError),
+    #[error("{0}")]
+    Catalogue(#[from] dmsguard_pipeline::catalogue::CatalogueError),
+    #[error("{0}")]
+    Translate(#[from] dmsguard_pipeline::type_translator::TranslateError),
+    #[error("{0}")]
+    Fetch(#[from] dmsguard_pipeline::type_translator::FetchError),
+    #[error("{0}")]
+    Insert(#[from] dmsguard_pipeline::type_translator::InsertError),
+    #[error("{0}")]
+    SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
     #[error("fix `{0}` schedules no steps, yet one was due: {1}")]
     UnknownStep(FixName, String),
 }
@@ -180,6 +197,7 @@ pub struct FixContext {
     aws: AwsClients,
     tasks: DmsTasks,
     ledger: Ledger,
+    progress: Arc<dyn Progress>,
 }
 
 impl FixContext {
@@ -190,7 +208,19 @@ impl FixContext {
             aws,
             tasks,
             ledger,
+            progress: Arc::new(LogProgress::default()),
         }
+    }
+
+    /// Replaces where row-by-row repairs report progress (a terminal bar for CLI runs).
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Where row-by-row repairs report progress.
+    pub fn progress(&self) -> &dyn Progress {
+        self.progress.as_ref()
     }
 
     /// Replaces the DMS task operations (e.g. a faster poll interval in tests).
@@ -285,6 +315,8 @@ impl FixRegistry {
         registry.register(Arc::new(MemoryFix));
         registry.register(Arc::new(MaintenanceFix));
         registry.register(Arc::new(StalledTaskFix));
+        registry.register(Arc::new(OneByOneFix));
+        registry.register(Arc::new(MissingRowsFix));
         registry
     }
 

@@ -1,0 +1,499 @@
+//! F4: insert rows missing in the target for one table and window: the gap finder lists the ids,
+//! the rows come from the source in batches, go through the type translator, and only ids still
+//! absent are inserted (checked in the same serializable transaction).
+//!
+//! The window comes from the job's labels: `day` (`YYYY-MM-DD`, UTC), or `from_id` and `to_id`
+//! (inclusive), or `window` = `today` | `yesterday` (the alert's label); by default yesterday.
+//! A day maps to ids through the table's `day_column`; a table without one is checked over its
+//! whole id range.
+
+use chrono::{Duration as Days, NaiveDate, Utc};
+use dmsguard_pipeline::catalogue::{Catalogue, SourceTable};
+use dmsguard_pipeline::config::{Config, FixName, QualifiedName, TableConfig};
+use dmsguard_pipeline::gap_finder::{
+    id_range_for_day, id_range_of_tables, GapFinder, IdRange, TableSpec,
+};
+use dmsguard_pipeline::type_translator::{fetch_source_rows, TranslatedRow, Translator};
+use serde_json::{json, Value};
+
+use super::{Fix, FixContext, FixError, Outcome, Plan};
+use crate::ledger::Job;
+
+/// Ids listed in a plan's facts; the count is always complete.
+const MAX_IDS_IN_FACTS: usize = 1000;
+/// Translation errors kept in a job's outcome; the count is always complete.
+const MAX_ERRORS_IN_DETAILS: usize = 100;
+/// Attempts of one batch that conflicts with a concurrent writer (DMS, another run).
+pub(crate) const INSERT_ATTEMPTS: u32 = 5;
+
+pub struct MissingRowsFix;
+
+/// Which ids of the table a job repairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Window {
+    /// The ids whose `day_column` falls in this UTC day.
+    Day(NaiveDate),
+    /// These ids, inclusive.
+    Ids(IdRange),
+    /// Every id (the table has no `day_column`).
+    Whole,
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Window::Day(day) => write!(f, "UTC day {day}"),
+            Window::Ids(range) => write!(f, "ids {range}"),
+            Window::Whole => f.write_str("the whole id range"),
+        }
+    }
+}
+
+/// A label as text (labels are strings from alerts; the CLI may give numbers).
+fn label(labels: &Value, key: &str) -> Option<String> {
+    match labels.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The window a job asks for, given the table and today's UTC date.
+pub fn window(labels: &Value, table: &TableConfig, today: NaiveDate) -> Result<Window, FixError> {
+    let id = |key: &str| -> Result<Option<i64>, FixError> {
+        label(labels, key)
+            .map(|v| {
+                v.trim().parse::<i64>().map_err(|_| {
+                    FixError::Input(format!("`{key}` must be an integer id, got `{v}`"))
+                })
+            })
+            .transpose()
+    };
+    match (id("from_id")?, id("to_id")?) {
+        (Some(lo), Some(hi)) => {
+            return IdRange::new(lo, hi)
+                .map(Window::Ids)
+                .map_err(|e| FixError::Input(e.to_string()))
+        }
+        (None, None) => {}
+        _ => {
+            return Err(FixError::Input(
+                "give both `from_id` and `to_id`, or neither".to_owned(),
+            ))
+        }
+    }
+    let day = match (label(labels, "day"), label(labels, "window").as_deref()) {
+        (Some(day), _) => Some(NaiveDate::parse_from_str(&day, "%Y-%m-%d").map_err(|_| {
+            FixError::Input(format!("`day` must be a date as YYYY-MM-DD, got `{day}`"))
+        })?),
+        (None, Some("today")) => Some(today),
+        (None, Some("yesterday") | None) => None,
+        (None, Some(other)) => {
+            return Err(FixError::Input(format!(
+                "`window` must be `today` or `yesterday`, got `{other}`"
+            )))
+        }
+    };
+    if table.day_column.is_none() {
+        if day.is_some() && label(labels, "day").is_some() {
+            return Err(FixError::Input(format!(
+                "table {} has no day_column: repair it by ids (from_id/to_id) or whole",
+                table.source
+            )));
+        }
+        return Ok(Window::Whole);
+    }
+    Ok(Window::Day(day.unwrap_or(today - Days::days(1))))
+}
+
+/// The configured table a job names.
+pub(crate) fn job_table<'c>(config: &'c Config, job: &Job) -> Result<&'c TableConfig, FixError> {
+    let name = job
+        .target
+        .table
+        .as_deref()
+        .ok_or_else(|| FixError::Input("fix `missing_rows` needs a table".to_owned()))?;
+    config
+        .table(name)
+        .ok_or_else(|| FixError::Input(format!("table `{name}` is not in [[tables]]")))
+}
+
+/// What one search found.
+struct Search {
+    range: Option<IdRange>,
+    missing: Vec<i64>,
+    extra: usize,
+}
+
+async fn search(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    table: &TableConfig,
+    spec: &TableSpec,
+    window: &Window,
+) -> Result<Search, FixError> {
+    let range = match window {
+        Window::Ids(range) => Some(*range),
+        Window::Day(day) => {
+            let column = table.day_column.as_deref().unwrap_or_default();
+            id_range_for_day(source, spec, column, *day).await?
+        }
+        Window::Whole => id_range_of_tables(source, target, spec).await?,
+    };
+    let Some(range) = range else {
+        return Ok(Search {
+            range: None,
+            missing: Vec::new(),
+            extra: 0,
+        });
+    };
+    let report = GapFinder::default()
+        .find(source, target, spec, range)
+        .await?;
+    Ok(Search {
+        range: Some(range),
+        missing: report.missing,
+        extra: report.extra.len(),
+    })
+}
+
+/// Source and target definitions and the translator between them.
+pub(crate) struct RowCopier {
+    pub source_table: SourceTable,
+    pub translator: Translator,
+    pub id_column: String,
+}
+
+impl RowCopier {
+    pub async fn load(
+        source: &tokio_postgres::Client,
+        target: &tokio_postgres::Client,
+        table: &TableConfig,
+    ) -> Result<Self, FixError> {
+        let spec = TableSpec::from_config(table)?;
+        let source_table = Catalogue::load_source(source, &spec.source).await?;
+        let target_table = Catalogue::load(target, &spec.target).await?;
+        let translator = Translator::new(&source_table, &target_table, &table.id_column)?;
+        Ok(Self {
+            source_table,
+            translator,
+            id_column: table.id_column.clone(),
+        })
+    }
+
+    /// The INSERT one batch sends, values as `$n` placeholders (shown for one row).
+    pub fn insert_sql(&self) -> String {
+        let row = TranslatedRow {
+            id: 0,
+            values: vec![None; self.translator.columns().count()],
+        };
+        self.translator
+            .build_insert(&[row])
+            .map(|s| s.sql)
+            .unwrap_or_default()
+    }
+
+    /// Fetches, translates and inserts the rows of `ids` still absent, in batches of
+    /// `batch_rows`; reports progress after each batch.
+    pub async fn copy(
+        &self,
+        ctx: &FixContext,
+        source: &tokio_postgres::Client,
+        target: &mut tokio_postgres::Client,
+        target_name: &QualifiedName,
+        ids: &[i64],
+    ) -> Result<CopyResult, FixError> {
+        let batch_rows = ctx.config().remediator.insert_batch_rows;
+        let mut result = CopyResult {
+            found: ids.len() as u64,
+            ..CopyResult::default()
+        };
+        ctx.progress().start(
+            &format!("Inserting missing rows of {target_name}"),
+            result.found,
+        );
+        let mut done = 0u64;
+        for chunk in ids.chunks(batch_rows.max(1)) {
+            let rows =
+                fetch_source_rows(source, &self.source_table, &self.id_column, chunk).await?;
+            result.gone_from_source += (chunk.len() - rows.len()) as u64;
+            let (good, bad) = self.translator.translate_all(&rows);
+            result.failed += bad.len() as u64;
+            for error in bad {
+                tracing::warn!(table = %target_name, %error, "Row cannot be translated; not inserted.");
+                if result.errors.len() < MAX_ERRORS_IN_DETAILS {
+                    result.errors.push(error.to_string());
+                }
+            }
+            let inserted = self
+                .translator
+                .insert_absent(target, &good, batch_rows, INSERT_ATTEMPTS)
+                .await?;
+            result.inserted += inserted;
+            result.already_present += good.len() as u64 - inserted;
+            done += chunk.len() as u64;
+            ctx.progress().update(done, result.inserted);
+        }
+        ctx.progress().finish(&result.summary());
+        Ok(result)
+    }
+}
+
+/// What a copy did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct CopyResult {
+    pub found: u64,
+    pub inserted: u64,
+    /// Translated, but another writer had inserted them meanwhile.
+    pub already_present: u64,
+    /// Deleted at the source since they were found.
+    pub gone_from_source: u64,
+    /// Rows the translator refused (details in `errors`).
+    pub failed: u64,
+    pub errors: Vec<String>,
+}
+
+impl CopyResult {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} found, {} inserted, {} already present, {} gone from the source, {} failed",
+            self.found, self.inserted, self.already_present, self.gone_from_source, self.failed
+        )
+    }
+
+    pub fn details(&self) -> Value {
+        json!({
+            "found": self.found,
+            "inserted": self.inserted,
+            "already_present": self.already_present,
+            "gone_from_source": self.gone_from_source,
+            "failed": self.failed,
+            "errors": self.errors,
+        })
+    }
+}
+
+/// Ids as facts: the first ones, and how many there are.
+pub(crate) fn ids_fact(ids: &[i64]) -> Value {
+    json!({
+        "count": ids.len(),
+        "ids": ids.iter().take(MAX_IDS_IN_FACTS).collect::<Vec<_>>(),
+        "listed_all": ids.len() <= MAX_IDS_IN_FACTS,
+    })
+}
+
+#[async_trait::async_trait]
+impl Fix for MissingRowsFix {
+    fn name(&self) -> FixName {
+        FixName::MissingRows
+    }
+
+    async fn plan(&self, ctx: &FixContext, job: &Job) -> Result<Plan, FixError> {
+        let table = job_table(ctx.config(), job)?;
+        let window = window(&job.labels, table, Utc::now().date_naive())?;
+        let spec = TableSpec::from_config(table)?;
+        let source = ctx.connect_source().await?;
+        let target = ctx.connect_redshift().await?;
+        let found = search(&source, &target, table, &spec, &window).await?;
+        let copier = RowCopier::load(&source, &target, table).await?;
+        let batch = ctx.config().remediator.insert_batch_rows;
+        let mut plan = Plan::new(format!(
+            "Insert the rows of {} missing in {} for {window}: {} missing id(s).",
+            table.source,
+            spec.target,
+            found.missing.len()
+        ));
+        plan.facts.insert("table".into(), json!(table.source));
+        plan.facts
+            .insert("window".into(), json!(window.to_string()));
+        plan.facts.insert(
+            "id_range".into(),
+            json!(found.range.map(|r| json!({ "from": r.lo, "to": r.hi }))),
+        );
+        plan.facts
+            .insert("missing".into(), ids_fact(&found.missing));
+        plan.facts.insert("extra".into(), json!(found.extra));
+        match found.range {
+            None => {
+                plan.step(format!(
+                    "Nothing to do: the source has no rows for {window}."
+                ));
+            }
+            Some(range) => {
+                plan.step(format!(
+                    "Find ids of {} in {range} missing in {} (gap finder).",
+                    table.source, spec.target
+                ));
+                if found.missing.is_empty() {
+                    plan.step("Nothing to insert: no id is missing.");
+                } else {
+                    plan.step(format!(
+                        "Missing ids ({}): {}.",
+                        found.missing.len(),
+                        preview(&found.missing)
+                    ));
+                    plan.step(format!(
+                        "Fetch their rows from the source {} in batches of {batch} and translate them to the target's column types.",
+                        spec.source
+                    ));
+                    plan.sql_step(
+                        format!(
+                            "Insert each batch where the id is still absent, in one serializable transaction (shown for one row; a batch repeats the UNION ALL SELECT up to {batch} rows)."
+                        ),
+                        copier.insert_sql(),
+                    );
+                }
+            }
+        }
+        if found.extra > 0 {
+            plan.step(format!(
+                "Leave alone {} id(s) in the target that the source no longer has.",
+                found.extra
+            ));
+        }
+        Ok(plan)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &FixContext,
+        job: &Job,
+        _plan: &Plan,
+    ) -> Result<Outcome, FixError> {
+        let table = job_table(ctx.config(), job)?;
+        let window = window(&job.labels, table, Utc::now().date_naive())?;
+        let spec = TableSpec::from_config(table)?;
+        let source = ctx.connect_source().await?;
+        let mut target = ctx.connect_redshift().await?;
+        // Search again: the plan may be stale, and the search is cheap next to a repair.
+        let found = search(&source, &target, table, &spec, &window).await?;
+        let mut details = json!({
+            "table": table.source,
+            "window": window.to_string(),
+            "id_range": found.range.map(|r| json!({ "from": r.lo, "to": r.hi })),
+            "missing": ids_fact(&found.missing),
+            "extra": found.extra,
+        });
+        if found.missing.is_empty() {
+            merge(&mut details, CopyResult::default().details());
+            return Ok(Outcome::succeeded(
+                format!(
+                    "No rows of {} missing for {window}; nothing inserted.",
+                    table.source
+                ),
+                details,
+            ));
+        }
+        let copier = RowCopier::load(&source, &target, table).await?;
+        let result = copier
+            .copy(ctx, &source, &mut target, &spec.target, &found.missing)
+            .await?;
+        merge(&mut details, result.details());
+        let summary = format!("{} for {window}: {}.", table.source, result.summary());
+        Ok(if result.failed > 0 {
+            Outcome::failed(summary, details)
+        } else {
+            Outcome::succeeded(summary, details)
+        })
+    }
+}
+
+/// Adds the keys of `more` (an object) to `details` (an object).
+pub(crate) fn merge(details: &mut Value, more: Value) {
+    if let (Value::Object(d), Value::Object(m)) = (details, more) {
+        d.extend(m);
+    }
+}
+
+/// The first few ids, for one line of a plan.
+pub(crate) fn preview(ids: &[i64]) -> String {
+    const SHOWN: usize = 20;
+    let head: Vec<String> = ids.iter().take(SHOWN).map(i64::to_string).collect();
+    if ids.len() > SHOWN {
+        format!("{}, … ({} more)", head.join(", "), ids.len() - SHOWN)
+    } else {
+        head.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(day_column: Option<&str>) -> TableConfig {
+        TableConfig {
+            source: "public.orders".into(),
+            target: None,
+            id_column: "id".into(),
+            day_column: day_column.map(str::to_owned),
+            task: None,
+        }
+    }
+
+    #[test]
+    fn window_defaults_to_yesterday_and_reads_labels() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        let t = table(Some("created_at"));
+        let yesterday = NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
+        assert_eq!(
+            window(&json!({}), &t, today).unwrap(),
+            Window::Day(yesterday)
+        );
+        assert_eq!(
+            window(&json!({"window": "yesterday"}), &t, today).unwrap(),
+            Window::Day(yesterday)
+        );
+        assert_eq!(
+            window(&json!({"window": "today"}), &t, today).unwrap(),
+            Window::Day(today)
+        );
+        assert_eq!(
+            window(&json!({"day": "2026-01-02"}), &t, today).unwrap(),
+            Window::Day(NaiveDate::from_ymd_opt(2026, 1, 2).unwrap())
+        );
+        assert_eq!(
+            window(&json!({"from_id": "5", "to_id": 9}), &t, today).unwrap(),
+            Window::Ids(IdRange { lo: 5, hi: 9 })
+        );
+        assert_eq!(
+            window(&json!({}), &table(None), today).unwrap(),
+            Window::Whole
+        );
+    }
+
+    #[test]
+    fn bad_windows_are_refused_by_name() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        let t = table(Some("created_at"));
+        for (labels, needle) in [
+            (json!({"from_id": "5"}), "both"),
+            (json!({"from_id": "9", "to_id": "5"}), "above"),
+            (json!({"from_id": "x", "to_id": "5"}), "from_id"),
+            (json!({"day": "yesterday"}), "YYYY-MM-DD"),
+            (json!({"window": "last_week"}), "window"),
+        ] {
+            let error = window(&labels, &t, today).unwrap_err().to_string();
+            assert!(error.contains(needle), "{labels}: {error}");
+        }
+        let error = window(&json!({"day": "2026-01-02"}), &table(None), today)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("day_column"), "{error}");
+    }
+
+    #[test]
+    fn preview_caps_long_lists() {
+        assert_eq!(preview(&[1, 2, 3]), "1, 2, 3");
+        let many: Vec<i64> = (1..=25).collect();
+        assert!(preview(&many).ends_with("… (5 more)"));
+    }
+
+    #[test]
+    fn facts_list_ids_up_to_the_cap() {
+        let ids: Vec<i64> = (0..2000).collect();
+        let fact = ids_fact(&ids);
+        assert_eq!(fact["count"], 2000);
+        assert_eq!(fact["ids"].as_array().unwrap().len(), MAX_IDS_IN_FACTS);
+        assert_eq!(fact["listed_all"], false);
+    }
+}
