@@ -162,7 +162,12 @@ async fn main() -> anyhow::Result<()> {
 
     println!(
         "\nWebhook ack latency, open loop at {rate} req/s for {seconds} s per scenario, loopback, \
-         in-process remediator on the lab PostgreSQL ledger (release build)\n"
+         in-process remediator on the lab PostgreSQL ledger ({} build)\n",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     println!(
         "| {:<32} | {:>8} | {:>9} | {:>7} | {:>7} | {:>7} | {:>7} | {:>6} | {:>16} |",
