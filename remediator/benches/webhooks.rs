@@ -137,9 +137,10 @@ async fn main() -> anyhow::Result<()> {
     .await;
 
     let repeat = Arc::new(body("DMSTaskStalled", "repeat-0"));
+    // Queued jobs keep the worker busy after their scenario: that one runs last.
     let results = vec![
-        load("new alert -> job queued", &url, rate, seconds, |i| {
-            body("DMSTaskStalled", &format!("new-{i:08}"))
+        load("alert with no route (unknown)", &url, rate, seconds, |i| {
+            body("SomebodyElsesAlert", &format!("unknown-{i:08}"))
         })
         .await,
         load(
@@ -150,8 +151,8 @@ async fn main() -> anyhow::Result<()> {
             |_| repeat.as_ref().clone(),
         )
         .await,
-        load("alert with no route (unknown)", &url, rate, seconds, |i| {
-            body("SomebodyElsesAlert", &format!("unknown-{i:08}"))
+        load("new alert -> job queued", &url, rate, seconds, |i| {
+            body("DMSTaskStalled", &format!("new-{i:08}"))
         })
         .await,
     ];
