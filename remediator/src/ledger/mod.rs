@@ -9,7 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dmsguard_pipeline::config::{DatabaseConfig, FixName};
 use dmsguard_pipeline::db::{self, ConnectError};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
 
 pub use locks::TaskLocks;
 
@@ -227,12 +228,75 @@ const STEP_COLUMNS: &str = "id, job_id, fix, run_at, description, tasks, action,
 const SUMMARY_COLUMNS: &str = "id, alertname, fix, target, state, outcome, summary, error, \
      dry_run, manual, created_at, started_at, acting_at, finished_at, resolved_at, runner";
 
-/// The job ledger. Cheap to clone; one shared connection, reopened when it breaks, plus a
-/// dedicated connection per set of task locks.
+/// Connections the ledger spreads its queries over (task locks use their own).
+const POOL_SIZE: usize = 4;
+
+/// A ledger connection with the statements prepared on it, so each query is one round trip.
+struct Conn {
+    client: Client,
+    statements: std::sync::Mutex<std::collections::HashMap<String, Statement>>,
+}
+
+impl Conn {
+    async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.cache().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.cache().insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Statement>> {
+        self.statements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query(&statement, params).await
+    }
+
+    async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query_one(&statement, params).await
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query_opt(&statement, params).await
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.execute(&statement, params).await
+    }
+}
+
+/// The job ledger. Cheap to clone; a few shared connections, each reopened when it breaks,
+/// plus a dedicated connection per set of task locks.
 #[derive(Clone)]
 pub struct Ledger {
     config: Arc<DatabaseConfig>,
-    client: Arc<tokio::sync::Mutex<Option<Arc<Client>>>>,
+    pool: Arc<Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Ledger {
@@ -243,20 +307,25 @@ impl Ledger {
         drop(migrator);
         let ledger = Self {
             config: Arc::new(config.clone()),
-            client: Arc::default(),
+            pool: Arc::new((0..POOL_SIZE).map(|_| Default::default()).collect()),
+            next: Arc::default(),
         };
         ledger.client().await?;
         Ok(ledger)
     }
 
-    async fn client(&self) -> Result<Arc<Client>, LedgerError> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+    async fn client(&self) -> Result<Arc<Conn>, LedgerError> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % POOL_SIZE;
+        let mut slot = self.pool[i].lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(conn.clone());
         }
-        let client = Arc::new(db::connect(&self.config).await?);
-        *slot = Some(client.clone());
-        Ok(client)
+        let conn = Arc::new(Conn {
+            client: db::connect(&self.config).await?,
+            statements: Default::default(),
+        });
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     /// Records a job unless the same alert (fingerprint and startsAt) already has one.
