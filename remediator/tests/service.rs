@@ -682,7 +682,10 @@ async fn cli_runs_fixes_by_hand_and_lists_jobs() -> anyhow::Result<()> {
     let out = cli(&["run", "one_by_one", "--task", "t1"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("not implemented yet"), "{stdout}");
+    assert!(
+        stdout.contains("outcome: needs_human") && stdout.contains("nothing repaired"),
+        "with no rolled-back UPDATE the fix stops for a human: {stdout}"
+    );
 
     let out = cli(&["run", "memory"])?;
     assert!(!out.status.success());
@@ -694,7 +697,7 @@ async fn cli_runs_fixes_by_hand_and_lists_jobs() -> anyhow::Result<()> {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "header and three jobs: {stdout}");
     assert!(
-        lines[1].contains("one_by_one") && lines[1].contains("failed"),
+        lines[1].contains("one_by_one") && lines[1].contains("needs_human"),
         "{stdout}"
     );
     assert!(
