@@ -36,6 +36,25 @@ pub struct RedshiftStatementsProbe {
 
 impl RedshiftStatementsProbe {
     pub fn new(config: Arc<Config>, metrics: StatementMetrics) -> Self {
+        // Every configured table's counters exist from the start at 0: `increase()` cannot
+        // count a series' first sample, so a counter born at 1 would never fire an alert.
+        for table in &config.tables {
+            let labels = TableLabels {
+                table: table.source.clone(),
+            };
+            metrics.rolled_back_updates.get_or_create(&labels);
+            metrics.apply_exceptions.get_or_create(&labels);
+            for kind in [
+                StatementKind::Insert,
+                StatementKind::Update,
+                StatementKind::Delete,
+            ] {
+                metrics.statements.get_or_create(&TableKindLabels {
+                    table: table.source.clone(),
+                    kind,
+                });
+            }
+        }
         let reader = StatementReader::new(
             config.redshift.system_views,
             config.redshift.dms_comment_like.clone(),
