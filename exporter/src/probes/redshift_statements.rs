@@ -42,17 +42,20 @@ impl RedshiftStatementsProbe {
             let labels = TableLabels {
                 table: table.source.clone(),
             };
-            metrics.rolled_back_updates.get_or_create(&labels);
-            metrics.apply_exceptions.get_or_create(&labels);
+            metrics.rolled_back_updates.get_or_create(&labels).inc_by(0);
+            metrics.apply_exceptions.get_or_create(&labels).inc_by(0);
             for kind in [
                 StatementKind::Insert,
                 StatementKind::Update,
                 StatementKind::Delete,
             ] {
-                metrics.statements.get_or_create(&TableKindLabels {
-                    table: table.source.clone(),
-                    kind,
-                });
+                metrics
+                    .statements
+                    .get_or_create(&TableKindLabels {
+                        table: table.source.clone(),
+                        kind,
+                    })
+                    .inc_by(0);
             }
         }
         let reader = StatementReader::new(
