@@ -1,4 +1,5 @@
 //! The dmsguard lab: a harness over the real lab services, and the DMS simulator.
 
+pub mod dashboard;
 pub mod harness;
 pub mod simulator;

@@ -3,6 +3,9 @@
 //! delivers to a webhook with the bearer token, and the rules and dashboard name only metrics
 //! the exporter and remediator export.
 
+use dmsguard_lab::dashboard::{
+    all_panels, dashboard_queries, expand_grafana_variables, grafana_variables,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -207,115 +210,6 @@ fn metric_names(promql: &str) -> Result<BTreeSet<String>, String> {
     let mut names = MetricNames::default();
     walk_expr(&mut names, &expr)?;
     Ok(names.0)
-}
-
-/// Grafana variables referenced as `$name`, `${name}` or `[[name]]` in a query.
-fn grafana_variables(text: &str) -> BTreeSet<String> {
-    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let mut vars = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find(['$', '[']) {
-        let tail = &rest[i..];
-        let (name, used) = if let Some(t) = tail.strip_prefix("${") {
-            let end = t.find(['}', ':']).unwrap_or(t.len());
-            (&t[..end], 2 + end)
-        } else if let Some(t) = tail.strip_prefix("[[") {
-            let end = t.find([']', ':']).unwrap_or(t.len());
-            (&t[..end], 2 + end)
-        } else if let Some(t) = tail.strip_prefix('$') {
-            let end = t.find(|c| !is_name(c)).unwrap_or(t.len());
-            (&t[..end], 1 + end)
-        } else {
-            ("", 1)
-        };
-        if !name.is_empty() && name.chars().all(is_name) {
-            vars.insert(name.to_owned());
-        }
-        rest = &tail[used.max(1)..];
-    }
-    vars
-}
-
-/// A dashboard query made plain PromQL: Grafana's interval variables become a duration, the
-/// others (used inside label matchers) a placeholder value.
-fn expand_grafana_variables(query: &str) -> String {
-    let mut out = query.to_owned();
-    for var in grafana_variables(query) {
-        let value = if var.starts_with("__") { "5m" } else { "x" };
-        for form in [
-            format!("${{{var}}}"),
-            format!("[[{var}]]"),
-            format!("${var}"),
-        ] {
-            out = out.replace(&form, value);
-        }
-    }
-    out
-}
-
-/// Every panel of the dashboard, those inside rows included.
-fn all_panels(dashboard: &Json) -> Vec<Json> {
-    fn collect(panels: &Json, out: &mut Vec<Json>) {
-        for p in panels.as_array().into_iter().flatten() {
-            out.push(p.clone());
-            collect(&p["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    collect(&dashboard["panels"], &mut out);
-    out
-}
-
-/// The PromQL of a query variable (`label_values(<selector>, <label>)` or a plain query).
-fn variable_query(var: &Json) -> String {
-    let q = match &var["query"] {
-        Json::String(s) => s.clone(),
-        q => q["query"].as_str().unwrap_or_default().to_owned(),
-    };
-    match q.strip_prefix("label_values(") {
-        Some(args) => args[..args.rfind(',').expect("label_values(selector, label)")]
-            .trim()
-            .to_owned(),
-        None => q,
-    }
-}
-
-/// Every PromQL query of the dashboard: panel targets, annotations and query variables, with
-/// where each comes from.
-fn dashboard_queries(dashboard: &Json) -> Vec<(String, String)> {
-    let mut queries = Vec::new();
-    for panel in all_panels(dashboard) {
-        for t in panel["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"].as_str().expect("every target has an expr");
-            queries.push((
-                format!("panel {:?}", panel["title"].as_str().unwrap_or("?")),
-                expr.to_owned(),
-            ));
-        }
-    }
-    for a in dashboard["annotations"]["list"]
-        .as_array()
-        .expect("annotations")
-    {
-        if let Some(expr) = a["expr"].as_str() {
-            queries.push((
-                format!("annotation {:?}", a["name"].as_str().unwrap_or("?")),
-                expr.to_owned(),
-            ));
-        }
-    }
-    for v in dashboard["templating"]["list"]
-        .as_array()
-        .expect("templating")
-    {
-        if v["type"] == "query" {
-            queries.push((
-                format!("variable {:?}", v["name"].as_str().unwrap_or("?")),
-                variable_query(v),
-            ));
-        }
-    }
-    queries
 }
 
 #[test]

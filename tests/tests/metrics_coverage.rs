@@ -117,6 +117,52 @@ async fn every_metric_named_in_alerts_and_dashboards_has_data() -> anyhow::Resul
     .await?;
     sim.set_fault(Fault::MissingThenUpdate);
 
+    // One remediation so the jobs panels and annotations have something to show, sent once
+    // Prometheus holds the job counters at 0 (an increase needs a sample before it).
+    eventually(
+        "a first scrape of the remediator",
+        Duration::from_secs(30),
+        || async {
+            Ok((!prometheus
+                .query("dmsguard_remediator_jobs_total")
+                .await?
+                .is_empty())
+            .then_some(()))
+        },
+    )
+    .await?;
+    let webhook = serde_json::json!({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"DMSTaskStalled\"}",
+        "status": "firing",
+        "receiver": "dmsguard-remediator",
+        "groupLabels": {"alertname": "DMSTaskStalled"},
+        "commonLabels": {"alertname": "DMSTaskStalled", "task": "lab-task"},
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1",
+        "truncatedAlerts": 0,
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "DMSTaskStalled", "task": "lab-task"},
+            "annotations": {"summary": "coverage"},
+            "startsAt": chrono::Utc::now().to_rfc3339(),
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://127.0.0.1",
+            "fingerprint": "c0ffee0000000001"
+        }]
+    });
+    let response = reqwest::Client::new()
+        .post(format!("http://{remediator_addr}/alerts"))
+        .bearer_auth("coverage-token")
+        .json(&webhook)
+        .send()
+        .await?;
+    assert!(
+        response.status().is_success(),
+        "webhook: {}",
+        response.status()
+    );
+
     let mut names = names_in(&repo_file("alerts/dmsguard.rules.yml"));
     names.extend(names_in(&repo_file("dashboards/dmsguard.json")));
     assert!(names.len() >= 20, "names found: {names:?}");
@@ -144,8 +190,45 @@ async fn every_metric_named_in_alerts_and_dashboards_has_data() -> anyhow::Resul
     )
     .await;
 
+    let missing = match missing {
+        Ok(()) => every_dashboard_query_has_data(&prometheus).await,
+        Err(e) => Err(e),
+    };
+
     let _ = stop.send(true);
     sim.stop().await?;
     dbs.drop().await?;
     missing
+}
+
+/// Runs every panel and variable query of the dashboard (label variables `.*`, intervals `1m`)
+/// and requires data; annotation queries mark events, so they need only run without error.
+async fn every_dashboard_query_has_data(prometheus: &Prometheus) -> anyhow::Result<()> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file("dashboards/dmsguard.json"))?;
+    let queries = dmsguard_lab::dashboard::dashboard_queries(&dashboard);
+    assert!(queries.len() >= 10, "dashboard queries: {queries:?}");
+    eventually(
+        "every dashboard query to return data",
+        Duration::from_secs(60),
+        || {
+            let queries = queries.clone();
+            async move {
+                let mut empty = Vec::new();
+                for (origin, query) in &queries {
+                    let promql = dmsguard_lab::dashboard::expand_with(query, ".*", "1m");
+                    let result = prometheus.query(&promql).await?;
+                    if result.is_empty() && !origin.starts_with("annotation") {
+                        empty.push(format!("{origin}: {promql}"));
+                    }
+                }
+                if empty.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    Err(anyhow::anyhow!("no data yet for {empty:#?}"))
+                }
+            }
+        },
+    )
+    .await
 }
