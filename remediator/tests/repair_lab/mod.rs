@@ -7,9 +7,6 @@
 use std::process::Output;
 use std::time::Duration;
 
-use aws_sdk_databasemigration::types::{
-    MigrationTypeValue, ReplicationEndpointTypeValue, StartReplicationTaskTypeValue,
-};
 use dmsguard_lab::harness::{self, eventually, Moto, TestDatabases};
 use dmsguard_pipeline::aws::AwsClients;
 use tokio_postgres::Client;
@@ -230,60 +227,8 @@ pub async fn count_id(target: &Client, id: i64) -> anyhow::Result<i64> {
 pub async fn moto_with_task(task: &str, instance: &str) -> anyhow::Result<(Moto, AwsClients)> {
     let moto = Moto::spawn().await?;
     let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
-    let out = aws
-        .dms
-        .create_replication_instance()
-        .replication_instance_identifier(instance)
-        .replication_instance_class("dms.t3.medium")
-        .send()
-        .await?;
-    let instance_arn = out
-        .replication_instance()
-        .and_then(|i| i.replication_instance_arn())
-        .expect("instance arn")
-        .to_owned();
-    let mut endpoints = Vec::new();
-    for (id, kind, engine) in [
-        ("src", ReplicationEndpointTypeValue::Source, "postgres"),
-        ("dst", ReplicationEndpointTypeValue::Target, "redshift"),
-    ] {
-        let e = aws
-            .dms
-            .create_endpoint()
-            .endpoint_identifier(id)
-            .endpoint_type(kind)
-            .engine_name(engine)
-            .send()
-            .await?;
-        endpoints.push(
-            e.endpoint()
-                .and_then(|e| e.endpoint_arn())
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    let out = aws
-        .dms
-        .create_replication_task()
-        .replication_task_identifier(task)
-        .source_endpoint_arn(&endpoints[0])
-        .target_endpoint_arn(&endpoints[1])
-        .replication_instance_arn(instance_arn)
-        .migration_type(MigrationTypeValue::Cdc)
-        .table_mappings(r#"{"rules":[]}"#)
-        .send()
-        .await?;
-    let arn = out
-        .replication_task()
-        .and_then(|t| t.replication_task_arn())
-        .unwrap()
-        .to_owned();
-    aws.dms
-        .start_replication_task()
-        .replication_task_arn(arn)
-        .start_replication_task_type(StartReplicationTaskTypeValue::StartReplication)
-        .send()
-        .await?;
+    let arn = harness::create_dms_task(&aws, instance, task).await?;
+    harness::start_dms_task(&aws, &arn).await?;
     Ok((moto, aws))
 }
 

@@ -3,13 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aws_sdk_databasemigration::types::{
-    MigrationTypeValue, ReplicationEndpointTypeValue, StartReplicationTaskTypeValue,
-};
 use dmsguard_lab::harness::{self, eventually, Moto, TestDatabases};
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::Config;
@@ -33,68 +29,9 @@ impl Lab {
         let dbs = TestDatabases::create(tag).await?;
         let moto = Moto::spawn().await?;
         let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
-        let mut instances = BTreeMap::new();
-        for (_, instance) in tasks {
-            if instances.contains_key(*instance) {
-                continue;
-            }
-            let out = aws
-                .dms
-                .create_replication_instance()
-                .replication_instance_identifier(*instance)
-                .replication_instance_class("dms.t3.medium")
-                .send()
-                .await?;
-            let arn = out
-                .replication_instance()
-                .and_then(|i| i.replication_instance_arn())
-                .expect("instance arn")
-                .to_owned();
-            instances.insert(instance.to_string(), arn);
-        }
-        let mut endpoints = Vec::new();
-        for (id, kind, engine) in [
-            ("src", ReplicationEndpointTypeValue::Source, "postgres"),
-            ("dst", ReplicationEndpointTypeValue::Target, "redshift"),
-        ] {
-            let e = aws
-                .dms
-                .create_endpoint()
-                .endpoint_identifier(id)
-                .endpoint_type(kind)
-                .engine_name(engine)
-                .send()
-                .await?;
-            endpoints.push(
-                e.endpoint()
-                    .and_then(|e| e.endpoint_arn())
-                    .unwrap()
-                    .to_owned(),
-            );
-        }
         for (task, instance) in tasks {
-            let out = aws
-                .dms
-                .create_replication_task()
-                .replication_task_identifier(*task)
-                .source_endpoint_arn(&endpoints[0])
-                .target_endpoint_arn(&endpoints[1])
-                .replication_instance_arn(&instances[*instance])
-                .migration_type(MigrationTypeValue::Cdc)
-                .table_mappings(r#"{"rules":[]}"#)
-                .send()
-                .await?;
-            let arn = out
-                .replication_task()
-                .and_then(|t| t.replication_task_arn())
-                .unwrap()
-                .to_owned();
-            aws.dms
-                .start_replication_task()
-                .replication_task_arn(arn)
-                .start_replication_task_type(StartReplicationTaskTypeValue::StartReplication)
-                .send()
-                .await?;
+            let arn = harness::create_dms_task(&aws, instance, task).await?;
+            harness::start_dms_task(&aws, &arn).await?;
         }
         Ok(Self {
             dbs,

@@ -3,6 +3,7 @@
 //! Reads the lab's environment (see `tests/lab/env.sh`); `tests/lab/up` must have started
 //! PostgreSQL and installed the other services' binaries.
 
+mod dms;
 mod processes;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,6 +13,7 @@ use dmsguard_pipeline::config::{AwsConfig, DatabaseConfig};
 use dmsguard_pipeline::secret::Secret;
 use tokio_postgres::Client;
 
+pub use dms::{create_dms_task, start_dms_task};
 pub use processes::{Alertmanager, Moto, Prometheus};
 
 /// The Redshift stand-in schema (system views as tables).
