@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::Router;
 use dmsguard_pipeline::aws::AwsClients;
@@ -190,18 +189,7 @@ impl Exporter {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut body = String::with_capacity(64 * 1024);
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            [(header::CONTENT_TYPE, service::OPENMETRICS_CONTENT_TYPE)],
-            body,
-        )
-            .into_response(),
-        Err(error) => {
-            tracing::error!(%error, "Encoding metrics failed.");
-            (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response()
-        }
-    }
+    service::metrics_response(&state.registry)
 }
 
 /// The landing page: every probe with its last result, duration and error.

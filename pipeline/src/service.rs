@@ -97,3 +97,26 @@ pub fn load_config_or_exit(path: &std::path::Path) -> crate::config::Config {
         }
     }
 }
+
+/// `/metrics`: the registry encoded as OpenMetrics text, or 500 if encoding fails.
+pub fn metrics_response(
+    registry: &prometheus_client::registry::Registry,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut body = String::with_capacity(64 * 1024);
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => (
+            [(axum::http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "Encoding metrics failed.");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding failed\n",
+            )
+                .into_response()
+        }
+    }
+}

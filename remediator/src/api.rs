@@ -14,7 +14,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use dmsguard_pipeline::secret::Secret;
-use dmsguard_pipeline::service::OPENMETRICS_CONTENT_TYPE;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -278,14 +277,7 @@ async fn handle_alerts(
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.inner.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "Cannot encode metrics.");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+    dmsguard_pipeline::service::metrics_response(&state.inner.registry)
 }
 
 /// Healthy when the ledger answers: without it no alert can be recorded.

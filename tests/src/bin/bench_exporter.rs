@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
-use aws_sdk_databasemigration::types::{MigrationTypeValue, ReplicationEndpointTypeValue};
 use clap::Parser;
 use dmsguard_lab::harness::{self, eventually, Moto, TestDatabases};
 use dmsguard_pipeline::aws::AwsClients;
@@ -252,71 +251,12 @@ async fn seed_statements(dbs: &TestDatabases, tables: usize) -> anyhow::Result<(
 
 /// `tasks` CDC tasks over two instances, each with one datapoint per CloudWatch metric.
 async fn seed_aws(aws: &AwsClients, tasks: usize) -> anyhow::Result<Vec<(String, String)>> {
-    let mut instance_arns = Vec::new();
-    for instance in ["bench-inst-0", "bench-inst-1"] {
-        let out = aws
-            .dms
-            .create_replication_instance()
-            .replication_instance_identifier(instance)
-            .replication_instance_class("dms.t3.medium")
-            .send()
-            .await?;
-        instance_arns.push(
-            out.replication_instance()
-                .and_then(|i| i.replication_instance_arn())
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
-    let mut endpoints = Vec::new();
-    for (id, kind, engine) in [
-        (
-            "bench-src",
-            ReplicationEndpointTypeValue::Source,
-            "postgres",
-        ),
-        (
-            "bench-dst",
-            ReplicationEndpointTypeValue::Target,
-            "redshift",
-        ),
-    ] {
-        let e = aws
-            .dms
-            .create_endpoint()
-            .endpoint_identifier(id)
-            .endpoint_type(kind)
-            .engine_name(engine)
-            .send()
-            .await?;
-        endpoints.push(
-            e.endpoint()
-                .and_then(|e| e.endpoint_arn())
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
     let now = SystemTime::now();
     let mut out = Vec::new();
     for t in 0..tasks {
         let instance = format!("bench-inst-{}", t % 2);
         let name = format!("bench-task-{t:02}");
-        let task = aws
-            .dms
-            .create_replication_task()
-            .replication_task_identifier(&name)
-            .source_endpoint_arn(&endpoints[0])
-            .target_endpoint_arn(&endpoints[1])
-            .replication_instance_arn(&instance_arns[t % 2])
-            .migration_type(MigrationTypeValue::Cdc)
-            .table_mappings(r#"{"rules":[]}"#)
-            .send()
-            .await?;
-        let arn = task
-            .replication_task()
-            .and_then(|t| t.replication_task_arn())
-            .unwrap_or_default()
-            .to_owned();
+        let arn = dmsguard_lab::harness::create_dms_task(aws, &instance, &name).await?;
         let resource_id = arn.rsplit(':').next().unwrap_or_default().to_owned();
         for metric in ["CDCLatencySource", "CDCLatencyTarget", "CDCIncomingChanges"] {
             put(
