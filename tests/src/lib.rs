@@ -1,5 +1,6 @@
 //! The dmsguard lab: a harness over the real lab services, and the DMS simulator.
 
+pub mod alerting;
 pub mod dashboard;
 pub mod harness;
 pub mod simulator;

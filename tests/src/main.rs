@@ -24,6 +24,31 @@ enum Cli {
     Simulate(SimulateArgs),
     /// Measure the simulator's sustained apply rate on fresh databases and a private moto.
     Bench(BenchArgs),
+    /// Write lab copies of `alerts/`: the rules and the example Alertmanager config with every
+    /// duration divided by `--speedup`, delivering to the given remediator.
+    Alerting(AlertingArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AlertingArgs {
+    /// The repository's `alerts/` directory.
+    #[arg(long, default_value = "alerts")]
+    alerts_dir: PathBuf,
+    /// Where to write `dmsguard.rules.yml` and `alertmanager.yml`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Divide every `for`, range, offset and Alertmanager timer by this.
+    #[arg(long, default_value_t = 20)]
+    speedup: u32,
+    /// The remediator's webhook URL.
+    #[arg(long)]
+    remediator_url: String,
+    /// File holding the remediator's bearer token.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Where the on-call receiver delivers.
+    #[arg(long, default_value = "http://127.0.0.1:9/oncall")]
+    oncall_url: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +83,10 @@ struct SimulateArgs {
     /// changes (e.g. `echo stall > FILE`).
     #[arg(long)]
     control_file: Option<PathBuf>,
+    /// Create the workload's rows this far in the past (`created_at`), e.g. `20h` to make
+    /// them yesterday's (UTC) for the day-windowed gap metrics.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    created_age: Duration,
     /// Least time between two batches (DMS BatchApplyTimeoutMin).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     batch_interval: Duration,
@@ -144,6 +173,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         memory: MemoryModel::default(),
         initial_fault: args.fault,
         start_tasks: true,
+        created_age: args.created_age,
     };
     let sim = Simulator::start(config)
         .await
@@ -270,6 +300,22 @@ async fn main() -> anyhow::Result<()> {
         Cli::Bench(args) => {
             dmsguard_pipeline::service::init_telemetry(Default::default());
             bench(args).await?;
+        }
+        Cli::Alerting(args) => {
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            let receivers = dmsguard_lab::alerting::Receivers {
+                remediator_url: args.remediator_url,
+                token_file: args.token_file,
+                oncall_url: args.oncall_url,
+            };
+            let (rules, am) = dmsguard_lab::alerting::write_lab_alerting(
+                &args.alerts_dir,
+                &args.out,
+                &receivers,
+                args.speedup,
+            )?;
+            println!("{}\n{}", rules.display(), am.display());
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::routing::post;
+use dmsguard_lab::alerting::{lab_alertmanager, write_lab_alerting, Receivers};
 use dmsguard_lab::harness::{eventually, Alertmanager, Prometheus};
 use promql_parser::parser::Expr;
 use promql_parser::util::{walk_expr, ExprVisitor};
@@ -631,33 +632,50 @@ fn alertmanager_example_passes_amtool_and_routes_fixable_alerts_to_both_receiver
     }
 }
 
-/// The example config with its receivers pointed at `hooks` and its waits shortened; routing,
-/// grouping and authorization unchanged.
+/// The lab copy of the example config (`dmsguard_lab::alerting`): receivers pointed at `hooks`,
+/// timers divided by 10; routing, grouping and authorization unchanged.
 fn example_alertmanager_for_test(hooks: &str, token_file: &Path) -> String {
-    fn shorten(v: &mut Yaml) {
-        if let Yaml::Mapping(m) = v {
-            for key in ["group_wait", "group_interval"] {
-                if m.contains_key(key) {
-                    m.insert(key.into(), "1s".into());
-                }
-            }
-            if let Some(routes) = m.get_mut("routes").and_then(Yaml::as_sequence_mut) {
-                routes.iter_mut().for_each(shorten);
-            }
-        }
-    }
-    let mut doc = read_yaml(&alertmanager_path());
-    shorten(&mut doc["route"]);
-    for receiver in doc["receivers"].as_sequence_mut().expect("receivers") {
-        let name = receiver["name"].as_str().expect("receiver name").to_owned();
-        let hook = &mut receiver["webhook_configs"][0];
-        hook["url"] = format!("{hooks}/{name}").into();
-        if name == REMEDIATOR_RECEIVER {
-            hook["http_config"]["authorization"]["credentials_file"] =
-                token_file.display().to_string().into();
-        }
-    }
-    serde_norway::to_string(&doc).expect("YAML")
+    let receivers = Receivers {
+        remediator_url: format!("{hooks}/{REMEDIATOR_RECEIVER}"),
+        token_file: token_file.to_owned(),
+        oncall_url: format!("{hooks}/{HUMAN_RECEIVER}"),
+    };
+    let example = std::fs::read_to_string(alertmanager_path()).expect("example config");
+    lab_alertmanager(&example, &receivers, 10).expect("lab Alertmanager config")
+}
+
+#[test]
+fn lab_copies_of_rules_and_alertmanager_config_pass_promtool_and_amtool() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let receivers = Receivers {
+        remediator_url: "http://127.0.0.1:9855/alerts".into(),
+        token_file: dir.path().join("token"),
+        oncall_url: "http://127.0.0.1:9/oncall".into(),
+    };
+    let (rules, am) =
+        write_lab_alerting(&repo().join("alerts"), dir.path(), &receivers, 20).expect("lab copies");
+    let rules = rules.display().to_string();
+    let out = run(&promtool(), &["check", "rules", &rules]);
+    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
+    let lab = read_yaml(Path::new(&rules));
+    let real = read_yaml(&rules_path());
+    let fors = |doc: &Yaml| -> Vec<String> {
+        doc["groups"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_sequence().cloned().unwrap_or_default())
+            .filter_map(|r| str_of(&r, "for").map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(fors(&real).len(), fors(&lab).len());
+    assert!(
+        fors(&lab).iter().all(|f| f == "0s" || f.ends_with('s')),
+        "{:?}",
+        fors(&lab)
+    );
+    let am = am.display().to_string();
+    run(&amtool(), &["check-config", &am]);
 }
 
 #[tokio::test]

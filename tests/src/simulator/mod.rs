@@ -102,6 +102,8 @@ pub struct SimConfig {
     pub initial_fault: Fault,
     /// Start (or resume) the tasks in moto at start-up.
     pub start_tasks: bool,
+    /// How far in the past the workload's new rows are created (`created_at`); 0 for now.
+    pub created_age: Duration,
 }
 
 impl SimConfig {
@@ -128,6 +130,7 @@ impl SimConfig {
             memory: MemoryModel::default(),
             initial_fault: Fault::None,
             start_tasks: true,
+            created_age: Duration::ZERO,
         }
     }
 
@@ -434,11 +437,14 @@ impl Simulator {
         )));
         let workload = if shared.config.rate > 0 {
             let handle = Workload::start(
-                WorkloadConfig::new(
-                    shared.config.source.clone(),
-                    shared.config.tables(),
-                    shared.config.rate,
-                ),
+                WorkloadConfig {
+                    created_age: shared.config.created_age,
+                    ..WorkloadConfig::new(
+                        shared.config.source.clone(),
+                        shared.config.tables(),
+                        shared.config.rate,
+                    )
+                },
                 shared.hot_rows.clone(),
             )
             .await?;

@@ -25,6 +25,9 @@ pub struct WorkloadConfig {
     pub rate: u32,
     /// Time between two write rounds.
     pub tick: Duration,
+    /// How far in the past new rows' `created_at` lies (0: the last hour; e.g. a day back makes
+    /// the rows "yesterday's" for the day-windowed gap metrics and the F4 alert).
+    pub created_age: Duration,
 }
 
 impl WorkloadConfig {
@@ -34,6 +37,7 @@ impl WorkloadConfig {
             tables,
             rate,
             tick: Duration::from_millis(100),
+            created_age: Duration::ZERO,
         }
     }
 }
@@ -144,7 +148,8 @@ struct TableWriter {
 }
 
 impl TableWriter {
-    fn new(table: SimTable) -> Self {
+    fn new(table: SimTable, created_age: Duration) -> Self {
+        let created_age = created_age.as_secs();
         let q = table.name.quoted();
         let id = quote_ident(ID_COLUMN);
         let extra_names: String = (1..=table.extra_columns)
@@ -177,7 +182,7 @@ impl TableWriter {
                       CASE WHEN random() < 0.1 THEN NULL
                            ELSE ARRAY['plain', 'has,comma', 'quote\"d', E'back\\\\slash', md5(random()::text)] END,
                       gen_random_uuid(),
-                      now() - random() * interval '1 hour',
+                      now() - interval '{created_age} seconds' - random() * interval '1 hour',
                       round((random() * 100000)::numeric, 2),
                       CASE WHEN random() < 0.3 THEN NULL
                            ELSE E'note: ''single'' \"double\"\\ttab\\nnewline \\\\ backslash, café ✓' END,
@@ -233,7 +238,11 @@ async fn run(
     counters: Arc<WorkloadCounters>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut writers: Vec<TableWriter> = config.tables.into_iter().map(TableWriter::new).collect();
+    let mut writers: Vec<TableWriter> = config
+        .tables
+        .into_iter()
+        .map(|t| TableWriter::new(t, config.created_age))
+        .collect();
     if writers.is_empty() || config.rate == 0 {
         return Ok(());
     }
