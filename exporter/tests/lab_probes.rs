@@ -445,9 +445,11 @@ async fn missing_ids_equal_the_dropped_rows_per_utc_day() -> anyhow::Result<()> 
     let w = |window| [("table", "public.orders"), ("window", window)];
     wait_for_value(addr, "dmsguard_table_missing_ids", &w("yesterday"), 3.0).await?;
     let s = scrape(addr).await?;
+    // Today: 301 and 450 are missing; 501..=505, above the target's newest id, are still on
+    // their way (the lag below), not missing.
     assert_eq!(
         value(&s, "dmsguard_table_missing_ids", &w("today")),
-        Some(7.0)
+        Some(2.0)
     );
     assert_eq!(
         value(&s, "dmsguard_table_extra_ids", &w("today")),

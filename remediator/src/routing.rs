@@ -70,18 +70,21 @@ impl Router {
         Self { config }
     }
 
-    /// The route of a firing alert; `Err` says which label its fix lacks.
+    /// The route of a firing alert; `Err` says which label its fix lacks. An alert about a
+    /// table (DMSOneByOneMode) acts on the task configured for that table when it has no `task`
+    /// label: the table metrics it fires on carry none.
     pub fn route(&self, alert: &Alert) -> Result<Route, String> {
         let Some(&fix) = self.config.remediator.routes.get(&alert.alertname) else {
             return Ok(Route::Unknown);
         };
-        let target = JobTarget::for_fix(
-            fix,
-            alert.label("task"),
-            alert.label("table"),
-            alert.label("replication_instance"),
-        )
-        .map_err(|e| format!("alert `{}`: {e}", alert.alertname))?;
+        let table = alert.label("table");
+        let task = alert.label("task").or_else(|| {
+            table
+                .and_then(|t| self.config.table(t))
+                .and_then(|t| t.task.as_deref())
+        });
+        let target = JobTarget::for_fix(fix, task, table, alert.label("replication_instance"))
+            .map_err(|e| format!("alert `{}`: {e}", alert.alertname))?;
         let FixConfig {
             enabled, dry_run, ..
         } = *self.config.remediator.fixes.get(fix);
@@ -139,10 +142,34 @@ mod tests {
             router.route(&alert("SomethingElse", &[])).unwrap(),
             Route::Unknown
         );
+        let err = router
+            .route(&alert("DMSOneByOneMode", &[("table", "public.orders")]))
+            .unwrap_err();
+        assert!(err.contains("`task`"), "{err}");
         let maintenance = router
             .route(&alert("RedshiftMaintenanceImminent", &[]))
             .unwrap();
         assert!(matches!(maintenance, Route::Fix { ref target, .. } if target.key == CLUSTER_KEY));
+    }
+
+    #[test]
+    fn a_table_alert_acts_on_the_table_s_task() {
+        let router = Router::new(config(
+            "[[tasks]]\nname = \"t1\"\nreplication_instance = \"i\"\n[[tables]]\nsource = \"public.orders\"\ntask = \"t1\"\n",
+        ));
+        let route = router
+            .route(&alert("DMSOneByOneMode", &[("table", "public.orders")]))
+            .unwrap();
+        assert!(
+            matches!(route, Route::Fix { fix: FixName::OneByOne, ref target, .. } if target.key == "t1" && target.table.as_deref() == Some("public.orders"))
+        );
+        let explicit = router
+            .route(&alert(
+                "DMSOneByOneMode",
+                &[("table", "public.orders"), ("task", "t2")],
+            ))
+            .unwrap();
+        assert!(matches!(explicit, Route::Fix { ref target, .. } if target.key == "t2"));
     }
 
     #[test]

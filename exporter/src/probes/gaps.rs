@@ -94,8 +94,10 @@ impl GapsProbe {
             };
             for window in DayWindow::ALL {
                 let day = today - ChronoDuration::days(window.days_back());
+                // Ids above the target's newest are in flight (lag), not missing.
                 let range =
                     gap_finder::id_range_for_day(source, &table.spec, day_column, day).await?;
+                let range = range.zip(target_max).and_then(|(r, max)| r.up_to(max));
                 let (missing, extra) = match range {
                     Some(range) => {
                         let report = self.finder.find(source, target, &table.spec, range).await?;

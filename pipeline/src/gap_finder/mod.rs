@@ -81,6 +81,15 @@ impl IdRange {
         self.lo <= id && id <= self.hi
     }
 
+    /// The part at or below `max`, if any: ids above the target's newest id are still in
+    /// flight (DMS applies in commit order), not missing.
+    pub fn up_to(self, max: i64) -> Option<IdRange> {
+        (max >= self.lo).then(|| IdRange {
+            lo: self.lo,
+            hi: self.hi.min(max),
+        })
+    }
+
     /// The smallest range holding both.
     pub fn union(self, other: IdRange) -> IdRange {
         IdRange {
@@ -402,6 +411,20 @@ pub async fn id_range_for_day(
         )));
     }
     queries::day_bounds(source, table, day_column, day).await
+}
+
+/// The target's newest id, `None` when it is empty. Rows above it are still on their way, so
+/// the gap metrics and the repair only look at ids up to it.
+pub async fn target_max_id(target: &Client, table: &TableSpec) -> Result<Option<i64>, GapError> {
+    let sql = queries::bounds_sql(&table.target, &table.id_column);
+    let row = target
+        .query_one(&sql, &[])
+        .await
+        .map_err(|source| GapError::Query {
+            side: Side::Target,
+            source,
+        })?;
+    Ok(queries::read_bounds(&row, Side::Target)?.map(|r| r.hi))
 }
 
 /// The smallest range holding every id of both sides, or `None` when both tables are empty.

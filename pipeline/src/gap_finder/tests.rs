@@ -282,3 +282,12 @@ fn table_spec_from_config_uses_target_and_id_column() {
     };
     assert!(TableSpec::from_config(&bad).is_err());
 }
+
+#[test]
+fn up_to_keeps_the_replicated_part() {
+    let r = IdRange::new(10, 20).unwrap();
+    assert_eq!(r.up_to(15), Some(IdRange { lo: 10, hi: 15 }));
+    assert_eq!(r.up_to(25), Some(r));
+    assert_eq!(r.up_to(10), Some(IdRange { lo: 10, hi: 10 }));
+    assert_eq!(r.up_to(9), None);
+}

@@ -11,7 +11,7 @@ use chrono::{Duration as Days, NaiveDate, Utc};
 use dmsguard_pipeline::catalogue::{Catalogue, SourceTable};
 use dmsguard_pipeline::config::{Config, FixName, QualifiedName, TableConfig};
 use dmsguard_pipeline::gap_finder::{
-    id_range_for_day, id_range_of_tables, GapFinder, IdRange, TableSpec,
+    id_range_for_day, id_range_of_tables, target_max_id, GapFinder, IdRange, TableSpec,
 };
 use dmsguard_pipeline::type_translator::{fetch_source_rows, TranslatedRow, Translator};
 use serde_json::{json, Value};
@@ -139,6 +139,12 @@ async fn search(
             id_range_for_day(source, spec, column, *day).await?
         }
         Window::Whole => id_range_of_tables(source, target, spec).await?,
+    };
+    // Rows above the target's newest id are still on their way: DMS will insert them, so
+    // inserting them here would duplicate them.
+    let range = match (range, target_max_id(target, spec).await?) {
+        (Some(range), Some(max)) => range.up_to(max),
+        _ => None,
     };
     let Some(range) = range else {
         return Ok(Search {
@@ -316,7 +322,8 @@ impl Fix for MissingRowsFix {
         match found.range {
             None => {
                 plan.step(format!(
-                    "Nothing to do: the source has no rows for {window}."
+                    "Nothing to do: the source has no rows for {window} up to the target's \
+                     newest id (newer rows are still on their way)."
                 ));
             }
             Some(range) => {
