@@ -14,7 +14,7 @@
 //! | integers, `real`, `double` | — | decimal text | numeric types (range/precision checked) |
 //! | `numeric(p,s)` | — | the source's text | `numeric(p,s)`: fails if the value needs more digits than the target has, never rounds |
 //! | `json`, `jsonb` | — | the source's JSON text | `SUPER` (`JSON_PARSE`) |
-//! | arrays | — | JSON text (`array_to_json`) | `SUPER` |
+//! | arrays | — | the source's text form (`{a,"b c"}`), as DMS writes them | `SUPER` (`array_to_json`) |
 //! | `uuid`, enums, other types | — | the source's text form | — |
 //! | `timestamptz` | — | `YYYY-MM-DD HH:MM:SS[.ffffff]+00` (UTC) | `timestamptz`; `timestamp` as UTC |
 //! | `bytea` | — | `\x` + hex (PostgreSQL's text form) | `VARBYTE` (`FROM_HEX`) |
@@ -132,8 +132,11 @@ pub enum SourceValue {
     Numeric(String),
     /// `json`/`jsonb` text.
     Json(String),
-    /// An array as JSON text.
-    Array(String),
+    /// An array: its JSON (for `SUPER`) and its PostgreSQL text form (what DMS writes).
+    Array {
+        json: String,
+        text: String,
+    },
     TimestampTz(DateTime<Utc>),
     Timestamp(NaiveDateTime),
     Date(NaiveDate),
@@ -151,7 +154,7 @@ impl SourceValue {
             SourceValue::Float(_) => "floating-point",
             SourceValue::Numeric(_) => "numeric",
             SourceValue::Json(_) => "json",
-            SourceValue::Array(_) => "array",
+            SourceValue::Array { .. } => "array",
             SourceValue::TimestampTz(_) => "timestamptz",
             SourceValue::Timestamp(_) => "timestamp",
             SourceValue::Date(_) => "date",
@@ -214,7 +217,9 @@ fn source_expression(class: SourceClass, quoted: &str) -> String {
         SourceClass::Int => format!("{quoted}::int8"),
         SourceClass::Float => format!("{quoted}::float8"),
         SourceClass::Numeric | SourceClass::Json | SourceClass::Text => format!("{quoted}::text"),
-        SourceClass::Array => format!("array_to_json({quoted})::text"),
+        SourceClass::Array => format!(
+            "CASE WHEN {quoted} IS NULL THEN NULL ELSE ARRAY[array_to_json({quoted})::text, {quoted}::text] END"
+        ),
     }
 }
 
@@ -234,7 +239,13 @@ fn decode(row: &Row, i: usize, class: SourceClass) -> Result<SourceValue, tokio_
         SourceClass::Float => get(row, i, SourceValue::Float),
         SourceClass::Numeric => get(row, i, SourceValue::Numeric),
         SourceClass::Json => get(row, i, SourceValue::Json),
-        SourceClass::Array => get(row, i, SourceValue::Array),
+        SourceClass::Array => get(row, i, |v: Vec<String>| {
+            let mut v = v.into_iter();
+            SourceValue::Array {
+                json: v.next().unwrap_or_default(),
+                text: v.next().unwrap_or_default(),
+            }
+        }),
         SourceClass::TimestampTz => get(row, i, SourceValue::TimestampTz),
         SourceClass::Timestamp => get(row, i, SourceValue::Timestamp),
         SourceClass::Date => get(row, i, SourceValue::Date),
@@ -855,7 +866,7 @@ fn value_text(value: &SourceValue) -> String {
         SourceValue::Float(f) => float_text(*f),
         SourceValue::Numeric(s)
         | SourceValue::Json(s)
-        | SourceValue::Array(s)
+        | SourceValue::Array { text: s, .. }
         | SourceValue::Text(s) => s.clone(),
         SourceValue::TimestampTz(t) => timestamptz_text(t),
         SourceValue::Timestamp(t) => timestamp_text(t),
@@ -867,7 +878,7 @@ fn value_text(value: &SourceValue) -> String {
 /// A value as JSON text, for `SUPER`: json as is, scalars as JSON scalars, the rest as strings.
 fn json_text(value: &SourceValue) -> String {
     match value {
-        SourceValue::Json(s) | SourceValue::Array(s) => s.clone(),
+        SourceValue::Json(s) | SourceValue::Array { json: s, .. } => s.clone(),
         SourceValue::Bool(_) | SourceValue::Int(_) | SourceValue::Numeric(_) => value_text(value),
         SourceValue::Float(f) if f.is_finite() => value_text(value),
         other => serde_json::Value::String(value_text(other)).to_string(),
@@ -1105,7 +1116,12 @@ mod tests {
     fn json_text_for_super() {
         assert_eq!(json_text(&SourceValue::Text("a\"b".into())), r#""a\"b""#);
         assert_eq!(json_text(&SourceValue::Int(5)), "5");
-        assert_eq!(json_text(&SourceValue::Array("[1,2]".into())), "[1,2]");
+        let array = SourceValue::Array {
+            json: "[1,2]".into(),
+            text: "{1,2}".into(),
+        };
+        assert_eq!(json_text(&array), "[1,2]");
+        assert_eq!(value_text(&array), "{1,2}");
         assert_eq!(json_text(&SourceValue::Float(f64::NAN)), r#""NaN""#);
         assert_eq!(value_text(&SourceValue::Bytes(vec![0, 255])), "\\x00ff");
     }

@@ -9,6 +9,9 @@ use dmsguard_lab::simulator::{
     BatchLimits, Fault, MemoryModel, SimConfig, SimTable, SimTask, Simulator,
 };
 
+/// Control-file content that pauses the workload.
+const PAUSE: &str = "pause";
+
 /// Lab commands.
 #[derive(Debug, clap::Parser)]
 #[command(name = "dmsguard-lab", version, about)]
@@ -24,6 +27,16 @@ enum Cli {
     Simulate(SimulateArgs),
     /// Measure the simulator's sustained apply rate on fresh databases and a private moto.
     Bench(BenchArgs),
+    /// Compare a replicated table row by row, every column, source against the Redshift
+    /// stand-in (after DMS's type conversion); exits 1 when they differ.
+    Compare {
+        #[arg(long, env = "DMSGUARD_SOURCE_URL")]
+        source_url: String,
+        #[arg(long, env = "DMSGUARD_REDSHIFT_URL")]
+        redshift_url: String,
+        #[arg(long, default_value = "public.orders")]
+        table: String,
+    },
     /// Write lab copies of `alerts/`: the rules and the example Alertmanager config with every
     /// duration divided by `--speedup`, delivering to the given remediator.
     Alerting(AlertingArgs),
@@ -80,7 +93,8 @@ struct SimulateArgs {
     #[arg(long, default_value = "none")]
     fault: Fault,
     /// A file holding the fault to switch to; read every 500 ms, applied when its content
-    /// changes (e.g. `echo stall > FILE`).
+    /// changes (e.g. `echo stall > FILE`; empty for none). `pause` stops the workload (and
+    /// clears the fault) until the file names a fault or is emptied again.
     #[arg(long)]
     control_file: Option<PathBuf>,
     /// Create the workload's rows this far in the past (`created_at`), e.g. `20h` to make
@@ -192,9 +206,18 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                     let content = std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned());
                     if content.is_some() && content != last_control {
                         let text = content.clone().unwrap_or_default();
-                        match text.parse::<Fault>() {
-                            Ok(f) => sim.set_fault(f),
-                            Err(e) => tracing::warn!(error = %e, path = %path.display(), "Ignoring control file."),
+                        if text == PAUSE {
+                            sim.set_fault(Fault::None);
+                            sim.stop_workload().await?;
+                            tracing::info!("Workload paused.");
+                        } else {
+                            match text.parse::<Fault>() {
+                                Ok(f) => {
+                                    sim.resume_workload().await?;
+                                    sim.set_fault(f);
+                                }
+                                Err(e) => tracing::warn!(error = %e, path = %path.display(), "Ignoring control file."),
+                            }
                         }
                         last_control = content;
                     }
@@ -300,6 +323,23 @@ async fn main() -> anyhow::Result<()> {
         Cli::Bench(args) => {
             dmsguard_pipeline::service::init_telemetry(Default::default());
             bench(args).await?;
+        }
+        Cli::Compare {
+            source_url,
+            redshift_url,
+            table,
+        } => {
+            dmsguard_lab::harness::ensure_test_credentials();
+            let diff = dmsguard_lab::simulator::compare_source_target(
+                &dmsguard_lab::harness::database_config(&source_url),
+                &dmsguard_lab::harness::database_config(&redshift_url),
+                &table.parse()?,
+            )
+            .await?;
+            println!("{diff}");
+            if !diff.is_empty() {
+                std::process::exit(1);
+            }
         }
         Cli::Alerting(args) => {
             std::fs::create_dir_all(&args.out)

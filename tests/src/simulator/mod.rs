@@ -134,6 +134,14 @@ impl SimConfig {
         }
     }
 
+    /// The built-in workload's configuration.
+    pub fn workload(&self) -> WorkloadConfig {
+        WorkloadConfig {
+            created_age: self.created_age,
+            ..WorkloadConfig::new(self.source.clone(), self.tables(), self.rate)
+        }
+    }
+
     /// Every table of every task.
     pub fn tables(&self) -> Vec<SimTable> {
         self.tasks
@@ -436,18 +444,7 @@ impl Simulator {
             stopped.clone(),
         )));
         let workload = if shared.config.rate > 0 {
-            let handle = Workload::start(
-                WorkloadConfig {
-                    created_age: shared.config.created_age,
-                    ..WorkloadConfig::new(
-                        shared.config.source.clone(),
-                        shared.config.tables(),
-                        shared.config.rate,
-                    )
-                },
-                shared.hot_rows.clone(),
-            )
-            .await?;
+            let handle = Workload::start(shared.config.workload(), shared.hot_rows.clone()).await?;
             *lock(&shared.workload) = Some(handle.counters());
             Some(handle)
         } else {
@@ -588,6 +585,25 @@ impl SimHandle {
             Some(w) => w.stop().await,
             None => Ok(self.stats().generated),
         }
+    }
+
+    /// Starts the workload again after [`SimHandle::stop_workload`]; its counts go on from
+    /// where they stopped. Does nothing while it runs or when the rate is 0.
+    pub async fn resume_workload(&self) -> anyhow::Result<()> {
+        let mut workload = self.workload.lock().await;
+        if workload.is_some() || self.shared.config.rate == 0 {
+            return Ok(());
+        }
+        let counters = lock(&self.shared.workload).clone().unwrap_or_default();
+        let handle = Workload::start_counting(
+            self.shared.config.workload(),
+            self.shared.hot_rows.clone(),
+            counters,
+        )
+        .await?;
+        *lock(&self.shared.workload) = Some(handle.counters());
+        *workload = Some(handle);
+        Ok(())
     }
 
     /// Compares a replicated table's source and target rows after type conversion.

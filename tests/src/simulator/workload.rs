@@ -75,11 +75,19 @@ pub struct WorkloadHandle {
 impl Workload {
     /// Creates the tables if missing and starts writing at `config.rate`.
     pub async fn start(config: WorkloadConfig, hot: HotRows) -> anyhow::Result<WorkloadHandle> {
+        Self::start_counting(config, hot, Arc::default()).await
+    }
+
+    /// As [`Workload::start`], adding to `counters` (to resume a stopped workload).
+    pub async fn start_counting(
+        config: WorkloadConfig,
+        hot: HotRows,
+        counters: Arc<WorkloadCounters>,
+    ) -> anyhow::Result<WorkloadHandle> {
         let client = dmsguard_pipeline::db::connect(&config.source).await?;
         for t in &config.tables {
             t.install_source(&client).await?;
         }
-        let counters = Arc::new(WorkloadCounters::default());
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(config, client, hot, counters.clone(), stopped));
         Ok(WorkloadHandle {
