@@ -3,3 +3,4 @@
 pub mod dashboard;
 pub mod harness;
 pub mod simulator;
+pub mod stack;

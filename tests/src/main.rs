@@ -144,6 +144,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         memory: MemoryModel::default(),
         initial_fault: args.fault,
         start_tasks: true,
+        backdate: Duration::ZERO,
     };
     let sim = Simulator::start(config)
         .await

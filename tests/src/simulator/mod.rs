@@ -102,6 +102,8 @@ pub struct SimConfig {
     pub initial_fault: Fault,
     /// Start (or resume) the tasks in moto at start-up.
     pub start_tasks: bool,
+    /// The workload's new rows are created this long ago (see [`WorkloadConfig::backdate`]).
+    pub backdate: Duration,
 }
 
 impl SimConfig {
@@ -128,6 +130,7 @@ impl SimConfig {
             memory: MemoryModel::default(),
             initial_fault: Fault::None,
             start_tasks: true,
+            backdate: Duration::ZERO,
         }
     }
 
@@ -433,15 +436,13 @@ impl Simulator {
             stopped.clone(),
         )));
         let workload = if shared.config.rate > 0 {
-            let handle = Workload::start(
-                WorkloadConfig::new(
-                    shared.config.source.clone(),
-                    shared.config.tables(),
-                    shared.config.rate,
-                ),
-                shared.hot_rows.clone(),
-            )
-            .await?;
+            let mut workload = WorkloadConfig::new(
+                shared.config.source.clone(),
+                shared.config.tables(),
+                shared.config.rate,
+            );
+            workload.backdate = shared.config.backdate;
+            let handle = Workload::start(workload, shared.hot_rows.clone()).await?;
             *lock(&shared.workload) = Some(handle.counters());
             Some(handle)
         } else {

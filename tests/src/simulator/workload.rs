@@ -25,6 +25,9 @@ pub struct WorkloadConfig {
     pub rate: u32,
     /// Time between two write rounds.
     pub tick: Duration,
+    /// New rows' `created_at` lies this far in the past (minus up to an hour), so a test can
+    /// fill an earlier UTC day (the gap finder's `yesterday` window).
+    pub backdate: Duration,
 }
 
 impl WorkloadConfig {
@@ -34,6 +37,7 @@ impl WorkloadConfig {
             tables,
             rate,
             tick: Duration::from_millis(100),
+            backdate: Duration::ZERO,
         }
     }
 }
@@ -144,8 +148,9 @@ struct TableWriter {
 }
 
 impl TableWriter {
-    fn new(table: SimTable) -> Self {
+    fn new(table: SimTable, backdate: Duration) -> Self {
         let q = table.name.quoted();
+        let backdate_ms = backdate.as_millis();
         let id = quote_ident(ID_COLUMN);
         let extra_names: String = (1..=table.extra_columns)
             .map(|i| format!(", {}", quote_ident(&format!("attr_{i:03}"))))
@@ -177,7 +182,7 @@ impl TableWriter {
                       CASE WHEN random() < 0.1 THEN NULL
                            ELSE ARRAY['plain', 'has,comma', 'quote\"d', E'back\\\\slash', md5(random()::text)] END,
                       gen_random_uuid(),
-                      now() - random() * interval '1 hour',
+                      now() - interval '{backdate_ms} milliseconds' - random() * interval '1 hour',
                       round((random() * 100000)::numeric, 2),
                       CASE WHEN random() < 0.3 THEN NULL
                            ELSE E'note: ''single'' \"double\"\\ttab\\nnewline \\\\ backslash, café ✓' END,
@@ -233,7 +238,12 @@ async fn run(
     counters: Arc<WorkloadCounters>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut writers: Vec<TableWriter> = config.tables.into_iter().map(TableWriter::new).collect();
+    let backdate = config.backdate;
+    let mut writers: Vec<TableWriter> = config
+        .tables
+        .into_iter()
+        .map(|t| TableWriter::new(t, backdate))
+        .collect();
     if writers.is_empty() || config.rate == 0 {
         return Ok(());
     }
