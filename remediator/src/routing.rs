@@ -75,13 +75,17 @@ impl Router {
         let Some(&fix) = self.config.remediator.routes.get(&alert.alertname) else {
             return Ok(Route::Unknown);
         };
-        let target = JobTarget::for_fix(
-            fix,
-            alert.label("task"),
-            alert.label("table"),
-            alert.label("replication_instance"),
-        )
-        .map_err(|e| format!("alert `{}`: {e}", alert.alertname))?;
+        // Table alerts (DMSOneByOneMode) carry `table` only: the statement metrics they come
+        // from know no task. A fix acting on a task takes the table's configured task.
+        let table = alert.label("table");
+        let task = alert.label("task").or_else(|| {
+            matches!(fix, FixName::OneByOne | FixName::StalledTask)
+                .then(|| table.and_then(|t| self.config.table(t)))
+                .flatten()
+                .and_then(|t| t.task.as_deref())
+        });
+        let target = JobTarget::for_fix(fix, task, table, alert.label("replication_instance"))
+            .map_err(|e| format!("alert `{}`: {e}", alert.alertname))?;
         let FixConfig {
             enabled, dry_run, ..
         } = *self.config.remediator.fixes.get(fix);
@@ -143,6 +147,37 @@ mod tests {
             .route(&alert("RedshiftMaintenanceImminent", &[]))
             .unwrap();
         assert!(matches!(maintenance, Route::Fix { ref target, .. } if target.key == CLUSTER_KEY));
+    }
+
+    #[test]
+    fn table_alerts_take_the_tables_task() {
+        let router = Router::new(config(
+            "[[tasks]]\nname = \"t1\"\nreplication_instance = \"i1\"\n[[tables]]\nsource = \"public.orders\"\ntask = \"t1\"\n[[tables]]\nsource = \"public.other\"\n",
+        ));
+        let route = router
+            .route(&alert("DMSOneByOneMode", &[("table", "public.orders")]))
+            .unwrap();
+        assert!(
+            matches!(route, Route::Fix { fix: FixName::OneByOne, ref target, .. } if target.key == "t1" && target.table.as_deref() == Some("public.orders"))
+        );
+        let route = router
+            .route(&alert(
+                "DMSOneByOneMode",
+                &[("table", "public.orders"), ("task", "t9")],
+            ))
+            .unwrap();
+        assert!(matches!(route, Route::Fix { ref target, .. } if target.key == "t9"));
+        for labels in [
+            &[("table", "public.other")][..],
+            &[("table", "public.nope")][..],
+        ] {
+            let err = router.route(&alert("DMSOneByOneMode", labels)).unwrap_err();
+            assert!(err.contains("task"), "{err}");
+        }
+        let route = router
+            .route(&alert("RedshiftMissingRows", &[("table", "public.orders")]))
+            .unwrap();
+        assert!(matches!(route, Route::Fix { ref target, .. } if target.task.is_none()));
     }
 
     #[test]
