@@ -48,7 +48,7 @@ async fn leaking_instance_gets_its_tasks_restarted_through_the_chain() -> anyhow
     assert!(job.target.contains(INSTANCE), "{job:?}");
     let restarted = job.details.as_ref().map(|d| d["restarted"].clone());
     assert_eq!(restarted, Some(serde_json::json!([TASK])), "{job:?}");
-    assert_eq!(lab.sim.stats().task(TASK).unwrap().restarts, 1);
+    lab.wait_restarts(1).await?;
 
     lab.stack
         .wait_value(FREEABLE, Duration::from_secs(60), |v| v > 4e9)

@@ -44,7 +44,7 @@ async fn one_by_one_mode_is_repaired_through_the_chain() -> anyhow::Result<()> {
         "the job names the missing id {}: {details}",
         dropped[0].1
     );
-    assert_eq!(lab.sim.stats().task(TASK).unwrap().restarts, 1);
+    lab.wait_restarts(1).await?;
 
     // The workload still updates the row every round: batches are bulk again.
     let one_by_one = lab.sim.stats().one_by_one_batches();

@@ -35,10 +35,12 @@ async fn stalled_task_is_restarted_through_the_chain() -> anyhow::Result<()> {
     lab.step("stalled_task job succeeded");
     assert_eq!(job.alertname.as_deref(), Some("DMSTaskStalled"));
     assert!(job.target.contains(TASK), "{job:?}");
-    let stats = lab.sim.stats();
-    let task = stats.task(TASK).unwrap();
-    assert_eq!(task.restarts, 1, "stopped and resumed once: {task:?}");
-    assert_eq!(task.blocked, None, "the restart cleared the stall");
+    lab.wait_restarts(1).await?;
+    assert_eq!(
+        lab.sim.stats().task(TASK).unwrap().blocked,
+        None,
+        "the restart cleared the stall"
+    );
 
     lab.stack
         .wait_alert_resolved("DMSTaskStalled", Duration::from_secs(90))

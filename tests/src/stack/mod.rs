@@ -539,7 +539,24 @@ impl Stack {
                     other.summary,
                     other.error
                 )),
-                None => Ok(None),
+                None => {
+                    let webhooks = self
+                        .prometheus
+                        .query("dmsguard_remediator_webhooks_total > 0")
+                        .await
+                        .unwrap_or_default();
+                    let webhooks: Vec<String> = webhooks
+                        .iter()
+                        .map(|w| format!("{}={}", w["metric"]["result"], w["value"][1]))
+                        .collect();
+                    let states: Vec<String> = jobs
+                        .iter()
+                        .map(|j| format!("{} {} {} {}", j.id, j.fix, j.target, j.state))
+                        .collect();
+                    Err(anyhow::anyhow!(
+                        "no such job yet; jobs: {states:?}; webhooks: {webhooks:?}"
+                    ))
+                }
             }
         })
         .await

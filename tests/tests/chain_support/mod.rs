@@ -118,6 +118,21 @@ impl ChainLab {
         Ok(())
     }
 
+    /// Waits until the simulator has seen `n` stop/resume cycles of the task in moto (it
+    /// polls moto every 200 ms).
+    pub async fn wait_restarts(&self, n: u64) -> anyhow::Result<()> {
+        eventually(
+            &format!("the simulator to see {n} restart(s)"),
+            Duration::from_secs(10),
+            || async {
+                let restarts = self.sim.stats().task(TASK).map_or(0, |t| t.restarts);
+                anyhow::ensure!(restarts <= n, "{restarts} restarts");
+                Ok((restarts == n).then_some(()))
+            },
+        )
+        .await
+    }
+
     /// The number of jobs of `fix` in the ledger.
     pub async fn job_count(&self, fix: &str) -> anyhow::Result<usize> {
         Ok(self
