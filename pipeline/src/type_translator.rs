@@ -14,7 +14,7 @@
 //! | integers, `real`, `double` | — | decimal text | numeric types (range/precision checked) |
 //! | `numeric(p,s)` | — | the source's text | `numeric(p,s)`: fails if the value needs more digits than the target has, never rounds |
 //! | `json`, `jsonb` | — | the source's JSON text | `SUPER` (`JSON_PARSE`) |
-//! | arrays | — | JSON text (`array_to_json`) | `SUPER` |
+//! | arrays | — | PostgreSQL's text form (`{a,"b c"}`), as DMS writes it | `SUPER` (`array_to_json`) |
 //! | `uuid`, enums, other types | — | the source's text form | — |
 //! | `timestamptz` | — | `YYYY-MM-DD HH:MM:SS[.ffffff]+00` (UTC) | `timestamptz`; `timestamp` as UTC |
 //! | `bytea` | — | `\x` + hex (PostgreSQL's text form) | `VARBYTE` (`FROM_HEX`) |
@@ -132,8 +132,11 @@ pub enum SourceValue {
     Numeric(String),
     /// `json`/`jsonb` text.
     Json(String),
-    /// An array as JSON text.
-    Array(String),
+    /// An array: PostgreSQL's text form (what DMS writes into `varchar`) and JSON (for `SUPER`).
+    Array {
+        text: String,
+        json: String,
+    },
     TimestampTz(DateTime<Utc>),
     Timestamp(NaiveDateTime),
     Date(NaiveDate),
@@ -151,7 +154,7 @@ impl SourceValue {
             SourceValue::Float(_) => "floating-point",
             SourceValue::Numeric(_) => "numeric",
             SourceValue::Json(_) => "json",
-            SourceValue::Array(_) => "array",
+            SourceValue::Array { .. } => "array",
             SourceValue::TimestampTz(_) => "timestamptz",
             SourceValue::Timestamp(_) => "timestamp",
             SourceValue::Date(_) => "date",
@@ -214,7 +217,7 @@ fn source_expression(class: SourceClass, quoted: &str) -> String {
         SourceClass::Int => format!("{quoted}::int8"),
         SourceClass::Float => format!("{quoted}::float8"),
         SourceClass::Numeric | SourceClass::Json | SourceClass::Text => format!("{quoted}::text"),
-        SourceClass::Array => format!("array_to_json({quoted})::text"),
+        SourceClass::Array => format!("{quoted}::text"),
     }
 }
 
@@ -234,7 +237,10 @@ fn decode(row: &Row, i: usize, class: SourceClass) -> Result<SourceValue, tokio_
         SourceClass::Float => get(row, i, SourceValue::Float),
         SourceClass::Numeric => get(row, i, SourceValue::Numeric),
         SourceClass::Json => get(row, i, SourceValue::Json),
-        SourceClass::Array => get(row, i, SourceValue::Array),
+        SourceClass::Array => get(row, i, |text: String| SourceValue::Array {
+            text,
+            json: String::new(),
+        }),
         SourceClass::TimestampTz => get(row, i, SourceValue::TimestampTz),
         SourceClass::Timestamp => get(row, i, SourceValue::Timestamp),
         SourceClass::Date => get(row, i, SourceValue::Date),
@@ -266,6 +272,14 @@ pub async fn fetch_source_rows(
         select.push_str(", ");
         select.push_str(&source_expression(*class, &quote_ident(&column.name)));
     }
+    // Arrays are read twice: as text above, as JSON here (after every column).
+    let arrays: Vec<usize> = (0..classes.len())
+        .filter(|&i| classes[i] == SourceClass::Array)
+        .collect();
+    for &i in &arrays {
+        let quoted = quote_ident(&table.columns[i].name);
+        select.push_str(&format!(", array_to_json({quoted})::text"));
+    }
     // `= ANY($1::int8[])` keeps the id index usable for int4 ids too (cross-type btree operator).
     let sql = format!(
         "{select} FROM {} WHERE {id} = ANY($1::int8[]) ORDER BY {id}",
@@ -279,11 +293,18 @@ pub async fn fetch_source_rows(
     rows.iter()
         .map(|row| {
             let id: i64 = row.try_get(0)?;
-            let values = classes
+            let mut values = classes
                 .iter()
                 .enumerate()
                 .map(|(i, class)| decode(row, i + 1, *class))
                 .collect::<Result<Vec<_>, _>>()?;
+            for (k, &i) in arrays.iter().enumerate() {
+                let json: Option<String> = row.try_get(1 + classes.len() + k)?;
+                if let (SourceValue::Array { json: slot, .. }, Some(json)) = (&mut values[i], json)
+                {
+                    *slot = json;
+                }
+            }
             Ok(SourceRow { id, values })
         })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()
@@ -855,7 +876,7 @@ fn value_text(value: &SourceValue) -> String {
         SourceValue::Float(f) => float_text(*f),
         SourceValue::Numeric(s)
         | SourceValue::Json(s)
-        | SourceValue::Array(s)
+        | SourceValue::Array { text: s, .. }
         | SourceValue::Text(s) => s.clone(),
         SourceValue::TimestampTz(t) => timestamptz_text(t),
         SourceValue::Timestamp(t) => timestamp_text(t),
@@ -867,7 +888,7 @@ fn value_text(value: &SourceValue) -> String {
 /// A value as JSON text, for `SUPER`: json as is, scalars as JSON scalars, the rest as strings.
 fn json_text(value: &SourceValue) -> String {
     match value {
-        SourceValue::Json(s) | SourceValue::Array(s) => s.clone(),
+        SourceValue::Json(s) | SourceValue::Array { json: s, .. } => s.clone(),
         SourceValue::Bool(_) | SourceValue::Int(_) | SourceValue::Numeric(_) => value_text(value),
         SourceValue::Float(f) if f.is_finite() => value_text(value),
         other => serde_json::Value::String(value_text(other)).to_string(),
@@ -1105,7 +1126,12 @@ mod tests {
     fn json_text_for_super() {
         assert_eq!(json_text(&SourceValue::Text("a\"b".into())), r#""a\"b""#);
         assert_eq!(json_text(&SourceValue::Int(5)), "5");
-        assert_eq!(json_text(&SourceValue::Array("[1,2]".into())), "[1,2]");
+        let array = SourceValue::Array {
+            text: "{1,2}".into(),
+            json: "[1,2]".into(),
+        };
+        assert_eq!(json_text(&array), "[1,2]");
+        assert_eq!(value_text(&array), "{1,2}", "DMS's text form in varchar");
         assert_eq!(json_text(&SourceValue::Float(f64::NAN)), r#""NaN""#);
         assert_eq!(value_text(&SourceValue::Bytes(vec![0, 255])), "\\x00ff");
     }
