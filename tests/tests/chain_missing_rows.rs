@@ -11,35 +11,42 @@ use std::time::Duration;
 use chain_support::{ChainLab, TABLE};
 use chrono::{Timelike, Utc};
 use dmsguard_lab::harness::eventually;
-use dmsguard_lab::simulator::Fault;
+use dmsguard_lab::simulator::{Fault, HotRows, Workload, WorkloadConfig};
 
 const MISSING_YESTERDAY: &str =
     "dmsguard_table_missing_ids{table=\"public.orders\",window=\"yesterday\"}";
 
 #[tokio::test]
 async fn rows_missing_yesterday_are_inserted_through_the_chain() -> anyhow::Result<()> {
-    // The workload's rows are created yesterday between 11:00 and 12:00 UTC.
+    // Yesterday is a finished day: its rows are written in one short burst (dated yesterday
+    // between 11:00 and 12:00 UTC) while DMS drops some, then nothing writes to it again.
+    // A workload writing yesterday's rows all along would keep rows in flight, which the gap
+    // finder rightly counts as missing until they arrive.
     let now = Utc::now();
     let since_midnight = i64::from(now.num_seconds_from_midnight());
     let backdate = Duration::from_secs(u64::try_from(since_midnight + 12 * 3600)?);
-    let lab = ChainLab::start("chain_f4", |sim| sim.backdate = backdate, |_| {}).await?;
+    let lab = ChainLab::start("chain_f4", |sim| sim.rate = 0, |_| {}).await?;
     lab.stack
         .wait_value(MISSING_YESTERDAY, Duration::from_secs(30), |v| v == 0.0)
         .await?;
 
-    lab.step("injecting drop_rows:10");
+    lab.step("injecting drop_rows:10 and writing yesterday's rows");
     lab.sim.set_fault(Fault::DropRows { every: 10 });
+    let mut burst = WorkloadConfig::new(lab.dbs.source.clone(), lab.sim.config().tables(), 400);
+    burst.backdate = backdate;
+    let burst = Workload::start(burst, HotRows::default()).await?;
     eventually("rows dropped", Duration::from_secs(30), || async {
         Ok((lab.sim.stats().dropped_ids().len() >= 5).then_some(()))
     })
     .await?;
-    // No later change may reach a dropped row (that is F1): stop writing, then stop dropping.
-    lab.sim.stop_workload().await?;
+    let written = burst.stop().await?;
     lab.sim.wait_caught_up(Duration::from_secs(60)).await?;
     lab.sim.clear_fault();
     let diff = lab.sim.compare_source_target(TABLE).await?;
     let missing = diff.missing_in_target.len();
-    lab.step(&format!("{missing} rows missing in the target"));
+    lab.step(&format!(
+        "{written} changes written, {missing} rows missing in the target"
+    ));
     assert!(missing >= 1, "{diff:?}");
     assert!(diff.extra_in_target.is_empty() && diff.mismatched.is_empty());
 
@@ -58,6 +65,8 @@ async fn rows_missing_yesterday_are_inserted_through_the_chain() -> anyhow::Resu
     lab.step("missing_rows job succeeded");
     assert_eq!(job.alertname.as_deref(), Some("RedshiftMissingRows"));
     assert!(job.target.contains(TABLE), "{job:?}");
+    let inserted = job.details.as_ref().map(|d| d["inserted"].clone());
+    assert_eq!(inserted, Some(serde_json::json!(missing)), "{job:?}");
     let diff = lab.sim.compare_source_target(TABLE).await?;
     assert!(
         diff.is_empty(),

@@ -81,7 +81,7 @@ impl ChainLab {
         Ok(lab)
     }
 
-    /// Waits until Prometheus sees the task running and statements counted.
+    /// Waits until Prometheus sees the task running and, with a workload, statements counted.
     pub async fn wait_healthy(&self) -> anyhow::Result<()> {
         self.stack
             .wait_value(
@@ -90,6 +90,9 @@ impl ChainLab {
                 |v| v == 1.0,
             )
             .await?;
+        if self.sim.config().rate == 0 {
+            return Ok(());
+        }
         eventually("replication to flow", Duration::from_secs(60), || async {
             Ok((self.sim.stats().applied() > 0).then_some(()))
         })
