@@ -61,8 +61,8 @@ async fn aws_outage_is_reported_survived_and_recovered_from() -> anyhow::Result<
         .stack
         .wait_job("stalled_task", "failed", Duration::from_secs(60))
         .await?;
-    lab.step("stalled_task job failed");
     let error = job.error.clone().unwrap_or_default();
+    lab.step(&format!("stalled_task job failed: {error}"));
     assert!(
         error.contains("DescribeReplicationTasks") && error.contains(TASK),
         "the error names the call and the task: {error}"
