@@ -230,7 +230,7 @@ impl Stack {
     pub async fn start(spec: StackSpec) -> anyhow::Result<Self> {
         crate::harness::ensure_test_credentials();
         let dir = tempfile::tempdir()?;
-        let token = format!("chain-{}", uuid_like());
+        let token = format!("chain-{}", run_token());
         let token_path = dir.path().join("remediator-token");
         std::fs::write(&token_path, format!("{token}\n"))?;
         let exporter_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -681,7 +681,7 @@ async fn serve_oncall() -> anyhow::Result<(OncallInbox, JoinHandle<()>, String)>
 }
 
 /// A random-enough token for one test run.
-fn uuid_like() -> String {
+fn run_token() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
