@@ -115,9 +115,9 @@ async fn aws_outage_is_reported_survived_and_recovered_from() -> anyhow::Result<
     lab.step("probes up");
     lab.stack
         .wait_value(
-            "max(dmsguard_cloudwatch_datapoint_age_seconds{metric=\"FreeableMemory\"})",
+            &format!("dmsguard_dms_task_status{{task=\"{TASK}\",status=\"running\"}}"),
             Duration::from_secs(30),
-            |v| v < 10.0,
+            |v| v == 1.0,
         )
         .await?;
     lab.stack
