@@ -15,20 +15,24 @@ use dmsguard_lab::simulator::Fault;
 
 #[tokio::test]
 async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::Result<()> {
-    // The window starts on the first whole minute at least 45 s away (the format has minutes)
-    // and lasts a minute; the resume comes 5 s after the window started.
-    let now = Utc::now();
-    let (window, start) = ChainLab::maintenance_window(Duration::from_secs(45));
-    let hold = (start - now).num_seconds() + 5;
+    // Chosen as the stack starts (the simulator is up by then): the window starts on the first
+    // whole minute at least 30 s away (the format has minutes) and lasts a minute; the resume
+    // comes 5 s after the window started.
+    let mut chosen = None;
     let lab = ChainLab::start(
         "chain_f3",
         |_| {},
         |spec| {
+            let now = Utc::now();
+            let (window, start) = ChainLab::maintenance_window(Duration::from_secs(30));
+            let hold = (start - now).num_seconds() + 5;
             spec.maintenance_window = Some(window.clone());
             spec.remediator_settings = format!("maintenance_hold = \"{hold}s\"\n");
+            chosen = Some((window, start, hold));
         },
     )
     .await?;
+    let (window, start, hold) = chosen.expect("the stack spec was built");
     lab.step(&format!("window {window}, hold {hold} s"));
     assert_eq!(lab.sim.fault(), Fault::None);
 
