@@ -71,6 +71,16 @@ async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::
     lab.stack
         .wait_alert_resolved("RedshiftMaintenanceImminent", Duration::from_secs(120))
         .await?;
+    // The example routing also tells people (`continue: true` on the remediator's route).
+    for status in ["firing", "resolved"] {
+        lab.stack
+            .wait_oncall(
+                "RedshiftMaintenanceImminent",
+                status,
+                Duration::from_secs(30),
+            )
+            .await?;
+    }
     lab.step("RedshiftMaintenanceImminent resolved");
     assert!(Utc::now() >= start, "resolved when the window started");
     lab.stack

@@ -57,6 +57,12 @@ async fn leaking_instance_gets_its_tasks_restarted_through_the_chain() -> anyhow
     lab.stack
         .wait_alert_resolved("DMSInstanceMemoryLow", Duration::from_secs(90))
         .await?;
+    // The example routing also tells people (`continue: true` on the remediator's route).
+    for status in ["firing", "resolved"] {
+        lab.stack
+            .wait_oncall("DMSInstanceMemoryLow", status, Duration::from_secs(30))
+            .await?;
+    }
     lab.step("DMSInstanceMemoryLow resolved");
     assert_eq!(lab.job_count("memory").await?, 1, "one job");
     lab.stack

@@ -79,6 +79,12 @@ async fn rows_missing_yesterday_are_inserted_through_the_chain() -> anyhow::Resu
     lab.stack
         .wait_alert_resolved("RedshiftMissingRows", Duration::from_secs(60))
         .await?;
+    // The example routing also tells people (`continue: true` on the remediator's route).
+    for status in ["firing", "resolved"] {
+        lab.stack
+            .wait_oncall("RedshiftMissingRows", status, Duration::from_secs(30))
+            .await?;
+    }
     lab.step("RedshiftMissingRows resolved");
     assert_eq!(lab.job_count("missing_rows").await?, 1, "one job");
     lab.stack

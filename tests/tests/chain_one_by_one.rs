@@ -61,6 +61,12 @@ async fn one_by_one_mode_is_repaired_through_the_chain() -> anyhow::Result<()> {
     lab.stack
         .wait_alert_resolved("DMSOneByOneMode", Duration::from_secs(60))
         .await?;
+    // The example routing also tells people (`continue: true` on the remediator's route).
+    for status in ["firing", "resolved"] {
+        lab.stack
+            .wait_oncall("DMSOneByOneMode", status, Duration::from_secs(30))
+            .await?;
+    }
     lab.step("DMSOneByOneMode resolved");
     lab.sim.clear_fault();
     assert_eq!(lab.job_count("one_by_one").await?, 1, "one job");

@@ -45,6 +45,12 @@ async fn stalled_task_is_restarted_through_the_chain() -> anyhow::Result<()> {
     lab.stack
         .wait_alert_resolved("DMSTaskStalled", Duration::from_secs(90))
         .await?;
+    // The example routing also tells people (`continue: true` on the remediator's route).
+    for status in ["firing", "resolved"] {
+        lab.stack
+            .wait_oncall("DMSTaskStalled", status, Duration::from_secs(30))
+            .await?;
+    }
     lab.step("DMSTaskStalled resolved");
     lab.stack
         .wait_value(
