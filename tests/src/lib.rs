@@ -4,3 +4,4 @@ pub mod alerting;
 pub mod dashboard;
 pub mod harness;
 pub mod simulator;
+pub mod stack;

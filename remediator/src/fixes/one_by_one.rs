@@ -136,6 +136,32 @@ impl RolledBackUpdate {
     }
 }
 
+/// The ids of `ids` the source still holds, ascending.
+async fn at_source(
+    source: &Client,
+    table: &TableConfig,
+    ids: &[i64],
+) -> Result<Vec<i64>, FixError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let name = QualifiedName::parse(&table.source)
+        .ok_or_else(|| FixError::Input(format!("`{}` is not `schema.table`", table.source)))?;
+    let id = quote_ident(&table.id_column);
+    let sql = format!(
+        "SELECT {id}::int8 FROM {} WHERE {id} = ANY($1::int8[]) ORDER BY 1",
+        name.quoted()
+    );
+    let rows = source
+        .query(&sql, &[&ids])
+        .await
+        .map_err(|source| FixError::Query {
+            what: "checking which missing ids the source still has".to_owned(),
+            source,
+        })?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+}
+
 /// Why a rolled-back statement is not one this fix repairs.
 fn accept(
     config: &Config,
@@ -367,7 +393,9 @@ impl Fix for OneByOneFix {
             .copy(ctx, &source, &mut redshift, &update.target, &missing)
             .await?;
         merge(&mut details, copied.details());
-        let still_missing = update.missing_ids(&redshift).await?;
+        // Ids in the seq range the source deleted since are absent on purpose: not missing.
+        let still_absent = update.missing_ids(&redshift).await?;
+        let still_missing = at_source(&source, &update.table, &still_absent).await?;
         merge(
             &mut details,
             json!({ "still_missing": ids_fact(&still_missing) }),

@@ -5,6 +5,7 @@
 
 mod dms;
 mod processes;
+mod proxy;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio_postgres::Client;
 
 pub use dms::{create_dms_task, start_dms_task};
 pub use processes::{Alertmanager, Moto, Prometheus};
+pub use proxy::TcpProxy;
 
 /// The Redshift stand-in schema (system views as tables).
 pub const REDSHIFT_STANDIN_SQL: &str = include_str!("../../sql/redshift_standin.sql");

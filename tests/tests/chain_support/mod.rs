@@ -1,0 +1,181 @@
+//! Set-up shared by the chain scenarios: a test's databases, moto, the DMS simulator and the
+//! whole stack over them, and the end-of-scenario checks.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use dmsguard_lab::harness::{eventually, Moto, TcpProxy, TestDatabases};
+use dmsguard_lab::simulator::{SimConfig, SimHandle, Simulator};
+use dmsguard_lab::stack::{Stack, StackSpec};
+
+/// The table every scenario replicates.
+pub const TABLE: &str = "public.orders";
+pub const TASK: &str = "lab-task";
+pub const INSTANCE: &str = "lab-instance";
+
+/// One scenario's lab: databases, moto, simulator and stack.
+pub struct ChainLab {
+    pub dbs: TestDatabases,
+    pub moto: Moto,
+    /// In front of moto when started with [`ChainLab::start_behind_proxy`].
+    pub proxy: Option<TcpProxy>,
+    pub sim: SimHandle,
+    pub stack: Stack,
+    pub started: Instant,
+}
+
+impl ChainLab {
+    /// Starts everything; `sim` and `spec` adjust the simulator's and the stack's settings.
+    pub async fn start(
+        tag: &str,
+        sim: impl FnOnce(&mut SimConfig),
+        spec: impl FnOnce(&mut StackSpec),
+    ) -> anyhow::Result<Self> {
+        Self::launch(tag, false, sim, spec).await
+    }
+
+    /// As [`ChainLab::start`], with every AWS call (simulator, exporter, remediator) going
+    /// through a proxy the test can cut.
+    pub async fn start_behind_proxy(
+        tag: &str,
+        sim: impl FnOnce(&mut SimConfig),
+        spec: impl FnOnce(&mut StackSpec),
+    ) -> anyhow::Result<Self> {
+        Self::launch(tag, true, sim, spec).await
+    }
+
+    async fn launch(
+        tag: &str,
+        behind_proxy: bool,
+        sim: impl FnOnce(&mut SimConfig),
+        spec: impl FnOnce(&mut StackSpec),
+    ) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let dbs = TestDatabases::create(tag).await?;
+        let moto = Moto::spawn().await?;
+        let proxy = if behind_proxy {
+            let addr = moto.url().trim_start_matches("http://").parse()?;
+            Some(TcpProxy::start(addr).await?)
+        } else {
+            None
+        };
+        let aws_url = proxy.as_ref().map_or_else(|| moto.url(), TcpProxy::url);
+        let mut sim_config = SimConfig::for_test(&dbs, &aws_url);
+        sim_config.rate = 200;
+        sim(&mut sim_config);
+        let sim = Simulator::start(sim_config).await?;
+        let mut stack_spec = StackSpec::for_simulator(&dbs, &aws_url, sim.config());
+        spec(&mut stack_spec);
+        let stack = Stack::start(stack_spec).await?;
+        let lab = Self {
+            dbs,
+            moto,
+            proxy,
+            sim,
+            stack,
+            started,
+        };
+        lab.wait_healthy().await?;
+        eprintln!("lab up after {:.1} s", lab.started.elapsed().as_secs_f64());
+        Ok(lab)
+    }
+
+    /// Waits until Prometheus sees the task running and, with a workload, statements counted.
+    pub async fn wait_healthy(&self) -> anyhow::Result<()> {
+        self.stack
+            .wait_value(
+                &format!("dmsguard_dms_task_status{{task=\"{TASK}\",status=\"running\"}}"),
+                Duration::from_secs(60),
+                |v| v == 1.0,
+            )
+            .await?;
+        if self.sim.config().rate == 0 {
+            return Ok(());
+        }
+        eventually("replication to flow", Duration::from_secs(60), || async {
+            Ok((self.sim.stats().applied() > 0).then_some(()))
+        })
+        .await?;
+        self.stack
+            .wait_value(
+                &format!("sum(dmsguard_redshift_dms_statements_total{{table=\"{TABLE}\"}})"),
+                Duration::from_secs(60),
+                |v| v > 0.0,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Prints a step with the time since the lab started.
+    pub fn step(&self, what: &str) {
+        eprintln!("[{:6.1} s] {what}", self.started.elapsed().as_secs_f64());
+    }
+
+    /// Stops the workload, waits for replication to catch up and requires target = source.
+    pub async fn assert_target_equals_source(&self) -> anyhow::Result<()> {
+        self.sim.stop_workload().await?;
+        self.sim.wait_caught_up(Duration::from_secs(60)).await?;
+        let diff = self.sim.compare_source_target(TABLE).await?;
+        anyhow::ensure!(diff.is_empty(), "target differs from source: {diff:?}");
+        Ok(())
+    }
+
+    /// Waits until the simulator has seen `n` stop/resume cycles of the task in moto (it
+    /// polls moto every 200 ms).
+    pub async fn wait_restarts(&self, n: u64) -> anyhow::Result<()> {
+        eventually(
+            &format!("the simulator to see {n} restart(s)"),
+            Duration::from_secs(10),
+            || async {
+                let restarts = self.sim.stats().task(TASK).map_or(0, |t| t.restarts);
+                anyhow::ensure!(restarts <= n, "{restarts} restarts");
+                Ok((restarts == n).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// The number of jobs of `fix` in the ledger.
+    pub async fn job_count(&self, fix: &str) -> anyhow::Result<usize> {
+        Ok(self
+            .stack
+            .jobs()
+            .await?
+            .iter()
+            .filter(|j| j.fix == fix)
+            .count())
+    }
+
+    /// `ddd:hh24:mi-ddd:hh24:mi` for a one-minute maintenance window starting on the first
+    /// whole minute at least `lead` from now, and that start.
+    pub fn maintenance_window(lead: Duration) -> (String, chrono::DateTime<chrono::Utc>) {
+        use chrono::{Datelike, Timelike};
+        let week_time = |t: chrono::DateTime<chrono::Utc>| {
+            let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                [t.weekday().num_days_from_monday() as usize];
+            format!("{day}:{:02}:{:02}", t.hour(), t.minute())
+        };
+        let soon = chrono::Utc::now() + chrono::Duration::from_std(lead).expect("a short lead");
+        let start = soon
+            .with_second(0)
+            .and_then(|t| t.with_nanosecond(0))
+            .expect("a whole minute")
+            + chrono::Duration::minutes(1);
+        let window = format!(
+            "{}-{}",
+            week_time(start),
+            week_time(start + chrono::Duration::minutes(1))
+        );
+        (window, start)
+    }
+
+    pub async fn finish(self) -> anyhow::Result<()> {
+        let took = self.started.elapsed();
+        self.stack.stop().await?;
+        self.sim.stop().await?;
+        self.dbs.drop().await?;
+        eprintln!("scenario wall time {:.1} s", took.as_secs_f64());
+        Ok(())
+    }
+}
