@@ -208,12 +208,14 @@ async fn cost_follows_missing_rows_not_table_size() -> anyhow::Result<()> {
         .find(&source, &target, &spec(), IdRange::new(1, 200_000)?)
         .await?;
     assert_eq!(report.missing, lost);
-    // First round: 200000 / 64 buckets per side; then a few rows per missing id.
+    // First round: 200000 / 64 buckets per side; then each missing id's bucket as two
+    // bitmap words per side.
     assert!(
-        report.stats.rows_transferred < 2 * 3_200 + 5 * 80,
+        report.stats.rows_transferred <= 2 * 3_125 + 5 * 4,
         "{:?}",
         report.stats
     );
+    assert_eq!(report.stats.rounds, 2, "{:?}", report.stats);
     dbs.drop().await
 }
 
