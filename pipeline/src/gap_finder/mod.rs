@@ -169,7 +169,9 @@ pub struct GapFinderOptions {
     /// Widest id span one grouped query reads (a power of two, at most 2^31); longer ranges
     /// take several.
     pub max_span_per_query: u64,
-    /// Widest id span one bitmap query reads.
+    /// Widest id span one bitmap query reads (it returns at most a 32nd of that in rows).
+    /// Wide enough that dense gaps take few statements, each large enough for PostgreSQL to
+    /// spread over parallel workers.
     pub max_list_span_per_query: u64,
 }
 
@@ -182,7 +184,7 @@ impl Default for GapFinderOptions {
             list_threshold: 16,
             max_ranges_per_query: 32,
             max_span_per_query: 1 << 24,
-            max_list_span_per_query: 1 << 16,
+            max_list_span_per_query: 1 << 20,
         }
     }
 }
