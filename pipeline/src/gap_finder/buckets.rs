@@ -168,11 +168,11 @@ pub(crate) fn coalesce(ranges: &[IdRange], max_span: u64) -> Vec<IdRange> {
 /// What to do with the buckets of one grouped query, after comparing both sides.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Verdict {
-    /// Ids settled without listing (single-id buckets).
+    /// Ids settled by the fingerprints alone (single-id buckets).
     pub missing: Vec<i64>,
     pub extra: Vec<i64>,
     /// Differing buckets to read as bitmaps on both sides.
-    pub list: Vec<IdRange>,
+    pub bitmap: Vec<IdRange>,
     /// Differing buckets to split at the next level.
     pub split: Vec<IdRange>,
     /// Buckets compared.
@@ -240,7 +240,7 @@ pub(crate) fn compare(
             || span(range) <= u128::from(fanout) * u128::from(WORD_BITS)
             || s.count.abs_diff(t.count) >= fanout
         {
-            verdict.list.push(range);
+            verdict.bitmap.push(range);
         } else {
             verdict.split.push(range);
         }
@@ -392,12 +392,12 @@ mod tests {
         ];
         let v = compare(&q, r(0, 8191), &source, &target, 2, 16).unwrap();
         assert_eq!(v.compared, 5);
-        assert_eq!(v.list, vec![r(1024, 2047), r(3072, 4095), r(5120, 6143)]);
+        assert_eq!(v.bitmap, vec![r(1024, 2047), r(3072, 4095), r(5120, 6143)]);
         assert_eq!(v.split, vec![r(2048, 3071)]);
         // Buckets whose bitmap is no longer than their children's fingerprints: bitmap.
         let v = compare(&q, r(0, 8191), &source, &target, 2, 32).unwrap();
         assert!(v.split.is_empty());
-        assert_eq!(v.list.len(), 4);
+        assert_eq!(v.bitmap.len(), 4);
         let bad = vec![row(99, fp(1, 0, 0))];
         assert!(compare(&q, r(0, 8191), &bad, &[], 2, 16).is_err());
     }

@@ -309,7 +309,7 @@ impl GapFinder {
                 .max(WORD_BITS)
                 .min(o.max_list_span_per_query),
         );
-        let (mut groups, mut lists) = if span(request) <= tiny {
+        let (mut groups, mut bitmaps) = if span(request) <= tiny {
             (Vec::new(), bitmaps_of(&[request]))
         } else {
             let groups = first_ranges(request, o.max_span_per_query)
@@ -322,22 +322,26 @@ impl GapFinder {
                 .collect();
             (groups, Vec::new())
         };
-        while !groups.is_empty() || !lists.is_empty() {
+        while !groups.is_empty() || !bitmaps.is_empty() {
             report.stats.rounds += 1;
             let (from_source, from_target) = tokio::try_join!(
-                round(source, &groups, &lists),
-                round(target, &groups, &lists)
+                round(source, &groups, &bitmaps),
+                round(target, &groups, &bitmaps)
             )?;
-            report.stats.queries += 2 * (groups.len() + lists.len()) as u64;
+            report.stats.queries += 2 * (groups.len() + bitmaps.len()) as u64;
             report.stats.rows_transferred += from_source.rows() + from_target.rows();
 
-            for ((query, s), t) in lists.iter().zip(&from_source.lists).zip(&from_target.lists) {
+            for ((query, s), t) in bitmaps
+                .iter()
+                .zip(&from_source.bitmaps)
+                .zip(&from_target.bitmaps)
+            {
                 let (missing, extra) = diff_words(query.anchor, s, t);
                 report.missing.extend(missing);
                 report.extra.extend(extra);
             }
             let mut split = Vec::new();
-            let mut to_list = Vec::new();
+            let mut to_bitmap = Vec::new();
             for ((query, s), t) in groups
                 .iter()
                 .zip(&from_source.groups)
@@ -348,11 +352,11 @@ impl GapFinder {
                 report.missing.extend(verdict.missing);
                 report.extra.extend(verdict.extra);
                 split.extend(verdict.split);
-                to_list.extend(verdict.list);
+                to_bitmap.extend(verdict.bitmap);
             }
             let next_width = groups.first().map_or(1, |q| child_width(q.width, o.fanout));
             split.sort_unstable();
-            to_list.sort_unstable();
+            to_bitmap.sort_unstable();
             // Touching buckets merge into one range predicate (dense gaps read as one scan),
             // as long as one query still returns at most `max_buckets_per_query` buckets.
             let group_span = o
@@ -367,7 +371,7 @@ impl GapFinder {
                     ranges,
                 })
                 .collect();
-            lists = bitmaps_of(&to_list);
+            bitmaps = bitmaps_of(&to_bitmap);
         }
         report.missing.sort_unstable();
         report.extra.sort_unstable();
@@ -378,13 +382,13 @@ impl GapFinder {
 /// One side's answers to one round.
 struct RoundResult {
     groups: Vec<Vec<BucketPrint>>,
-    lists: Vec<Vec<Word>>,
+    bitmaps: Vec<Vec<Word>>,
 }
 
 impl RoundResult {
     fn rows(&self) -> u64 {
         let g: usize = self.groups.iter().map(Vec::len).sum();
-        let l: usize = self.lists.iter().map(Vec::len).sum();
+        let l: usize = self.bitmaps.iter().map(Vec::len).sum();
         (g + l) as u64
     }
 }
@@ -393,13 +397,13 @@ impl RoundResult {
 async fn round<S: IdSet>(
     side: &S,
     groups: &[GroupQuery],
-    lists: &[BitmapQuery],
+    bitmaps: &[BitmapQuery],
 ) -> Result<RoundResult, GapError> {
-    let (groups, lists) = futures::try_join!(
+    let (groups, bitmaps) = futures::try_join!(
         futures::future::try_join_all(groups.iter().map(|q| side.fingerprints(q))),
-        futures::future::try_join_all(lists.iter().map(|q| side.bitmaps(q))),
+        futures::future::try_join_all(bitmaps.iter().map(|q| side.bitmaps(q))),
     )?;
-    Ok(RoundResult { groups, lists })
+    Ok(RoundResult { groups, bitmaps })
 }
 
 /// Min and max id of the source rows whose `day_column` falls in the UTC day `day`, or `None`

@@ -1,4 +1,4 @@
-//! The gap finder's SQL: grouped fingerprints and id listings, valid on Redshift and PostgreSQL.
+//! The gap finder's SQL: grouped fingerprints and id bitmaps, valid on Redshift and PostgreSQL.
 //!
 //! Every statement is a plain `SELECT` with range predicates on the id column (the index on
 //! PostgreSQL, the sort key's zone maps on Redshift), values bound as typed parameters. Each id
