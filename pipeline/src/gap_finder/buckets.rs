@@ -24,7 +24,7 @@ pub(crate) fn id_hash(id: i64) -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Fingerprint {
     pub count: i64,
-    /// Sum of `id - base` over the bucket (`base` is the query's own, so the sum stays small).
+    /// Sum of the ids' offsets from the start of their query range (so the sum stays small).
     pub sum: i128,
     /// Sum of [`id_hash`] over the bucket.
     pub hash: i128,
@@ -42,16 +42,28 @@ pub(crate) struct BucketPrint {
 pub(crate) struct GroupQuery {
     pub anchor: i64,
     pub width: u64,
-    /// Subtracted from ids before summing, so sums fit a bigint on Redshift.
-    pub base: i64,
     /// Sorted, disjoint ranges, each inside one bucket grid cell of the parent level.
     pub ranges: Vec<IdRange>,
 }
 
-/// A listing query: every id in `ranges`.
+/// Ids per bitmap word. A word's bits fit a bigint with room to spare, and the power of two
+/// keeps words aligned with buckets (whose widths are powers of two too).
+pub(crate) const WORD_BITS: u64 = 32;
+
+/// A bitmap query: for every word of [`WORD_BITS`] ids counted from `anchor`, which ids of
+/// `ranges` are present. One row carries up to 32 ids, so a dense gap costs 32 times fewer rows
+/// than listing it, and a sparse one is settled in one round instead of splitting further.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ListQuery {
+pub(crate) struct BitmapQuery {
+    pub anchor: i64,
     pub ranges: Vec<IdRange>,
+}
+
+/// One row of a bitmap query: bit `k` of `bits` is set when id `anchor + word * 32 + k` exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Word {
+    pub word: i64,
+    pub bits: i64,
 }
 
 /// Number of ids in an inclusive range (up to 2^64).
@@ -156,11 +168,11 @@ pub(crate) fn coalesce(ranges: &[IdRange], max_span: u64) -> Vec<IdRange> {
 /// What to do with the buckets of one grouped query, after comparing both sides.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Verdict {
-    /// Ids settled without listing (single-id buckets).
+    /// Ids settled by the fingerprints alone (single-id buckets).
     pub missing: Vec<i64>,
     pub extra: Vec<i64>,
-    /// Differing buckets small enough to list on both sides.
-    pub list: Vec<IdRange>,
+    /// Differing buckets to read as bitmaps on both sides.
+    pub bitmap: Vec<IdRange>,
     /// Differing buckets to split at the next level.
     pub split: Vec<IdRange>,
     /// Buckets compared.
@@ -168,12 +180,18 @@ pub(crate) struct Verdict {
 }
 
 /// Compares both sides' fingerprints of one grouped query and sorts the differing buckets.
+///
+/// A differing bucket is read as a bitmap when splitting it would not pay: when it is narrow
+/// (its bitmap has at most `fanout` words, no more rows than its children's fingerprints), when
+/// it holds few rows, when one side is empty (every id there is in the answer), or when the
+/// counts differ by at least `fanout` (then most children would differ too).
 pub(crate) fn compare(
     query: &GroupQuery,
     request: IdRange,
     source: &[BucketPrint],
     target: &[BucketPrint],
     list_threshold: u64,
+    fanout: u64,
 ) -> Result<Verdict, GapError> {
     let mut buckets: BTreeMap<i64, (Fingerprint, Fingerprint)> = BTreeMap::new();
     for row in source {
@@ -219,9 +237,10 @@ pub(crate) fn compare(
         } else if s.count == 0
             || t.count == 0
             || s.count.max(t.count).unsigned_abs() <= list_threshold
+            || span(range) <= u128::from(fanout) * u128::from(WORD_BITS)
+            || s.count.abs_diff(t.count) >= fanout
         {
-            // One side empty: every id there is in the answer, so listing moves nothing extra.
-            verdict.list.push(range);
+            verdict.bitmap.push(range);
         } else {
             verdict.split.push(range);
         }
@@ -234,37 +253,29 @@ pub(crate) fn child_width(width: u64, fanout: u64) -> u64 {
     (width / fanout.max(2)).max(1)
 }
 
-/// Ids in `source` but not `target`, and in `target` but not `source` (inputs in any order).
-pub(crate) fn diff_ids(mut source: Vec<i64>, mut target: Vec<i64>) -> (Vec<i64>, Vec<i64>) {
-    source.sort_unstable();
-    source.dedup();
-    target.sort_unstable();
-    target.dedup();
+/// Ids in `source` but not `target`, and in `target` but not `source`, from both sides'
+/// bitmaps of one query (words in any order, a word at most once per side).
+pub(crate) fn diff_words(anchor: i64, source: &[Word], target: &[Word]) -> (Vec<i64>, Vec<i64>) {
+    let mut words: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for w in source {
+        words.entry(w.word).or_default().0 |= w.bits;
+    }
+    for w in target {
+        words.entry(w.word).or_default().1 |= w.bits;
+    }
     let (mut missing, mut extra) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < source.len() || j < target.len() {
-        match (source.get(i), target.get(j)) {
-            (Some(a), Some(b)) if a == b => {
-                i += 1;
-                j += 1;
+    let id = |word: i64, bit: u32| {
+        // Inside the request, whose span fits an i64.
+        (i128::from(anchor) + i128::from(word) * i128::from(WORD_BITS) + i128::from(bit)) as i64
+    };
+    for (word, (s, t)) in words {
+        for (bits, out) in [(s & !t, &mut missing), (t & !s, &mut extra)] {
+            let mut bits = bits;
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                out.push(id(word, bit));
+                bits &= bits - 1;
             }
-            (Some(a), Some(b)) if a < b => {
-                missing.push(*a);
-                i += 1;
-            }
-            (Some(_), Some(b)) => {
-                extra.push(*b);
-                j += 1;
-            }
-            (Some(a), None) => {
-                missing.push(*a);
-                i += 1;
-            }
-            (None, Some(b)) => {
-                extra.push(*b);
-                j += 1;
-            }
-            (None, None) => break,
         }
     }
     (missing, extra)
@@ -346,57 +357,48 @@ mod tests {
     }
 
     #[test]
-    fn diff_reports_both_directions() {
-        let (missing, extra) = diff_ids(vec![5, 1, 3, 9], vec![3, 4, 9, 10]);
-        assert_eq!(missing, vec![1, 5]);
-        assert_eq!(extra, vec![4, 10]);
+    fn word_diff_reports_both_directions() {
+        let w = |word, bits| Word { word, bits };
+        // Word 0 holds ids 100..=131, word 2 ids 164..=195.
+        let source = [w(0, 0b1011), w(2, 1 << 31)];
+        let target = [w(2, 1 << 31), w(0, 0b0110), w(5, 1)];
+        let (missing, extra) = diff_words(100, &source, &target);
+        assert_eq!(missing, vec![100, 103]);
+        assert_eq!(extra, vec![102, 260]);
+        let (missing, _) = diff_words(i64::MAX - 31, &[w(0, 1 << 31)], &[]);
+        assert_eq!(missing, vec![i64::MAX]);
     }
 
     #[test]
     fn compare_routes_differing_buckets() {
         let q = GroupQuery {
             anchor: 0,
-            width: 8,
-            base: 0,
-            ranges: vec![r(0, 63)],
+            width: 1024,
+            ranges: vec![r(0, 8191)],
         };
         let fp = |count, sum, hash| Fingerprint { count, sum, hash };
+        let row = |bucket, print| BucketPrint { bucket, print };
         let source = vec![
-            BucketPrint {
-                bucket: 0,
-                print: fp(8, 28, 1),
-            },
-            BucketPrint {
-                bucket: 1,
-                print: fp(2, 17, 2),
-            },
-            BucketPrint {
-                bucket: 2,
-                print: fp(8, 156, 3),
-            },
+            row(0, fp(1024, 28, 1)),
+            row(1, fp(2, 17, 2)),     // few rows: bitmap
+            row(2, fp(1000, 156, 3)), // one row apart: split
+            row(3, fp(1000, 156, 3)), // 20 rows apart: bitmap
         ];
         let target = vec![
-            BucketPrint {
-                bucket: 0,
-                print: fp(8, 28, 1),
-            },
-            BucketPrint {
-                bucket: 2,
-                print: fp(7, 140, 3),
-            },
-            BucketPrint {
-                bucket: 5,
-                print: fp(1, 41, 4),
-            },
+            row(0, fp(1024, 28, 1)),
+            row(2, fp(999, 140, 3)),
+            row(3, fp(980, 140, 3)),
+            row(5, fp(1, 41, 4)), // target only: bitmap
         ];
-        let v = compare(&q, r(0, 63), &source, &target, 2).unwrap();
-        assert_eq!(v.compared, 4);
-        assert_eq!(v.list, vec![r(8, 15), r(40, 47)]);
-        assert_eq!(v.split, vec![r(16, 23)]);
-        let bad = vec![BucketPrint {
-            bucket: 99,
-            print: fp(1, 0, 0),
-        }];
-        assert!(compare(&q, r(0, 63), &bad, &[], 2).is_err());
+        let v = compare(&q, r(0, 8191), &source, &target, 2, 16).unwrap();
+        assert_eq!(v.compared, 5);
+        assert_eq!(v.bitmap, vec![r(1024, 2047), r(3072, 4095), r(5120, 6143)]);
+        assert_eq!(v.split, vec![r(2048, 3071)]);
+        // Buckets whose bitmap is no longer than their children's fingerprints: bitmap.
+        let v = compare(&q, r(0, 8191), &source, &target, 2, 32).unwrap();
+        assert!(v.split.is_empty());
+        assert_eq!(v.bitmap.len(), 4);
+        let bad = vec![row(99, fp(1, 0, 0))];
+        assert!(compare(&q, r(0, 8191), &bad, &[], 2, 16).is_err());
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Both sides answer the same grouped query: per bucket of ids, the row count, the sum of ids
 //! and the sum of a nonlinear hash of the ids. Buckets whose fingerprints agree are done; those
-//! that differ are split into narrower buckets on the next round, or, once small, their ids are
-//! listed on both sides and compared. The first round reads the whole range once (one scan per
-//! side, like a `count(*)`); every later round reads only the differing buckets through range
-//! predicates on the id, so the rows moved grow with the gaps, not with the table.
+//! that differ are split into narrower buckets on the next round, or, once narrow (or dense in
+//! differences), read on both sides as bitmaps of 32 ids a row and compared bit by bit. The
+//! first round reads the whole range once (one scan per side, like a `count(*)`, which
+//! PostgreSQL may spread over parallel workers); every later round reads only the differing
+//! buckets through range predicates on the id, so the rows moved grow with the gaps, not with
+//! the table.
 //!
 //! Rows change while the search runs (replication goes on): a report describes each bucket as
 //! it was when that bucket was last read. Callers that repair must re-check ids before writing.
@@ -18,8 +20,8 @@ use tokio_postgres::Client;
 
 use crate::config::{QualifiedName, TableConfig};
 use buckets::{
-    batch_ranges, child_width, coalesce, compare, diff_ids, first_ranges, first_width, span,
-    BucketPrint, GroupQuery, ListQuery,
+    batch_ranges, child_width, coalesce, compare, diff_words, first_ranges, first_width, span,
+    BitmapQuery, BucketPrint, GroupQuery, Word, WORD_BITS,
 };
 
 /// Which database a query ran on.
@@ -166,15 +168,19 @@ pub struct GapFinderOptions {
     /// Narrowest first-round bucket, in ids (a power of two).
     pub min_first_width: u64,
     /// Sub-buckets each differing bucket splits into on the next round (a power of two).
+    /// Differing buckets at most `32 * fanout` ids wide, or whose counts differ by at least
+    /// `fanout`, are read as bitmaps instead.
     pub fanout: u64,
-    /// List the ids of a differing bucket once neither side holds more than this many rows.
+    /// Read a differing bucket as bitmaps once neither side holds more than this many rows.
     pub list_threshold: u64,
     /// Most id ranges in one query's predicate.
     pub max_ranges_per_query: usize,
     /// Widest id span one grouped query reads (a power of two, at most 2^31); longer ranges
     /// take several.
     pub max_span_per_query: u64,
-    /// Widest id span one listing query reads.
+    /// Widest id span one bitmap query reads (it returns at most a 32nd of that in rows).
+    /// Wide enough that dense gaps take few statements, each large enough for PostgreSQL to
+    /// spread over parallel workers.
     pub max_list_span_per_query: u64,
 }
 
@@ -187,7 +193,7 @@ impl Default for GapFinderOptions {
             list_threshold: 16,
             max_ranges_per_query: 32,
             max_span_per_query: 1 << 24,
-            max_list_span_per_query: 1 << 16,
+            max_list_span_per_query: 1 << 20,
         }
     }
 }
@@ -208,7 +214,7 @@ impl GapFinderOptions {
             || self.max_span_per_query < self.min_first_width
             || self.max_span_per_query > 1 << 31
         {
-            // Queries sum `id - base` as a 32-bit integer.
+            // Queries sum ids' offsets in their range as 32-bit integers.
             return bad(
                 "max_span_per_query must be a power of two between min_first_width and 2^31",
             );
@@ -227,8 +233,8 @@ impl GapFinderOptions {
 pub(crate) trait IdSet {
     /// Per-bucket fingerprints of the query's ranges (buckets without rows are absent).
     async fn fingerprints(&self, query: &GroupQuery) -> Result<Vec<BucketPrint>, GapError>;
-    /// Every id in the query's ranges, in any order.
-    async fn list(&self, query: &ListQuery) -> Result<Vec<i64>, GapError>;
+    /// Bitmaps of the ids in the query's ranges (words without ids are absent).
+    async fn bitmaps(&self, query: &BitmapQuery) -> Result<Vec<Word>, GapError>;
 }
 
 /// Finds missing and extra ids between a source and a target table.
@@ -293,56 +299,73 @@ impl GapFinder {
             o.min_first_width,
             o.max_span_per_query,
         );
-        let (mut groups, mut lists) = if span(request) <= u128::from(o.list_threshold.max(1)) {
-            (
-                Vec::new(),
-                vec![ListQuery {
-                    ranges: vec![request],
-                }],
-            )
+        let bitmaps_of = |ranges: &[IdRange]| -> Vec<BitmapQuery> {
+            // Wide ranges (a bucket with one side empty) are cut to the per-query bound.
+            let ranges: Vec<IdRange> = coalesce(ranges, o.max_list_span_per_query)
+                .into_iter()
+                .flat_map(|r| first_ranges(r, o.max_list_span_per_query))
+                .collect();
+            batch_ranges(&ranges, o.max_ranges_per_query, o.max_list_span_per_query)
+                .into_iter()
+                .map(|ranges| BitmapQuery {
+                    anchor: request.lo,
+                    ranges,
+                })
+                .collect()
+        };
+        let tiny = u128::from(
+            o.list_threshold
+                .max(WORD_BITS)
+                .min(o.max_list_span_per_query),
+        );
+        let (mut groups, mut bitmaps) = if span(request) <= tiny {
+            (Vec::new(), bitmaps_of(&[request]))
         } else {
             let groups = first_ranges(request, o.max_span_per_query)
                 .into_iter()
                 .map(|r| GroupQuery {
                     anchor: request.lo,
                     width,
-                    base: r.lo,
                     ranges: vec![r],
                 })
                 .collect();
             (groups, Vec::new())
         };
-        while !groups.is_empty() || !lists.is_empty() {
+        while !groups.is_empty() || !bitmaps.is_empty() {
             report.stats.rounds += 1;
             let (from_source, from_target) = tokio::try_join!(
-                round(source, &groups, &lists),
-                round(target, &groups, &lists)
+                round(source, &groups, &bitmaps),
+                round(target, &groups, &bitmaps)
             )?;
-            report.stats.queries += 2 * (groups.len() + lists.len()) as u64;
+            report.stats.queries += 2 * (groups.len() + bitmaps.len()) as u64;
             report.stats.rows_transferred += from_source.rows() + from_target.rows();
 
-            for (s, t) in from_source.lists.into_iter().zip(from_target.lists) {
-                let (missing, extra) = diff_ids(s, t);
+            for ((query, s), t) in bitmaps
+                .iter()
+                .zip(&from_source.bitmaps)
+                .zip(&from_target.bitmaps)
+            {
+                let (missing, extra) = diff_words(query.anchor, s, t);
                 report.missing.extend(missing);
                 report.extra.extend(extra);
             }
             let mut split = Vec::new();
-            let mut to_list = Vec::new();
+            let mut to_bitmap = Vec::new();
             for ((query, s), t) in groups
                 .iter()
                 .zip(&from_source.groups)
                 .zip(&from_target.groups)
             {
-                let verdict = compare(query, request, s, t, o.list_threshold)?;
+                let verdict = compare(query, request, s, t, o.list_threshold, o.fanout)?;
                 report.stats.ranges_compared += verdict.compared;
                 report.missing.extend(verdict.missing);
                 report.extra.extend(verdict.extra);
                 split.extend(verdict.split);
-                to_list.extend(verdict.list);
+                to_bitmap.extend(verdict.bitmap);
             }
             let next_width = groups.first().map_or(1, |q| child_width(q.width, o.fanout));
             split.sort_unstable();
-            to_list.sort_unstable();
+            to_bitmap.sort_unstable();
             // Touching buckets merge into one range predicate (dense gaps read as one scan),
             // as long as one query still returns at most `max_buckets_per_query` buckets.
             let group_span = o
@@ -354,15 +377,10 @@ impl GapFinder {
                 .map(|ranges| GroupQuery {
                     anchor: request.lo,
                     width: next_width,
-                    base: ranges[0].lo,
                     ranges,
                 })
                 .collect();
-            let to_list = coalesce(&to_list, o.max_list_span_per_query);
-            lists = batch_ranges(&to_list, o.max_ranges_per_query, o.max_list_span_per_query)
-                .into_iter()
-                .map(|ranges| ListQuery { ranges })
-                .collect();
+            bitmaps = bitmaps_of(&to_bitmap);
         }
         report.missing.sort_unstable();
         report.extra.sort_unstable();
@@ -373,13 +391,13 @@ impl GapFinder {
 /// One side's answers to one round.
 struct RoundResult {
     groups: Vec<Vec<BucketPrint>>,
-    lists: Vec<Vec<i64>>,
+    bitmaps: Vec<Vec<Word>>,
 }
 
 impl RoundResult {
     fn rows(&self) -> u64 {
         let g: usize = self.groups.iter().map(Vec::len).sum();
-        let l: usize = self.lists.iter().map(Vec::len).sum();
+        let l: usize = self.bitmaps.iter().map(Vec::len).sum();
         (g + l) as u64
     }
 }
@@ -388,13 +406,13 @@ impl RoundResult {
 async fn round<S: IdSet>(
     side: &S,
     groups: &[GroupQuery],
-    lists: &[ListQuery],
+    bitmaps: &[BitmapQuery],
 ) -> Result<RoundResult, GapError> {
-    let (groups, lists) = futures::try_join!(
+    let (groups, bitmaps) = futures::try_join!(
         futures::future::try_join_all(groups.iter().map(|q| side.fingerprints(q))),
-        futures::future::try_join_all(lists.iter().map(|q| side.list(q))),
+        futures::future::try_join_all(bitmaps.iter().map(|q| side.bitmaps(q))),
     )?;
-    Ok(RoundResult { groups, lists })
+    Ok(RoundResult { groups, bitmaps })
 }
 
 /// Min and max id of the source rows whose `day_column` falls in the UTC day `day`, or `None`

@@ -1,13 +1,16 @@
-//! The gap finder's SQL: grouped fingerprints and id listings, valid on Redshift and PostgreSQL.
+//! The gap finder's SQL: grouped fingerprints and id bitmaps, valid on Redshift and PostgreSQL.
 //!
 //! Every statement is a plain `SELECT` with range predicates on the id column (the index on
-//! PostgreSQL, the sort key's zone maps on Redshift), values bound as typed parameters.
+//! PostgreSQL, the sort key's zone maps on Redshift), values bound as typed parameters. Each id
+//! range of a statement is its own `UNION ALL` branch, so every branch is one range scan.
 
 use chrono::{NaiveDate, NaiveTime};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
-use super::buckets::{BucketPrint, Fingerprint, GroupQuery, ListQuery, HASH_PRIME};
+use super::buckets::{
+    BitmapQuery, BucketPrint, Fingerprint, GroupQuery, Word, HASH_PRIME, WORD_BITS,
+};
 use super::{GapError, IdRange, IdSet, Side, TableSpec};
 use crate::config::{quote_ident, QualifiedName};
 
@@ -71,11 +74,16 @@ impl IdSet for PgIdSet<'_> {
             .collect()
     }
 
-    async fn list(&self, query: &ListQuery) -> Result<Vec<i64>, GapError> {
-        let (sql, params) = list_sql(&self.table, &self.id, &query.ranges);
+    async fn bitmaps(&self, query: &BitmapQuery) -> Result<Vec<Word>, GapError> {
+        let (sql, params) = bitmap_sql(&self.table, &self.id, query);
         let rows = self.query(&sql, &params).await?;
         rows.iter()
-            .map(|row| row.try_get::<_, i64>(0).map_err(|e| self.decode(e)))
+            .map(|row| {
+                Ok(Word {
+                    word: row.try_get(0).map_err(|e| self.decode(e))?,
+                    bits: row.try_get(1).map_err(|e| self.decode(e))?,
+                })
+            })
             .collect()
     }
 }
@@ -93,64 +101,94 @@ fn parse_sum(text: &str, side: Side) -> Result<i128, GapError> {
         .map_err(|_| GapError::Decode(format!("{side} sum `{text}` is not an integer")))
 }
 
-/// `WHERE` clause over sorted ranges, parameters numbered from `first`.
-fn ranges_predicate(id: &str, ranges: &[IdRange], first: usize, params: &mut Vec<i64>) -> String {
-    let mut n = first;
-    let mut term = |r: &IdRange, params: &mut Vec<i64>| {
-        params.push(r.lo);
-        params.push(r.hi);
-        n += 2;
-        format!("{id} >= ${} AND {id} <= ${}", n - 2, n - 1)
-    };
-    match ranges {
-        [only] => term(only, params),
-        _ => {
-            // The overall bounds let the planner (and Redshift's zone maps) skip everything
-            // outside the batch before evaluating the disjunction.
-            let outer = IdRange {
-                lo: ranges.first().map_or(0, |r| r.lo),
-                hi: ranges.last().map_or(0, |r| r.hi),
-            };
-            let outer = term(&outer, params);
-            let parts: Vec<String> = ranges
-                .iter()
-                .map(|r| format!("({})", term(r, params)))
-                .collect();
-            format!("{outer} AND ({})", parts.join(" OR "))
+/// `SELECT columns FROM table WHERE id in range`, one branch per range, joined by `UNION ALL`;
+/// the ranges' bounds are appended to `params`, and `columns` gets the number of the branch's
+/// lower bound parameter.
+///
+/// A lone range is cut in two: PostgreSQL then plans a (parallel) append, and groups on a
+/// column of a `UNION ALL` get its default estimate of a few hundred groups. Over a plain scan
+/// it would take the id's statistics (one group per row), plan a hash table for every row and
+/// spill it to disk, or sort.
+fn branches(
+    table: &str,
+    id: &str,
+    ranges: &[IdRange],
+    params: &mut Vec<i64>,
+    columns: impl Fn(usize) -> String,
+) -> String {
+    let halves;
+    let ranges = match ranges {
+        [only] if only.lo < only.hi => {
+            let mid = only.lo + (only.hi - only.lo) / 2;
+            halves = [
+                IdRange {
+                    lo: only.lo,
+                    hi: mid,
+                },
+                IdRange {
+                    lo: mid + 1,
+                    hi: only.hi,
+                },
+            ];
+            &halves[..]
         }
-    }
+        _ => ranges,
+    };
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| {
+            params.push(r.lo);
+            params.push(r.hi);
+            let (lo, hi) = (params.len() - 1, params.len());
+            let columns = columns(lo);
+            format!("SELECT {columns} FROM {table} WHERE {id} >= ${lo} AND {id} <= ${hi}")
+        })
+        .collect();
+    parts.join(" UNION ALL ")
 }
 
-/// The grouped fingerprint query: `(bucket, count, sum of id - base, sum of hash)` per bucket.
+/// The grouped fingerprint query: `(bucket, count, sum of offsets, sum of hashes)` per bucket,
+/// where an id's offset is its distance from the start of its branch's range.
+///
+/// Both sides run the same statement, so a bucket cut by a branch boundary still gets equal
+/// sums for equal ids.
 pub(crate) fn group_sql(table: &str, id: &str, query: &GroupQuery) -> (String, Vec<i64>) {
     let width = i64::try_from(query.width).unwrap_or(i64::MAX);
-    let mut params = vec![query.anchor, width, query.base];
-    let predicate = ranges_predicate(id, &query.ranges, 4, &mut params);
+    let mut params = vec![query.anchor, width];
     let x = format!("CAST({id} AS BIGINT)");
     let r = format!("({x} % {HASH_PRIME})");
-    // Summands are cast to INTEGER: `id - base` stays below `max_span_per_query` (at most
-    // 2^31) and the hash below the prime, so both fit; sums of integers keep a plain bigint
-    // state (PostgreSQL's bigint sums keep a 128-bit one per group, and spill sooner). The
-    // `OFFSET 0` subquery hides the bucket expression from PostgreSQL's group estimate (it
-    // would guess one group per row, size the hash table for that and spill to disk).
+    // Summands are cast to INTEGER: an offset stays below `max_span_per_query` (at most 2^31)
+    // and the hash below the prime, so both fit; sums of integers keep a plain bigint state
+    // (PostgreSQL's bigint sums keep a 128-bit one per group, and spill sooner).
+    let columns = |lo: usize| {
+        format!(
+            "({x} - $1) / $2 AS bucket, CAST({x} - ${lo} AS INTEGER) AS x, \
+             CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER) AS h"
+        )
+    };
+    let ids = branches(table, id, &query.ranges, &mut params, columns);
     let sql = format!(
         "SELECT bucket, COUNT(*) AS n, CAST(SUM(x) AS VARCHAR(40)) AS s, \
-         CAST(SUM(h) AS VARCHAR(40)) AS h FROM (\
-         SELECT ({x} - $1) / $2 AS bucket, CAST({x} - $3 AS INTEGER) AS x, \
-         CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER) AS h \
-         FROM {table} WHERE {predicate} OFFSET 0) AS ids GROUP BY bucket"
+         CAST(SUM(h) AS VARCHAR(40)) AS h FROM ({ids}) AS ids GROUP BY bucket"
     );
     (sql, params)
 }
 
-/// The listing query: every id in the ranges.
-pub(crate) fn list_sql(table: &str, id: &str, ranges: &[IdRange]) -> (String, Vec<i64>) {
-    let mut params = Vec::new();
-    let predicate = ranges_predicate(id, ranges, 1, &mut params);
-    (
-        format!("SELECT CAST({id} AS BIGINT) AS id FROM {table} WHERE {predicate}"),
-        params,
-    )
+/// The bitmap query: per word of 32 ids from the anchor, the OR of `2^(id's place in the word)`.
+/// `BIT_OR` rather than a sum, so a duplicated id (Redshift does not enforce keys) reads as
+/// present instead of carrying into its neighbour.
+pub(crate) fn bitmap_sql(table: &str, id: &str, query: &BitmapQuery) -> (String, Vec<i64>) {
+    let mut params = vec![query.anchor];
+    let offset = format!("(CAST({id} AS BIGINT) - $1)");
+    let columns = |_| {
+        format!(
+            "{offset} / {WORD_BITS} AS word, CAST(POWER(CAST(2 AS DOUBLE PRECISION), \
+             CAST({offset} % {WORD_BITS} AS INTEGER)) AS BIGINT) AS bit"
+        )
+    };
+    let ids = branches(table, id, &query.ranges, &mut params, columns);
+    let sql = format!("SELECT word, BIT_OR(bit) AS bits FROM ({ids}) AS ids GROUP BY word");
+    (sql, params)
 }
 
 /// Min and max id of one table (both `NULL` when empty).
@@ -244,28 +282,41 @@ mod tests {
         let q = GroupQuery {
             anchor: 100,
             width: 16,
-            base: 100,
             ranges: vec![r(100, 115), r(164, 179)],
         };
         let (sql, params) = group_sql("\"public\".\"orders\"", "\"id\"", &q);
-        assert_eq!(params, vec![100, 16, 100, 100, 179, 100, 115, 164, 179]);
-        assert!(sql.contains("$9") && !sql.contains("$10"), "{sql}");
+        assert_eq!(params, vec![100, 16, 100, 115, 164, 179]);
+        assert!(sql.contains("$6") && !sql.contains("$7"), "{sql}");
+        assert_eq!(sql.matches(" UNION ALL ").count(), 1, "{sql}");
         assert!(sql.contains("GROUP BY bucket"));
         parses_on_redshift(&sql);
+        // A lone range is read in two halves.
         let single = GroupQuery {
             ranges: vec![r(100, 115)],
             ..q
         };
         let (sql, params) = group_sql("\"s\".\"t\"", "\"id\"", &single);
-        assert_eq!(params.len(), 5);
+        assert_eq!(params, vec![100, 16, 100, 107, 108, 115]);
         assert!(!sql.contains(" OR "));
         parses_on_redshift(&sql);
+        let one_id = GroupQuery {
+            ranges: vec![r(i64::MAX, i64::MAX)],
+            ..q
+        };
+        let (sql, params) = group_sql("\"s\".\"t\"", "\"id\"", &one_id);
+        assert_eq!(params.len(), 4);
+        assert!(!sql.contains("UNION"));
     }
 
     #[test]
-    fn list_and_bounds_queries_parse_on_redshift() {
-        let (sql, params) = list_sql("\"public\".\"orders\"", "\"id\"", &[r(1, 2), r(5, 9)]);
-        assert_eq!(params, vec![1, 9, 1, 2, 5, 9]);
+    fn bitmap_and_bounds_queries_parse_on_redshift() {
+        let q = BitmapQuery {
+            anchor: 1,
+            ranges: vec![r(1, 2), r(5, 9)],
+        };
+        let (sql, params) = bitmap_sql("\"public\".\"orders\"", "\"id\"", &q);
+        assert_eq!(params, vec![1, 1, 2, 5, 9]);
+        assert!(sql.contains("BIT_OR"));
         parses_on_redshift(&sql);
         let name = QualifiedName::parse("public.orders").unwrap();
         parses_on_redshift(&bounds_sql(&name, "id"));

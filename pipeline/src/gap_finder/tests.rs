@@ -4,28 +4,29 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 
-use super::buckets::{id_hash, BucketPrint, Fingerprint, GroupQuery, ListQuery};
+use super::buckets::{id_hash, BitmapQuery, BucketPrint, Fingerprint, GroupQuery, Word, WORD_BITS};
 use super::*;
 
 /// An id set answering the search's queries the way the SQL does.
 struct Memory(BTreeSet<i64>);
 
 impl Memory {
-    fn in_ranges<'a>(&'a self, ranges: &'a [IdRange]) -> impl Iterator<Item = i64> + 'a {
+    /// Each id of the ranges, with the start of its range.
+    fn in_ranges<'a>(&'a self, ranges: &'a [IdRange]) -> impl Iterator<Item = (i64, i64)> + 'a {
         ranges
             .iter()
-            .flat_map(|r| self.0.range(r.lo..=r.hi).copied())
+            .flat_map(|r| self.0.range(r.lo..=r.hi).map(|&id| (id, r.lo)))
     }
 }
 
 impl IdSet for Memory {
     async fn fingerprints(&self, query: &GroupQuery) -> Result<Vec<BucketPrint>, GapError> {
         let mut buckets = std::collections::BTreeMap::<i64, Fingerprint>::new();
-        for id in self.in_ranges(&query.ranges) {
+        for (id, start) in self.in_ranges(&query.ranges) {
             let bucket = (i128::from(id) - i128::from(query.anchor)) / i128::from(query.width);
             let f = buckets.entry(bucket as i64).or_default();
             f.count += 1;
-            f.sum += i128::from(id) - i128::from(query.base);
+            f.sum += i128::from(id) - i128::from(start);
             f.hash += i128::from(id_hash(id));
         }
         Ok(buckets
@@ -34,8 +35,17 @@ impl IdSet for Memory {
             .collect())
     }
 
-    async fn list(&self, query: &ListQuery) -> Result<Vec<i64>, GapError> {
-        Ok(self.in_ranges(&query.ranges).collect())
+    async fn bitmaps(&self, query: &BitmapQuery) -> Result<Vec<Word>, GapError> {
+        let mut words = std::collections::BTreeMap::<i64, i64>::new();
+        for (id, _) in self.in_ranges(&query.ranges) {
+            let offset = i128::from(id) - i128::from(query.anchor);
+            let word = (offset / i128::from(WORD_BITS)) as i64;
+            *words.entry(word).or_default() |= 1 << (offset % i128::from(WORD_BITS));
+        }
+        Ok(words
+            .into_iter()
+            .map(|(word, bits)| Word { word, bits })
+            .collect())
     }
 }
 

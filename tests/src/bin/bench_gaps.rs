@@ -36,6 +36,38 @@ struct Args {
     /// Leave the bench databases in place.
     #[arg(long)]
     keep: bool,
+    /// Use the fixed databases `bench_gaps_src` and `bench_gaps_tgt`, build only the tables
+    /// they lack and keep everything afterwards, so repeated runs skip the (slow) build.
+    #[arg(long, conflicts_with = "cleanup")]
+    reuse: bool,
+    /// Drop the `--reuse` databases and exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// Methods to time (the gap finder always runs: ratios are to it).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "dump-and-join,reladiff,count"
+    )]
+    methods: Vec<Method>,
+}
+
+/// A method timed against the gap finder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Method {
+    DumpAndJoin,
+    Reladiff,
+    Count,
+}
+
+/// The databases `--reuse` keeps between runs.
+const REUSED_DATABASES: [&str; 2] = ["bench_gaps_src", "bench_gaps_tgt"];
+
+/// The machine's 1, 5 and 15-minute load averages (timings on a shared machine need them).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// Ids removed from the target: a scattered, reproducible choice of `per_million` in a million.
@@ -79,19 +111,42 @@ async fn connect(env: &LabEnv, db: &str) -> anyhow::Result<Client> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let env = LabEnv::from_env();
-    let pid = std::process::id();
-    let (src_db, tgt_db) = (
-        format!("bench_gaps_src_{pid}"),
-        format!("bench_gaps_tgt_{pid}"),
-    );
     let admin = connect(&env, "postgres").await?;
-    for db in [&src_db, &tgt_db] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-            .await?;
+    if args.cleanup {
+        for db in REUSED_DATABASES {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .await?;
+        }
+        return Ok(());
     }
+    let (src_db, tgt_db) = if args.reuse {
+        (
+            REUSED_DATABASES[0].to_owned(),
+            REUSED_DATABASES[1].to_owned(),
+        )
+    } else {
+        let pid = std::process::id();
+        (
+            format!("bench_gaps_src_{pid}"),
+            format!("bench_gaps_tgt_{pid}"),
+        )
+    };
+    for db in [&src_db, &tgt_db] {
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[db])
+            .await?
+            .is_some();
+        if !(args.reuse && exists) {
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+                .await?;
+        }
+    }
+    println!("Load average at start: {}", load_average());
     let result = run(&args, &env, &src_db, &tgt_db).await;
-    if !args.keep {
+    println!("Load average at end: {}", load_average());
+    if !args.keep && !args.reuse {
         for db in [&src_db, &tgt_db] {
             admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
@@ -113,12 +168,16 @@ async fn run(args: &Args, env: &LabEnv, src_db: &str, tgt_db: &str) -> anyhow::R
             .iter()
             .map(|&pct| (pct, format!("t_{size}_{}", per_million(pct))))
             .collect();
-        tokio::try_join!(build_table(&source, &source_table, size, None), async {
-            for (pct, name) in &targets {
-                build_table(&target, name, size, Some(per_million(*pct))).await?;
+        let reuse = args.reuse;
+        tokio::try_join!(
+            build_table(&source, &source_table, size, None, reuse),
+            async {
+                for (pct, name) in &targets {
+                    build_table(&target, name, size, Some(per_million(*pct)), reuse).await?;
+                }
+                Ok(())
             }
-            Ok(())
-        })?;
+        )?;
         eprintln!(
             "Built {size}-row tables in {:.1} s.",
             started.elapsed().as_secs_f64()
@@ -143,11 +202,13 @@ async fn run(args: &Args, env: &LabEnv, src_db: &str, tgt_db: &str) -> anyhow::R
             let measurements = case.measure(args).await?;
             rows.push((size, *pct, expected.len(), measurements));
         }
-        source
-            .batch_execute(&format!("DROP TABLE {source_table}"))
-            .await?;
-        for (_, name) in &targets {
-            target.batch_execute(&format!("DROP TABLE {name}")).await?;
+        if !args.reuse {
+            source
+                .batch_execute(&format!("DROP TABLE {source_table}"))
+                .await?;
+            for (_, name) in &targets {
+                target.batch_execute(&format!("DROP TABLE {name}")).await?;
+            }
         }
     }
     print_table(&rows);
@@ -155,13 +216,23 @@ async fn run(args: &Args, env: &LabEnv, src_db: &str, tgt_db: &str) -> anyhow::R
     Ok(())
 }
 
-/// Creates `name` with ids 1..=size (minus the missing ones) and a payload, keyed and analysed.
+/// Creates `name` with ids 1..=size (minus the missing ones) and a payload, keyed and analysed;
+/// with `reuse`, keeps an existing `name` (its contents are checked by the first `count(*)`).
 async fn build_table(
     client: &Client,
     name: &str,
     size: i64,
     missing_per_million: Option<i64>,
+    reuse: bool,
 ) -> anyhow::Result<()> {
+    if reuse {
+        let row = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+    }
     let filter = missing_per_million
         .map(|m| format!("WHERE NOT ({MISSING_SQL}{m})"))
         .unwrap_or_default();
@@ -197,14 +268,18 @@ struct Case<'a> {
 
 impl Case<'_> {
     async fn measure(&self, args: &Args) -> anyhow::Result<Vec<Measurement>> {
+        let timed = |m: Method| args.methods.contains(&m);
         let (mut ours, mut dump, mut count) = (Vec::new(), Vec::new(), Vec::new());
         let (mut ours_rows, mut dump_rows) = (0, 0);
         let (mut ours_exact, mut dump_exact) = (true, true);
         let mut ours_note = String::new();
+        // Each repetition runs the methods back to back, so they share the machine's load.
         for _ in 0..args.repeat.max(1) {
-            let t = Instant::now();
-            self.count_both().await?;
-            count.push(t.elapsed().as_secs_f64());
+            if timed(Method::Count) {
+                let t = Instant::now();
+                self.count_both().await?;
+                count.push(t.elapsed().as_secs_f64());
+            }
 
             let t = Instant::now();
             let report = self.gap_finder().await?;
@@ -221,30 +296,32 @@ impl Case<'_> {
                 report.stats.queries, report.stats.rounds
             );
 
-            let t = Instant::now();
-            let (missing, moved) = self.dump_and_join().await?;
-            dump.push(t.elapsed().as_secs_f64());
-            dump_rows = moved;
-            dump_exact &= missing == *self.expected;
+            if timed(Method::DumpAndJoin) {
+                let t = Instant::now();
+                let (missing, moved) = self.dump_and_join().await?;
+                dump.push(t.elapsed().as_secs_f64());
+                dump_rows = moved;
+                dump_exact &= missing == *self.expected;
+            }
         }
-        let mut out = vec![
-            Measurement {
-                method: "gap finder",
-                seconds: median(ours),
-                rows_moved: Some(ours_rows),
-                exact: ours_exact,
-                note: ours_note,
-            },
-            Measurement {
+        let mut out = vec![Measurement {
+            method: "gap finder",
+            seconds: median(ours),
+            rows_moved: Some(ours_rows),
+            exact: ours_exact,
+            note: ours_note,
+        }];
+        if timed(Method::DumpAndJoin) {
+            out.push(Measurement {
                 method: "dump-and-join",
                 seconds: median(dump),
                 rows_moved: Some(dump_rows),
                 exact: dump_exact,
                 note: "COPY out, COPY in, LEFT JOIN".to_owned(),
-            },
-        ];
+            });
+        }
         match &args.reladiff {
-            Some(reladiff) => {
+            Some(reladiff) if timed(Method::Reladiff) => {
                 let t = Instant::now();
                 let (missing, extra) = self.reladiff(reladiff).await?;
                 out.push(Measurement {
@@ -255,15 +332,18 @@ impl Case<'_> {
                     note: "one run, default options".to_owned(),
                 });
             }
+            Some(_) => {}
             None => eprintln!("DMSGUARD_RELADIFF is not set: reladiff skipped."),
         }
-        out.push(Measurement {
-            method: "count(*) both",
-            seconds: median(count),
-            rows_moved: Some(2),
-            exact: true,
-            note: "floor: one scan per side".to_owned(),
-        });
+        if timed(Method::Count) {
+            out.push(Measurement {
+                method: "count(*) both",
+                seconds: median(count),
+                rows_moved: Some(2),
+                exact: true,
+                note: "floor: one scan per side, both sides concurrently".to_owned(),
+            });
+        }
         Ok(out)
     }
 
