@@ -14,7 +14,7 @@
 //! | integers, `real`, `double` | — | decimal text | numeric types (range/precision checked) |
 //! | `numeric(p,s)` | — | the source's text | `numeric(p,s)`: fails if the value needs more digits than the target has, never rounds |
 //! | `json`, `jsonb` | — | the source's JSON text | `SUPER` (`JSON_PARSE`) |
-//! | arrays | — | JSON text (`array_to_json`) | `SUPER` |
+//! | arrays | — | the source's array literal (`{a,"b c"}`), as DMS writes it | `SUPER` (JSON, `array_to_json`) |
 //! | `uuid`, enums, other types | — | the source's text form | — |
 //! | `timestamptz` | — | `YYYY-MM-DD HH:MM:SS[.ffffff]+00` (UTC) | `timestamptz`; `timestamp` as UTC |
 //! | `bytea` | — | `\x` + hex (PostgreSQL's text form) | `VARBYTE` (`FROM_HEX`) |
@@ -132,8 +132,11 @@ pub enum SourceValue {
     Numeric(String),
     /// `json`/`jsonb` text.
     Json(String),
-    /// An array as JSON text.
-    Array(String),
+    /// An array: PostgreSQL's literal (what DMS writes into `varchar`) and its JSON (for `SUPER`).
+    Array {
+        text: String,
+        json: String,
+    },
     TimestampTz(DateTime<Utc>),
     Timestamp(NaiveDateTime),
     Date(NaiveDate),
@@ -151,7 +154,7 @@ impl SourceValue {
             SourceValue::Float(_) => "floating-point",
             SourceValue::Numeric(_) => "numeric",
             SourceValue::Json(_) => "json",
-            SourceValue::Array(_) => "array",
+            SourceValue::Array { .. } => "array",
             SourceValue::TimestampTz(_) => "timestamptz",
             SourceValue::Timestamp(_) => "timestamp",
             SourceValue::Date(_) => "date",
@@ -214,7 +217,22 @@ fn source_expression(class: SourceClass, quoted: &str) -> String {
         SourceClass::Int => format!("{quoted}::int8"),
         SourceClass::Float => format!("{quoted}::float8"),
         SourceClass::Numeric | SourceClass::Json | SourceClass::Text => format!("{quoted}::text"),
-        SourceClass::Array => format!("array_to_json({quoted})::text"),
+        // Both forms in one column: the literal for `varchar`, the JSON for `SUPER`.
+        SourceClass::Array => format!(
+            "CASE WHEN {quoted} IS NULL THEN NULL ELSE json_build_array({quoted}::text, array_to_json({quoted})::text)::text END"
+        ),
+    }
+}
+
+/// An array read as `[literal, json]` (see [`source_expression`]).
+fn array_value(pair: String) -> SourceValue {
+    match serde_json::from_str::<(String, String)>(&pair) {
+        Ok((text, json)) => SourceValue::Array { text, json },
+        // Not what the select list builds; keep the value rather than lose it.
+        Err(_) => SourceValue::Array {
+            text: pair.clone(),
+            json: pair,
+        },
     }
 }
 
@@ -234,7 +252,7 @@ fn decode(row: &Row, i: usize, class: SourceClass) -> Result<SourceValue, tokio_
         SourceClass::Float => get(row, i, SourceValue::Float),
         SourceClass::Numeric => get(row, i, SourceValue::Numeric),
         SourceClass::Json => get(row, i, SourceValue::Json),
-        SourceClass::Array => get(row, i, SourceValue::Array),
+        SourceClass::Array => get(row, i, array_value),
         SourceClass::TimestampTz => get(row, i, SourceValue::TimestampTz),
         SourceClass::Timestamp => get(row, i, SourceValue::Timestamp),
         SourceClass::Date => get(row, i, SourceValue::Date),
@@ -853,10 +871,8 @@ fn value_text(value: &SourceValue) -> String {
         SourceValue::Bool(b) => bool_text(*b).to_owned(),
         SourceValue::Int(n) => n.to_string(),
         SourceValue::Float(f) => float_text(*f),
-        SourceValue::Numeric(s)
-        | SourceValue::Json(s)
-        | SourceValue::Array(s)
-        | SourceValue::Text(s) => s.clone(),
+        SourceValue::Numeric(s) | SourceValue::Json(s) | SourceValue::Text(s) => s.clone(),
+        SourceValue::Array { text, .. } => text.clone(),
         SourceValue::TimestampTz(t) => timestamptz_text(t),
         SourceValue::Timestamp(t) => timestamp_text(t),
         SourceValue::Date(d) => d.format("%Y-%m-%d").to_string(),
@@ -867,7 +883,7 @@ fn value_text(value: &SourceValue) -> String {
 /// A value as JSON text, for `SUPER`: json as is, scalars as JSON scalars, the rest as strings.
 fn json_text(value: &SourceValue) -> String {
     match value {
-        SourceValue::Json(s) | SourceValue::Array(s) => s.clone(),
+        SourceValue::Json(s) | SourceValue::Array { json: s, .. } => s.clone(),
         SourceValue::Bool(_) | SourceValue::Int(_) | SourceValue::Numeric(_) => value_text(value),
         SourceValue::Float(f) if f.is_finite() => value_text(value),
         other => serde_json::Value::String(value_text(other)).to_string(),
@@ -1105,7 +1121,9 @@ mod tests {
     fn json_text_for_super() {
         assert_eq!(json_text(&SourceValue::Text("a\"b".into())), r#""a\"b""#);
         assert_eq!(json_text(&SourceValue::Int(5)), "5");
-        assert_eq!(json_text(&SourceValue::Array("[1,2]".into())), "[1,2]");
+        let array = array_value(r#"["{1,2}", "[1,2]"]"#.to_owned());
+        assert_eq!(json_text(&array), "[1,2]");
+        assert_eq!(value_text(&array), "{1,2}");
         assert_eq!(json_text(&SourceValue::Float(f64::NAN)), r#""NaN""#);
         assert_eq!(value_text(&SourceValue::Bytes(vec![0, 255])), "\\x00ff");
     }

@@ -14,6 +14,7 @@ use chrono::Utc;
 use dmsguard_pipeline::config::{
     is_identifier, quote_ident, Config, FixName, QualifiedName, SystemViews, TableConfig,
 };
+use dmsguard_pipeline::gap_finder::TableSpec;
 use dmsguard_pipeline::statement_parser::{
     parse_dms_statement_detailed, StatementKind, CHANGES_TABLE_PREFIX,
 };
@@ -134,6 +135,33 @@ impl RolledBackUpdate {
             .map_err(query("joining the intermediate table to the target"))?;
         Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
     }
+}
+
+/// Which of `ids` the source table still has, ascending.
+async fn in_source(
+    source: &Client,
+    table: &TableConfig,
+    ids: &[i64],
+) -> Result<Vec<i64>, FixError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let spec = TableSpec::from_config(table)?;
+    let id = quote_ident(&table.id_column);
+    let rows = source
+        .query(
+            &format!(
+                "SELECT {id} FROM {} WHERE {id} = ANY($1) ORDER BY 1",
+                spec.source.quoted()
+            ),
+            &[&ids],
+        )
+        .await
+        .map_err(|source| FixError::Query {
+            what: format!("checking which ids {} still has", table.source),
+            source,
+        })?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
 }
 
 /// Why a rolled-back statement is not one this fix repairs.
@@ -367,7 +395,13 @@ impl Fix for OneByOneFix {
             .copy(ctx, &source, &mut redshift, &update.target, &missing)
             .await?;
         merge(&mut details, copied.details());
-        let still_missing = update.missing_ids(&redshift).await?;
+        // Ids the source deleted since (DMS applies the delete later) are not missing.
+        let still_missing = in_source(
+            &source,
+            &update.table,
+            &update.missing_ids(&redshift).await?,
+        )
+        .await?;
         merge(
             &mut details,
             json!({ "still_missing": ids_fact(&still_missing) }),

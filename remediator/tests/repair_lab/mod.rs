@@ -101,7 +101,7 @@ pub async fn fill_source(
 pub fn source_text_columns(pads: usize) -> String {
     let mut cols = String::from(
         "id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), paid::text, doc::text, \
-         array_to_json(tags)::text, ref::text, amount::text, status::text, note, \
+         tags::text, ref::text, amount::text, status::text, note, \
          '\\x' || encode(blob, 'hex')",
     );
     for i in 1..=pads {
