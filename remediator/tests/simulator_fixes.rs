@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use dmsguard_lab::harness::eventually;
-use dmsguard_lab::simulator::Fault;
+use dmsguard_lab::simulator::{Fault, SimTable};
+use dmsguard_pipeline::config::quote_ident;
 use dmsguard_pipeline::statement_parser::is_valid_redshift_sql;
 use serde_json::{json, Value};
 use sim_lab::*;
@@ -105,6 +106,47 @@ async fn dropped_in_source(lab: &SimLab, table: &str) -> anyhow::Result<Vec<i64>
 // ---------------------------------------------------------------------------------------------
 // F1 one_by_one
 
+type NamedTexts = Vec<(String, Option<String>)>;
+
+/// One row of a simulated table, every column as text: the source converted as DMS writes it,
+/// the target as stored.
+async fn row_texts(lab: &SimLab, table: &str, id: i64) -> anyhow::Result<(NamedTexts, NamedTexts)> {
+    let table: SimTable = table.parse()?;
+    let columns = table.columns();
+    let read = |exprs: Vec<String>, client: tokio_postgres::Client| {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE id = $1",
+            exprs.join(", "),
+            table.name.quoted()
+        );
+        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        async move {
+            let row = client.query_one(&sql, &[&id]).await?;
+            Ok::<_, anyhow::Error>(
+                names
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, n)| (n, row.get::<_, Option<String>>(i)))
+                    .collect::<NamedTexts>(),
+            )
+        }
+    };
+    let source = read(
+        columns.iter().map(|c| c.source_text_expr()).collect(),
+        lab.dbs.source_client().await?,
+    )
+    .await?;
+    let target = read(
+        columns
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(&c.name)))
+            .collect(),
+        lab.dbs.redshift_client().await?,
+    )
+    .await?;
+    Ok((source, target))
+}
+
 /// How many DMS UPDATEs the stand-in's system views logged: bulk ones committed, bulk ones
 /// rolled back, and one-by-one ones (single row, literal key).
 async fn update_counts(lab: &SimLab) -> anyhow::Result<(i64, i64, i64)> {
@@ -136,7 +178,14 @@ async fn f1(lab: &SimLab) -> anyhow::Result<()> {
     eventually(
         "two one-by-one batches",
         Duration::from_secs(30),
-        || async { Ok((lab.sim.stats().one_by_one_batches() >= 2).then_some(())) },
+        || async {
+            let s = lab.sim.stats();
+            if s.one_by_one_batches() >= 2 {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("stats {s:?}")
+            }
+        },
     )
     .await?;
     let (table, missing) = lab.sim.stats().dropped_ids()[0].clone();
@@ -182,6 +231,16 @@ async fn f1(lab: &SimLab) -> anyhow::Result<()> {
     assert!(job.details["inserted"].as_u64() >= Some(1), "{job:?}");
     assert_eq!(job.details["restarted"], json!(true), "{job:?}");
     assert_eq!(lab.target_count(ORDERS, &[missing]).await?, 1);
+    // Column for column as DMS writes it, read right after the insert. The workload keeps
+    // bumping `quantity` of this row; every other column stays as the fix wrote it, or as a
+    // later DMS UPDATE writes the same values.
+    let (source_row, target_row) = row_texts(lab, ORDERS, missing).await?;
+    let differing: Vec<_> = source_row
+        .iter()
+        .zip(&target_row)
+        .filter(|((name, s), (_, t))| name != "quantity" && s != t)
+        .collect();
+    assert!(differing.is_empty(), "row {missing}: {differing:?}");
     let after = lab.moto_task(TASK).await?;
     assert_eq!(after.status, "running");
     assert!(

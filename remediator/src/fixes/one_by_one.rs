@@ -113,6 +113,19 @@ impl RolledBackUpdate {
         )
     }
 
+    /// The ids the target lacks that the source still has, and those the source deleted since
+    /// (absent on both sides once DMS applies the delete: not missing).
+    async fn missing_in_source(
+        &self,
+        redshift: &Client,
+        source: &Client,
+    ) -> Result<(Vec<i64>, Vec<i64>), FixError> {
+        let absent = self.missing_ids(redshift).await?;
+        let kept = in_source(source, &self.table, &absent).await?;
+        let deleted = absent.into_iter().filter(|id| !kept.contains(id)).collect();
+        Ok((kept, deleted))
+    }
+
     /// Runs the two queries; the ids the target still lacks, ascending.
     async fn missing_ids(&self, redshift: &Client) -> Result<Vec<i64>, FixError> {
         let query = |what: &str| {
@@ -328,13 +341,19 @@ impl Fix for OneByOneFix {
             "LEFT JOIN the seq range against the target to find the missing ids.",
             update.missing_ids_sql(),
         );
-        let missing = update.missing_ids(&redshift).await?;
+        let source = ctx.connect_source().await?;
+        let (missing, deleted) = update.missing_in_source(&redshift, &source).await?;
         plan.facts.insert("missing".into(), ids_fact(&missing));
+        plan.facts
+            .insert("deleted_at_source".into(), ids_fact(&deleted));
+        plan.step(format!(
+            "Keep the absent ids the source still has ({} absent ones were deleted at the source since: DMS applies those deletes).",
+            deleted.len()
+        ));
         if missing.is_empty() {
             plan.step("Nothing to insert: no id is missing any more; leave the task as it is.");
             return Ok(plan);
         }
-        let source = ctx.connect_source().await?;
         let copier = RowCopier::load(&source, &redshift, &update.table).await?;
         plan.step(format!(
             "Missing ids ({}): {}.",
@@ -372,12 +391,14 @@ impl Fix for OneByOneFix {
                 json!({ "task": task, "rejected": rejected }),
             ));
         };
-        let missing = update.missing_ids(&redshift).await?;
+        let source = ctx.connect_source().await?;
+        let (missing, deleted) = update.missing_in_source(&redshift, &source).await?;
         let mut details = json!({
             "task": task,
             "statement": update.facts(),
             "rejected": rejected,
             "missing": ids_fact(&missing),
+            "deleted_at_source": ids_fact(&deleted),
         });
         if missing.is_empty() {
             merge(&mut details, json!({ "inserted": 0, "restarted": false }));
@@ -389,19 +410,12 @@ impl Fix for OneByOneFix {
                 details,
             ));
         }
-        let source = ctx.connect_source().await?;
         let copier = RowCopier::load(&source, &redshift, &update.table).await?;
         let copied = copier
             .copy(ctx, &source, &mut redshift, &update.target, &missing)
             .await?;
         merge(&mut details, copied.details());
-        // Ids the source deleted since (DMS applies the delete later) are not missing.
-        let still_missing = in_source(
-            &source,
-            &update.table,
-            &update.missing_ids(&redshift).await?,
-        )
-        .await?;
+        let (still_missing, _) = update.missing_in_source(&redshift, &source).await?;
         merge(
             &mut details,
             json!({ "still_missing": ids_fact(&still_missing) }),
