@@ -6,6 +6,9 @@
 //! (inclusive), or `window` = `today` | `yesterday` (the alert's label); by default yesterday.
 //! A day maps to ids through the table's `day_column`; a table without one is checked over its
 //! whole id range.
+//!
+//! The search stops at the target's newest id: above it, rows are still on their way from DMS
+//! (replication lag, not gaps), and inserting them would race DMS's own INSERT into a duplicate.
 
 use chrono::{Duration as Days, NaiveDate, Utc};
 use dmsguard_pipeline::catalogue::{Catalogue, SourceTable};
