@@ -12,15 +12,16 @@
 //! Options (environment): `BENCH_SIZES` (`10000,1000000`), `BENCH_SQL_RUNS` (20).
 //!
 //! Measured on the 2-core lab machine (release, load average 3-6 from other builds), one
-//! rolled-back batch of 16 seq numbers with one missing row, two runs:
+//! rolled-back batch of 16 seq numbers with one missing row, three runs:
 //!
 //! | target rows | webhook -> task running s | missing-ids SQL median ms |
 //! |---:|---:|---:|
-//! | 10,000 | 0.148 / 0.121 | 0.36 / 0.35 |
-//! | 1,000,000 | 0.302 / 0.128 | 0.61 / 0.41 |
+//! | 10,000 | 0.148 / 0.121 / 0.106 | 0.36 / 0.35 / 0.34 |
+//! | 1,000,000 | 0.302 / 0.128 / 0.096 | 0.61 / 0.41 / 0.77 |
 //!
-//! 100x the rows cost 1.06x-2.0x the time (the larger ratio in the run with more load): about
-//! 0.1-0.3 s against the 10 s bar, and the SQL follows the seq range, not the table.
+//! 100x the rows: repair 0.9x-2.0x the time, well under a second against the 10 s bar; the
+//! missing-ids SQL stays under a millisecond (1.2x-2.3x, one more index level), following the
+//! seq range, not the table.
 
 use std::time::{Duration, Instant};
 
