@@ -331,8 +331,8 @@ enum Found {
     Nothing,
 }
 
-/// One look at the candidates: the update found; else the newest accepted one whose rows were
-/// replaced; and the reasons the others were passed over.
+/// One look at the candidates, newest first: the update found; else the first accepted one
+/// whose rows were replaced (older ones' went before); and why the others were passed over.
 async fn find_update_once(
     ctx: &FixContext,
     redshift: &Client,
@@ -377,16 +377,16 @@ async fn find_update_once(
         .full_texts(redshift, &cut)
         .await?;
     let mut rejected = Vec::new();
-    let mut replaced = None;
     for (query_id, text) in candidates {
         let text = full.remove(&query_id).unwrap_or(text);
         let reason = match accept(config, task, query_id, &text) {
             Ok(update) => match update.missing_ids(redshift).await? {
-                Some(absent) => return Ok((Some((update, absent)), replaced, rejected)),
+                Some(absent) => return Ok((Some((update, absent)), None, rejected)),
                 None => {
-                    replaced = replaced.or(Some(query_id));
-                    "its rows are gone from the intermediate table (a later batch replaced them)"
-                        .to_owned()
+                    // Older batches' rows went before this one's: no need to look further.
+                    let reason = "its rows are gone from the intermediate table (a later batch replaced them)";
+                    rejected.push(json!({ "query_id": query_id, "reason": reason }));
+                    return Ok((None, Some(query_id), rejected));
                 }
             },
             Err(reason) => reason,
@@ -394,7 +394,7 @@ async fn find_update_once(
         tracing::debug!(query_id, %reason, "Rolled-back statement not repaired.");
         rejected.push(json!({ "query_id": query_id, "reason": reason }));
     }
-    Ok((None, replaced, rejected))
+    Ok((None, None, rejected))
 }
 
 #[async_trait::async_trait]
