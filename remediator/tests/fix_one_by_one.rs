@@ -57,7 +57,9 @@ fn dms_update(quoted: bool) -> String {
 }
 
 /// Source and target with every row, then the target loses row 17 (updated in seq 7) and row
-/// 25 (an insert in the same seq range, which this fix must leave alone).
+/// 25 (an insert in the same seq range, which this fix must leave alone), and both sides lose
+/// row 18 (updated in seq 8, deleted at the source since and the delete applied: absent from
+/// the target, yet not missing).
 async fn lab(tag: &str) -> anyhow::Result<(TestDatabases, Client, Client)> {
     let dbs = TestDatabases::create(tag).await?;
     let source = dbs.source_client().await?;
@@ -73,8 +75,11 @@ async fn lab(tag: &str) -> anyhow::Result<(TestDatabases, Client, Client)> {
              INSERT INTO public.{CHANGES} SELECT s, 'public.orders', CASE WHEN s = 5 THEN 'I' ELSE 'U' END,
                CASE WHEN s = 5 THEN '25' ELSE (10 + s)::text END, 'x' FROM generate_series(1, 10) s;
              INSERT INTO public.{CHANGES} VALUES (11, 'public.orders', 'U', '3', 'x');
-             DELETE FROM public.orders WHERE id IN (17, 25);"
+             DELETE FROM public.orders WHERE id IN (17, 18, 25);"
         ))
+        .await?;
+    source
+        .execute("DELETE FROM public.orders WHERE id = 18", &[])
         .await?;
     Ok((dbs, source, target))
 }
@@ -198,6 +203,10 @@ async fn webhook_repairs_the_row_behind_one_by_one_mode_and_restarts_the_task() 
         "{stdout}"
     );
     assert!(stdout.contains("Missing ids (1): 17."), "{stdout}");
+    assert!(
+        stdout.contains("1 absent ones were deleted at the source since"),
+        "{stdout}"
+    );
     for line in stdout
         .lines()
         .map(str::trim)
@@ -238,6 +247,7 @@ async fn webhook_repairs_the_row_behind_one_by_one_mode_and_restarts_the_task() 
     assert_eq!(details["statement"]["seq_from"], 1);
     assert_eq!(details["statement"]["seq_to"], 10);
     assert_eq!(details["missing"]["ids"], json!([17]));
+    assert_eq!(details["deleted_at_source"]["ids"], json!([18]));
     assert_eq!(details["inserted"], 1);
     assert_eq!(details["restarted"], true);
     assert_eq!(
@@ -248,7 +258,7 @@ async fn webhook_repairs_the_row_behind_one_by_one_mode_and_restarts_the_task() 
     let _ = stop.send(());
     server.await??;
 
-    let all: Vec<i64> = (1..=ROWS).filter(|id| *id != 25).collect();
+    let all: Vec<i64> = (1..=ROWS).filter(|id| *id != 25 && *id != 18).collect();
     assert_target_equals_source(&source, &target, &all, PADS).await?;
     assert_eq!(
         count_id(&target, 25).await?,
@@ -287,9 +297,12 @@ async fn stl_views_lead_to_the_same_repair_through_the_cli() -> anyhow::Result<(
     let out = run_binary(&config_text, &["run", "one_by_one", "--task", TASK])?;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("1 found, 1 inserted"), "{stdout}");
+    assert!(
+        stdout.contains("1 found, 1 inserted, 0 already present, 0 gone from the source"),
+        "{stdout}"
+    );
     assert!(stdout.contains("stopped and resumed"), "{stdout}");
-    assert_target_equals_source(&source, &target, &[16, 17, 18], PADS).await?;
+    assert_target_equals_source(&source, &target, &[16, 17, 19], PADS).await?;
     assert_eq!(task_status(&aws, TASK).await?, ("running".to_owned(), true));
 
     let out = run_binary(&config_text, &["run", "one_by_one", "--task", TASK])?;

@@ -6,10 +6,13 @@
 //! (inclusive), or `window` = `today` | `yesterday` (the alert's label); by default yesterday.
 //! A day maps to ids through the table's `day_column`; a table without one is checked over its
 //! whole id range.
+//!
+//! The search stops at the target's newest id: above it, rows are still on their way from DMS
+//! (replication lag, not gaps), and inserting them would race DMS's own INSERT into a duplicate.
 
 use chrono::{Duration as Days, NaiveDate, Utc};
 use dmsguard_pipeline::catalogue::{Catalogue, SourceTable};
-use dmsguard_pipeline::config::{Config, FixName, QualifiedName, TableConfig};
+use dmsguard_pipeline::config::{quote_ident, Config, FixName, QualifiedName, TableConfig};
 use dmsguard_pipeline::gap_finder::{
     id_range_for_day, id_range_of_tables, target_max_id, GapFinder, IdRange, TableSpec,
 };
@@ -120,9 +123,45 @@ pub(crate) fn job_table<'c>(config: &'c Config, job: &Job) -> Result<&'c TableCo
 
 /// What one search found.
 struct Search {
+    /// The ids searched: the window, cut at the target's newest id.
     range: Option<IdRange>,
     missing: Vec<i64>,
     extra: usize,
+    /// The target's newest id, when the window reaches past it: ids above are still on their
+    /// way (replication lag), not gaps.
+    frontier: Option<i64>,
+}
+
+impl Search {
+    fn nothing(frontier: Option<i64>) -> Self {
+        Self {
+            range: None,
+            missing: Vec::new(),
+            extra: 0,
+            frontier,
+        }
+    }
+}
+
+/// The newest id in the target table: `$`-free, one aggregate over the sort key.
+pub fn newest_id_sql(spec: &TableSpec) -> String {
+    format!(
+        "SELECT MAX({}) FROM {}",
+        quote_ident(&spec.id_column),
+        spec.target.quoted()
+    )
+}
+
+/// Cuts `range` at the target's newest id. DMS applies changes in commit order, so an id above
+/// the newest one the target holds has not been applied yet: inserting it would race DMS's own
+/// INSERT and duplicate the row. `Err` carries the newest id when the whole range is above it.
+fn cut_at_frontier(
+    range: IdRange,
+    newest: Option<i64>,
+) -> Result<(IdRange, Option<i64>), Option<i64>> {
+    let max = newest.ok_or(None)?;
+    let cut = range.up_to(max).ok_or(Some(max))?;
+    Ok((cut, (cut != range).then_some(max)))
 }
 
 async fn search(
@@ -140,18 +179,13 @@ async fn search(
         }
         Window::Whole => id_range_of_tables(source, target, spec).await?,
     };
-    // Rows above the target's newest id are still on their way: DMS will insert them, so
-    // inserting them here would duplicate them.
-    let range = match (range, target_max_id(target, spec).await?) {
-        (Some(range), Some(max)) => range.up_to(max),
-        _ => None,
-    };
     let Some(range) = range else {
-        return Ok(Search {
-            range: None,
-            missing: Vec::new(),
-            extra: 0,
-        });
+        return Ok(Search::nothing(None));
+    };
+    let newest = target_max_id(target, spec).await?;
+    let (range, frontier) = match cut_at_frontier(range, newest) {
+        Ok(cut) => cut,
+        Err(frontier) => return Ok(Search::nothing(frontier)),
     };
     let report = GapFinder::default()
         .find(source, target, spec, range)
@@ -160,6 +194,7 @@ async fn search(
         range: Some(range),
         missing: report.missing,
         extra: report.extra.len(),
+        frontier,
     })
 }
 
@@ -319,11 +354,24 @@ impl Fix for MissingRowsFix {
         plan.facts
             .insert("missing".into(), ids_fact(&found.missing));
         plan.facts.insert("extra".into(), json!(found.extra));
+        plan.facts.insert("frontier".into(), json!(found.frontier));
+        plan.sql_step(
+            format!(
+                "Read the newest id of {}: ids above it are still on their way (replication lag), not gaps.",
+                spec.target
+            ),
+            newest_id_sql(&spec),
+        );
+        if let Some(frontier) = found.frontier {
+            plan.step(format!(
+                "Leave ids above {frontier} (the newest in {}) to DMS: inserting them would race its own INSERT.",
+                spec.target
+            ));
+        }
         match found.range {
             None => {
                 plan.step(format!(
-                    "Nothing to do: the source has no rows for {window} up to the target's \
-                     newest id (newer rows are still on their way)."
+                    "Nothing to do: the source has no rows for {window}, or DMS has applied none of them yet."
                 ));
             }
             Some(range) => {
@@ -380,6 +428,7 @@ impl Fix for MissingRowsFix {
             "id_range": found.range.map(|r| json!({ "from": r.lo, "to": r.hi })),
             "missing": ids_fact(&found.missing),
             "extra": found.extra,
+            "frontier": found.frontier,
         });
         if found.missing.is_empty() {
             merge(&mut details, CopyResult::default().details());
@@ -486,6 +535,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("day_column"), "{error}");
+    }
+
+    #[test]
+    fn windows_stop_at_the_newest_replicated_id() {
+        let range = IdRange { lo: 10, hi: 20 };
+        assert_eq!(cut_at_frontier(range, Some(30)), Ok((range, None)));
+        assert_eq!(cut_at_frontier(range, Some(20)), Ok((range, None)));
+        assert_eq!(
+            cut_at_frontier(range, Some(15)),
+            Ok((IdRange { lo: 10, hi: 15 }, Some(15)))
+        );
+        assert_eq!(cut_at_frontier(range, Some(9)), Err(Some(9)));
+        assert_eq!(cut_at_frontier(range, None), Err(None));
+        let spec = TableSpec::from_config(&table(None)).unwrap();
+        let sql = newest_id_sql(&spec);
+        assert_eq!(sql, "SELECT MAX(\"id\") FROM \"public\".\"orders\"");
+        dmsguard_pipeline::statement_parser::is_valid_redshift_sql(&sql).unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@ use chrono::Utc;
 use dmsguard_pipeline::config::{
     is_identifier, quote_ident, Config, FixName, QualifiedName, SystemViews, TableConfig,
 };
+use dmsguard_pipeline::gap_finder::TableSpec;
 use dmsguard_pipeline::statement_parser::{
     parse_dms_statement_detailed, StatementKind, CHANGES_TABLE_PREFIX,
 };
@@ -27,6 +28,12 @@ use crate::ledger::Job;
 
 /// Rolled-back DMS statements examined, newest first, before giving up.
 const CANDIDATES: i64 = 50;
+/// Ids per query when checking that repaired rows are in the target.
+const PRESENT_IDS_PER_QUERY: usize = 500;
+/// Looks at the candidates when the newest ones' rows were already replaced.
+const FIND_ATTEMPTS: u32 = 5;
+/// About one DMS batch: time for the next rolled-back batch to be logged.
+const FIND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct OneByOneFix;
 
@@ -112,8 +119,33 @@ impl RolledBackUpdate {
         )
     }
 
-    /// Runs the two queries; the ids the target still lacks, ascending.
-    async fn missing_ids(&self, redshift: &Client) -> Result<Vec<i64>, FixError> {
+    /// Of the ids the target lacks, those the source still has, and those the source deleted
+    /// since (absent on both sides once DMS applies the delete: not missing).
+    async fn missing_in_source(
+        &self,
+        source: &Client,
+        absent: Vec<i64>,
+    ) -> Result<(Vec<i64>, Vec<i64>), FixError> {
+        let kept = in_source(source, &self.table, &absent).await?;
+        let deleted = absent.into_iter().filter(|id| !kept.contains(id)).collect();
+        Ok((kept, deleted))
+    }
+
+    /// Which of `n` ids (`$1`..`$n`) the target has.
+    pub fn present_ids_sql(&self, n: usize) -> String {
+        let id = quote_ident(&self.table.id_column);
+        let list: Vec<String> = (1..=n.max(1)).map(|i| format!("${i}")).collect();
+        format!(
+            "SELECT {id} FROM {} WHERE {id} IN ({})",
+            self.target.quoted(),
+            list.join(", ")
+        )
+    }
+
+    /// Runs the two queries; the ids the target still lacks, ascending. `None` when the seq
+    /// range has no rows left in the intermediate table: a later batch replaced them, and the
+    /// range says nothing about what is missing.
+    async fn missing_ids(&self, redshift: &Client) -> Result<Option<Vec<i64>>, FixError> {
         let query = |what: &str| {
             let what = what.to_owned();
             move |source: tokio_postgres::Error| FixError::Query { what, source }
@@ -126,18 +158,43 @@ impl RolledBackUpdate {
             .map_err(query("reading the id span of the seq range"))?;
         let (Some(min), Some(max)) = (span.get::<_, Option<i64>>(0), span.get::<_, Option<i64>>(1))
         else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let rows = redshift
             .query(&self.missing_ids_sql(), &[&lo, &hi, &tbl, &min, &max])
             .await
             .map_err(query("joining the intermediate table to the target"))?;
-        Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+        Ok(Some(rows.iter().map(|r| r.get::<_, i64>(0)).collect()))
     }
 }
 
-/// The ids of `ids` the source still holds, ascending.
-async fn at_source(
+/// Which of `ids` the target table lacks, ascending.
+async fn absent_in_target(
+    redshift: &Client,
+    update: &RolledBackUpdate,
+    ids: &[i64],
+) -> Result<Vec<i64>, FixError> {
+    let mut absent = Vec::new();
+    for chunk in ids.chunks(PRESENT_IDS_PER_QUERY) {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = chunk
+            .iter()
+            .map(|id| id as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = redshift
+            .query(&update.present_ids_sql(chunk.len()), &params)
+            .await
+            .map_err(|source| FixError::Query {
+                what: format!("checking the repaired ids in {}", update.target),
+                source,
+            })?;
+        let present: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+        absent.extend(chunk.iter().copied().filter(|i| !present.contains(i)));
+    }
+    Ok(absent)
+}
+
+/// Which of `ids` the source table still has, ascending.
+async fn in_source(
     source: &Client,
     table: &TableConfig,
     ids: &[i64],
@@ -145,18 +202,19 @@ async fn at_source(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let name = QualifiedName::parse(&table.source)
-        .ok_or_else(|| FixError::Input(format!("`{}` is not `schema.table`", table.source)))?;
+    let spec = TableSpec::from_config(table)?;
     let id = quote_ident(&table.id_column);
-    let sql = format!(
-        "SELECT {id}::int8 FROM {} WHERE {id} = ANY($1::int8[]) ORDER BY 1",
-        name.quoted()
-    );
     let rows = source
-        .query(&sql, &[&ids])
+        .query(
+            &format!(
+                "SELECT {id} FROM {} WHERE {id} = ANY($1) ORDER BY 1",
+                spec.source.quoted()
+            ),
+            &[&ids],
+        )
         .await
         .map_err(|source| FixError::Query {
-            what: "checking which missing ids the source still has".to_owned(),
+            what: format!("checking which ids {} still has", table.source),
             source,
         })?;
     Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
@@ -226,12 +284,67 @@ fn accept(
     })
 }
 
-/// The latest rolled-back DMS UPDATE this fix accepts for `task`, and why newer ones were not.
+/// The latest rolled-back DMS UPDATE this fix accepts for `task` whose rows are still in the
+/// intermediate table, with the ids the target lacks; and why newer ones were not taken.
+///
+/// DMS keeps a rolled-back batch's rows only until the next batches are loaded, and the system
+/// views log a batch once it is done, so the newest logged UPDATE's rows may already be gone
+/// while the next one is not logged yet: then look again, a batch later.
 async fn find_update(
     ctx: &FixContext,
     redshift: &Client,
     task: &str,
-) -> Result<(Option<RolledBackUpdate>, Vec<Value>), FixError> {
+) -> Result<(Found, Vec<Value>), FixError> {
+    let mut attempt = 1;
+    loop {
+        let (found, replaced, rejected) = find_update_once(ctx, redshift, task).await?;
+        match (found, replaced) {
+            (Some((update, absent)), _) => {
+                return Ok((Found::Update(Box::new(update), absent), rejected))
+            }
+            (None, None) => return Ok((Found::Nothing, rejected)),
+            // No newer rollback within several batches: DMS applies in bulk again.
+            (None, Some(query_id)) if attempt >= FIND_ATTEMPTS => {
+                return Ok((Found::Passed(query_id), rejected))
+            }
+            (None, Some(_)) => {
+                tracing::info!(
+                    task,
+                    attempt,
+                    "Rolled-back rows already replaced; looking again."
+                );
+                attempt += 1;
+                tokio::time::sleep(FIND_RETRY).await;
+            }
+        }
+    }
+}
+
+/// What the system views and the intermediate table show for a task.
+enum Found {
+    /// A rolled-back UPDATE whose rows are still there, and the ids the target lacks.
+    Update(Box<RolledBackUpdate>, Vec<i64>),
+    /// Rolled-back UPDATEs (the newest is this query), all older than batches DMS has applied
+    /// since: nothing left to repair.
+    Passed(i64),
+    /// No rolled-back DMS UPDATE of a configured table of the task.
+    Nothing,
+}
+
+/// One look at the candidates, newest first: the update found; else the first accepted one
+/// whose rows were replaced (older ones' went before); and why the others were passed over.
+async fn find_update_once(
+    ctx: &FixContext,
+    redshift: &Client,
+    task: &str,
+) -> Result<
+    (
+        Option<(RolledBackUpdate, Vec<i64>)>,
+        Option<i64>,
+        Vec<Value>,
+    ),
+    FixError,
+> {
     let config = ctx.config();
     let family = config.redshift.system_views;
     let lookback = chrono::Duration::from_std(config.remediator.one_by_one_lookback)
@@ -266,15 +379,22 @@ async fn find_update(
     let mut rejected = Vec::new();
     for (query_id, text) in candidates {
         let text = full.remove(&query_id).unwrap_or(text);
-        match accept(config, task, query_id, &text) {
-            Ok(update) => return Ok((Some(update), rejected)),
-            Err(reason) => {
-                tracing::debug!(query_id, %reason, "Rolled-back statement not repaired.");
-                rejected.push(json!({ "query_id": query_id, "reason": reason }));
-            }
-        }
+        let reason = match accept(config, task, query_id, &text) {
+            Ok(update) => match update.missing_ids(redshift).await? {
+                Some(absent) => return Ok((Some((update, absent)), None, rejected)),
+                None => {
+                    // Older batches' rows went before this one's: no need to look further.
+                    let reason = "its rows are gone from the intermediate table (a later batch replaced them)";
+                    rejected.push(json!({ "query_id": query_id, "reason": reason }));
+                    return Ok((None, Some(query_id), rejected));
+                }
+            },
+            Err(reason) => reason,
+        };
+        tracing::debug!(query_id, %reason, "Rolled-back statement not repaired.");
+        rejected.push(json!({ "query_id": query_id, "reason": reason }));
     }
-    Ok((None, rejected))
+    Ok((None, None, rejected))
 }
 
 #[async_trait::async_trait]
@@ -303,11 +423,20 @@ impl Fix for OneByOneFix {
             ),
             candidates_sql(ctx.config().redshift.system_views),
         );
-        let Some(update) = update else {
-            plan.summary = format!(
-                "No rolled-back DMS UPDATE of a configured table of task {task} found; nothing to repair."
-            );
-            return Ok(plan);
+        let (update, absent) = match update {
+            Found::Update(update, absent) => (*update, absent),
+            Found::Passed(query_id) => {
+                plan.summary = format!(
+                    "Nothing missing any more: DMS has applied batches in bulk since the latest rolled-back UPDATE (query {query_id}); nothing to repair."
+                );
+                return Ok(plan);
+            }
+            Found::Nothing => {
+                plan.summary = format!(
+                    "No rolled-back DMS UPDATE of a configured table of task {task} found; nothing to repair."
+                );
+                return Ok(plan);
+            }
         };
         plan.facts.insert("statement".into(), update.facts());
         plan.step(format!(
@@ -326,13 +455,19 @@ impl Fix for OneByOneFix {
             "LEFT JOIN the seq range against the target to find the missing ids.",
             update.missing_ids_sql(),
         );
-        let missing = update.missing_ids(&redshift).await?;
+        let source = ctx.connect_source().await?;
+        let (missing, deleted) = update.missing_in_source(&source, absent).await?;
         plan.facts.insert("missing".into(), ids_fact(&missing));
+        plan.facts
+            .insert("deleted_at_source".into(), ids_fact(&deleted));
+        plan.step(format!(
+            "Keep the absent ids the source still has ({} absent ones were deleted at the source since: DMS applies those deletes).",
+            deleted.len()
+        ));
         if missing.is_empty() {
             plan.step("Nothing to insert: no id is missing any more; leave the task as it is.");
             return Ok(plan);
         }
-        let source = ctx.connect_source().await?;
         let copier = RowCopier::load(&source, &redshift, &update.table).await?;
         plan.step(format!(
             "Missing ids ({}): {}.",
@@ -364,18 +499,31 @@ impl Fix for OneByOneFix {
         let mut redshift = ctx.connect_redshift().await?;
         // Look again under the task's lock: the plan may be stale.
         let (update, rejected) = find_update(ctx, &redshift, task).await?;
-        let Some(update) = update else {
-            return Ok(Outcome::needs_human(
-                format!("No rolled-back DMS UPDATE of a configured table of task {task} found; nothing repaired."),
-                json!({ "task": task, "rejected": rejected }),
-            ));
+        let (update, absent) = match update {
+            Found::Update(update, absent) => (*update, absent),
+            Found::Passed(query_id) => {
+                return Ok(Outcome::succeeded(
+                    format!(
+                        "Nothing missing any more: DMS has applied batches in bulk since the latest rolled-back UPDATE (query {query_id}); nothing inserted, task {task} left as it is."
+                    ),
+                    json!({ "task": task, "rejected": rejected, "inserted": 0, "restarted": false }),
+                ))
+            }
+            Found::Nothing => {
+                return Ok(Outcome::needs_human(
+                    format!("No rolled-back DMS UPDATE of a configured table of task {task} found; nothing repaired."),
+                    json!({ "task": task, "rejected": rejected }),
+                ))
+            }
         };
-        let missing = update.missing_ids(&redshift).await?;
+        let source = ctx.connect_source().await?;
+        let (missing, deleted) = update.missing_in_source(&source, absent).await?;
         let mut details = json!({
             "task": task,
             "statement": update.facts(),
             "rejected": rejected,
             "missing": ids_fact(&missing),
+            "deleted_at_source": ids_fact(&deleted),
         });
         if missing.is_empty() {
             merge(&mut details, json!({ "inserted": 0, "restarted": false }));
@@ -387,15 +535,13 @@ impl Fix for OneByOneFix {
                 details,
             ));
         }
-        let source = ctx.connect_source().await?;
         let copier = RowCopier::load(&source, &redshift, &update.table).await?;
         let copied = copier
             .copy(ctx, &source, &mut redshift, &update.target, &missing)
             .await?;
         merge(&mut details, copied.details());
-        // Ids in the seq range the source deleted since are absent on purpose: not missing.
-        let still_absent = update.missing_ids(&redshift).await?;
-        let still_missing = at_source(&source, &update.table, &still_absent).await?;
+        // Checked on the ids themselves: the seq range's rows may be replaced by now.
+        let still_missing = absent_in_target(&redshift, &update, &missing).await?;
         merge(
             &mut details,
             json!({ "still_missing": ids_fact(&still_missing) }),
@@ -536,6 +682,7 @@ task = "t2"
             candidates_sql(SystemViews::Stl),
             update.id_span_sql(),
             update.missing_ids_sql(),
+            update.present_ids_sql(3),
         ] {
             is_valid_redshift_sql(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
         }

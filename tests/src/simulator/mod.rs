@@ -521,6 +521,12 @@ impl SimHandle {
         self.shared.fault()
     }
 
+    /// The instance's memory as the next CloudWatch datapoints will report it:
+    /// (`FreeableMemory`, `AvailableMemory`, `SwapUsage`) in bytes.
+    pub fn memory(&self) -> (f64, f64, f64) {
+        control_plane::memory(&self.shared)
+    }
+
     pub fn stats(&self) -> SimStats {
         SimStats {
             generated: lock(&self.shared.workload)
