@@ -345,7 +345,11 @@ async fn rows_deleted_at_the_source_since_do_not_fail_the_repair() -> anyhow::Re
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("2 found, 1 inserted, 0 already present, 1 gone from the source"),
+        stdout.contains("1 absent ones were deleted at the source since"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 found, 1 inserted, 0 already present, 0 gone from the source, 0 failed"),
         "{stdout}"
     );
     assert!(stdout.contains("stopped and resumed"), "{stdout}");
