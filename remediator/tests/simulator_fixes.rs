@@ -309,6 +309,21 @@ async fn f1(lab: &SimLab) -> anyhow::Result<()> {
         after.started,
         "not restarted again"
     );
+
+    // Another one-by-one alert within the cooldown: a human looks, nothing is restarted.
+    fire(&app, "DMSOneByOneMode", &[("table", ORDERS)], "f1-second").await?;
+    let jobs = lab.finished_jobs(4).await?;
+    assert_eq!(jobs[3].outcome(), "needs_human", "{:?}", jobs[3]);
+    assert_eq!(
+        app.metric(&jobs_series("one_by_one", "needs_human"))
+            .await?,
+        1.0
+    );
+    assert_eq!(
+        lab.moto_task(TASK).await?.started,
+        after.started,
+        "not restarted by the escalated job"
+    );
     app.stop().await?;
 
     lab.sim.clear_fault();

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokio_postgres::Client;
 
 use super::missing_rows::{ids_fact, merge, preview, RowCopier};
-use super::{configured_task, job_task, Fix, FixContext, FixError, Outcome, Plan};
+use super::{configured_task, job_task, CooldownPolicy, Fix, FixContext, FixError, Outcome, Plan};
 use crate::ledger::Job;
 
 /// Rolled-back DMS statements examined, newest first, before giving up.
@@ -401,6 +401,13 @@ async fn find_update_once(
 impl Fix for OneByOneFix {
     fn name(&self) -> FixName {
         FixName::OneByOne
+    }
+
+    /// Another one-by-one incident on the task within the cooldown means rows keep going
+    /// missing: a human finds out why (and DmsguardRemediationFailing pages), instead of the
+    /// alert being skipped while DMS stays one by one.
+    fn on_cooldown(&self) -> CooldownPolicy {
+        CooldownPolicy::Escalate
     }
 
     async fn plan(&self, ctx: &FixContext, job: &Job) -> Result<Plan, FixError> {
