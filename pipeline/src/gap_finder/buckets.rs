@@ -24,7 +24,7 @@ pub(crate) fn id_hash(id: i64) -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Fingerprint {
     pub count: i64,
-    /// Sum of the ids' offsets from the start of their query range (so the sum stays small).
+    /// Sum of the ids' offsets from the start of their bucket (so the sum stays small).
     pub sum: i128,
     /// Sum of [`id_hash`] over the bucket.
     pub hash: i128,

@@ -11,8 +11,13 @@ use tokio_postgres::Client;
 use super::buckets::{
     BitmapQuery, BucketPrint, Fingerprint, GroupQuery, Word, HASH_PRIME, WORD_BITS,
 };
-use super::{GapError, IdRange, IdSet, Side, TableSpec};
+use super::{FingerprintQuery, GapError, IdRange, IdSet, Side, TableSpec};
 use crate::config::{quote_ident, QualifiedName};
+
+/// Fewest rows per bucket, as PostgreSQL's planner estimates them, for which the per-bucket
+/// query beats the grouped one: an index probe per bucket costs about as much as hashing 30
+/// rows (measured on the lab, `tests/BENCH-GAPS.md`).
+const PER_BUCKET_MIN_ROWS: u128 = 32;
 
 /// One side of the comparison: a table on a connection.
 pub(crate) struct PgIdSet<'a> {
@@ -20,6 +25,7 @@ pub(crate) struct PgIdSet<'a> {
     side: Side,
     table: String,
     id: String,
+    fingerprints: FingerprintQuery,
 }
 
 impl<'a> PgIdSet<'a> {
@@ -34,7 +40,74 @@ impl<'a> PgIdSet<'a> {
             side,
             table: table.quoted(),
             id: quote_ident(id_column),
+            fingerprints: FingerprintQuery::Grouped,
         }
+    }
+
+    /// Settles how this side computes fingerprints: `choice` itself, or for `Detect` the
+    /// grouped query on Redshift (`version()` names it) and on PostgreSQL the per-bucket one,
+    /// unless the planner expects fewer than [`PER_BUCKET_MIN_ROWS`] rows per first-round
+    /// bucket: a sparse id space would cost an index probe per empty bucket.
+    pub(crate) async fn resolve(
+        mut self,
+        choice: FingerprintQuery,
+        request: IdRange,
+        first_round_buckets: u128,
+    ) -> Result<Self, GapError> {
+        self.fingerprints = match choice {
+            FingerprintQuery::Detect => self.detect(request, first_round_buckets).await?,
+            chosen => chosen,
+        };
+        Ok(self)
+    }
+
+    async fn detect(
+        &self,
+        request: IdRange,
+        first_round_buckets: u128,
+    ) -> Result<FingerprintQuery, GapError> {
+        let version: String = self.scalar("SELECT version()").await?;
+        if version.contains("Redshift") {
+            return Ok(FingerprintQuery::Grouped);
+        }
+        // The bounds are integers of ours, not input: literal, so the planner sees them.
+        let plan: serde_json::Value = self
+            .scalar(&format!(
+                "EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {id} >= {} AND {id} <= {}",
+                self.table,
+                request.lo,
+                request.hi,
+                id = self.id
+            ))
+            .await?;
+        let rows = plan[0]["Plan"]["Plan Rows"]
+            .as_f64()
+            .ok_or_else(|| GapError::Decode(format!("{} plan without rows: {plan}", self.side)))?;
+        let dense = rows >= (first_round_buckets * PER_BUCKET_MIN_ROWS) as f64;
+        Ok(if dense {
+            FingerprintQuery::PerBucket
+        } else {
+            FingerprintQuery::Grouped
+        })
+    }
+
+    async fn scalar<T: for<'r> tokio_postgres::types::FromSql<'r>>(
+        &self,
+        sql: &str,
+    ) -> Result<T, GapError> {
+        let row = self
+            .client
+            .query_one(sql, &[])
+            .await
+            .map_err(|source| GapError::Query {
+                side: self.side,
+                source,
+            })?;
+        row.try_get(0).map_err(|e| self.decode(e))
+    }
+
+    pub(crate) fn fingerprint_query(&self) -> FingerprintQuery {
+        self.fingerprints
     }
 
     async fn query(&self, sql: &str, params: &[i64]) -> Result<Vec<tokio_postgres::Row>, GapError> {
@@ -54,7 +127,12 @@ impl<'a> PgIdSet<'a> {
 
 impl IdSet for PgIdSet<'_> {
     async fn fingerprints(&self, query: &GroupQuery) -> Result<Vec<BucketPrint>, GapError> {
-        let (sql, params) = group_sql(&self.table, &self.id, query);
+        let (sql, params) = match self.fingerprints {
+            FingerprintQuery::PerBucket => per_bucket_sql(&self.table, &self.id, query),
+            FingerprintQuery::Grouped | FingerprintQuery::Detect => {
+                group_sql(&self.table, &self.id, query)
+            }
+        };
         let rows = self.query(&sql, &params).await?;
         rows.iter()
             .map(|row| {
@@ -148,21 +226,20 @@ fn branches(
 }
 
 /// The grouped fingerprint query: `(bucket, count, sum of offsets, sum of hashes)` per bucket,
-/// where an id's offset is its distance from the start of its branch's range.
-///
-/// Both sides run the same statement, so a bucket cut by a branch boundary still gets equal
-/// sums for equal ids.
+/// where an id's offset is its distance from the start of its bucket (so it does not depend on
+/// how the statement cuts its ranges, and [`per_bucket_sql`] computes the same).
 pub(crate) fn group_sql(table: &str, id: &str, query: &GroupQuery) -> (String, Vec<i64>) {
     let width = i64::try_from(query.width).unwrap_or(i64::MAX);
     let mut params = vec![query.anchor, width];
     let x = format!("CAST({id} AS BIGINT)");
     let r = format!("({x} % {HASH_PRIME})");
-    // Summands are cast to INTEGER: an offset stays below `max_span_per_query` (at most 2^31)
-    // and the hash below the prime, so both fit; sums of integers keep a plain bigint state
-    // (PostgreSQL's bigint sums keep a 128-bit one per group, and spill sooner).
-    let columns = |lo: usize| {
+    // Summands are cast to INTEGER: an offset stays below the bucket width (at most
+    // `max_span_per_query`, 2^31) and the hash below the prime, so both fit; sums of integers
+    // keep a plain bigint state (PostgreSQL's bigint sums keep a 128-bit one per group, and
+    // spill sooner).
+    let columns = |_| {
         format!(
-            "({x} - $1) / $2 AS bucket, CAST({x} - ${lo} AS INTEGER) AS x, \
+            "({x} - $1) / $2 AS bucket, CAST(({x} - $1) % $2 AS INTEGER) AS x, \
              CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER) AS h"
         )
     };
@@ -170,6 +247,44 @@ pub(crate) fn group_sql(table: &str, id: &str, query: &GroupQuery) -> (String, V
     let sql = format!(
         "SELECT bucket, COUNT(*) AS n, CAST(SUM(x) AS VARCHAR(40)) AS s, \
          CAST(SUM(h) AS VARCHAR(40)) AS h FROM ({ids}) AS ids GROUP BY bucket"
+    );
+    (sql, params)
+}
+
+/// The same fingerprints as [`group_sql`], one bucket at a time (PostgreSQL only): a series of
+/// bucket starts per range, and for each an index range scan under a plain aggregate.
+///
+/// PostgreSQL's `GROUP BY` hashes every row; here each row only feeds its bucket's running
+/// aggregate, which on the lab halves the first round (measured in `tests/BENCH-GAPS.md`).
+/// A bucket's upper bound is computed in numeric, so a bucket ending past `i64::MAX` is cut
+/// at its range's end instead of overflowing.
+pub(crate) fn per_bucket_sql(table: &str, id: &str, query: &GroupQuery) -> (String, Vec<i64>) {
+    let width = i64::try_from(query.width).unwrap_or(i64::MAX);
+    let mut params = vec![query.anchor, width, width - 1];
+    let starts: Vec<String> = query
+        .ranges
+        .iter()
+        .map(|r| {
+            // The start of the bucket holding `r.lo`: ranges lie inside the request, whose
+            // offsets from the anchor fit an i64.
+            let offset = (i128::from(r.lo) - i128::from(query.anchor)) / i128::from(width);
+            let first = i128::from(query.anchor) + offset * i128::from(width);
+            params.extend([first as i64, r.lo, r.hi]);
+            let (first, lo, hi) = (params.len() - 2, params.len() - 1, params.len());
+            format!("SELECT generate_series(${first}, ${hi}, $2) AS b, ${lo} AS lo, ${hi} AS hi")
+        })
+        .collect();
+    let starts = starts.join(" UNION ALL ");
+    let x = format!("CAST({id} AS BIGINT)");
+    let r = format!("({x} % {HASH_PRIME})");
+    let sql = format!(
+        "SELECT (r.b - $1) / $2 AS bucket, f.n, CAST(f.s AS VARCHAR(40)) AS s, \
+         CAST(f.h AS VARCHAR(40)) AS h FROM ({starts}) AS r CROSS JOIN LATERAL (\
+         SELECT COUNT(*) AS n, SUM(CAST({x} - r.b AS INTEGER)) AS s, \
+         SUM(CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER)) AS h \
+         FROM {table} WHERE {id} >= GREATEST(r.b, r.lo) \
+         AND {id} <= CAST(LEAST(CAST(r.b AS NUMERIC) + $3, r.hi) AS BIGINT)) AS f \
+         WHERE f.n > 0"
     );
     (sql, params)
 }
@@ -306,6 +421,27 @@ mod tests {
         let (sql, params) = group_sql("\"s\".\"t\"", "\"id\"", &one_id);
         assert_eq!(params.len(), 4);
         assert!(!sql.contains("UNION"));
+    }
+
+    #[test]
+    fn per_bucket_query_starts_each_range_at_its_bucket() {
+        let q = GroupQuery {
+            anchor: 100,
+            width: 16,
+            ranges: vec![r(100, 131), r(170, 179)],
+        };
+        let (sql, params) = per_bucket_sql("\"public\".\"orders\"", "\"id\"", &q);
+        // anchor, width, width - 1, then per range: first bucket start, lo, hi.
+        assert_eq!(params, vec![100, 16, 15, 100, 100, 131, 164, 170, 179]);
+        assert!(sql.contains("$9") && !sql.contains("$10"), "{sql}");
+        assert_eq!(sql.matches("generate_series").count(), 2, "{sql}");
+        assert!(
+            sql.contains("CROSS JOIN LATERAL") && !sql.contains("GROUP BY"),
+            "{sql}"
+        );
+        // PostgreSQL only; still plain enough for the parser's PostgreSQL dialect.
+        Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, &sql)
+            .unwrap_or_else(|e| panic!("not PostgreSQL: {e}\n{sql}"));
     }
 
     #[test]

@@ -12,9 +12,10 @@
 
 use chrono::{Duration as Days, NaiveDate, Utc};
 use dmsguard_pipeline::catalogue::{Catalogue, SourceTable};
-use dmsguard_pipeline::config::{quote_ident, Config, FixName, QualifiedName, TableConfig};
+use dmsguard_pipeline::config::{Config, FixName, QualifiedName, TableConfig};
 use dmsguard_pipeline::gap_finder::{
-    id_range_for_day, id_range_of_tables, target_max_id, GapFinder, IdRange, TableSpec,
+    id_range_for_day, id_range_of_tables, target_max_id, target_max_id_sql, GapFinder, IdRange,
+    TableSpec,
 };
 use dmsguard_pipeline::type_translator::{fetch_source_rows, TranslatedRow, Translator};
 use serde_json::{json, Value};
@@ -141,15 +142,6 @@ impl Search {
             frontier,
         }
     }
-}
-
-/// The newest id in the target table: `$`-free, one aggregate over the sort key.
-pub fn newest_id_sql(spec: &TableSpec) -> String {
-    format!(
-        "SELECT MAX({}) FROM {}",
-        quote_ident(&spec.id_column),
-        spec.target.quoted()
-    )
 }
 
 /// Cuts `range` at the target's newest id. DMS applies changes in commit order, so an id above
@@ -360,7 +352,7 @@ impl Fix for MissingRowsFix {
                 "Read the newest id of {}: ids above it are still on their way (replication lag), not gaps.",
                 spec.target
             ),
-            newest_id_sql(&spec),
+            target_max_id_sql(&spec),
         );
         if let Some(frontier) = found.frontier {
             plan.step(format!(
@@ -549,8 +541,11 @@ mod tests {
         assert_eq!(cut_at_frontier(range, Some(9)), Err(Some(9)));
         assert_eq!(cut_at_frontier(range, None), Err(None));
         let spec = TableSpec::from_config(&table(None)).unwrap();
-        let sql = newest_id_sql(&spec);
-        assert_eq!(sql, "SELECT MAX(\"id\") FROM \"public\".\"orders\"");
+        let sql = target_max_id_sql(&spec);
+        assert_eq!(
+            sql,
+            "SELECT CAST(MAX(\"id\") AS BIGINT) FROM \"public\".\"orders\""
+        );
         dmsguard_pipeline::statement_parser::is_valid_redshift_sql(&sql).unwrap();
     }
 

@@ -13,7 +13,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use dmsguard_lab::harness::LabEnv;
 use dmsguard_pipeline::config::{DatabaseConfig, QualifiedName};
-use dmsguard_pipeline::gap_finder::{GapFinder, IdRange, TableSpec};
+use dmsguard_pipeline::gap_finder::{
+    FingerprintQuery, GapFinder, GapFinderOptions, GapReport, IdRange, TableSpec,
+};
 use futures::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
@@ -47,7 +49,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "dump-and-join,reladiff,count"
+        default_value = "grouped,dump-and-join,reladiff,count"
     )]
     methods: Vec<Method>,
 }
@@ -55,6 +57,8 @@ struct Args {
 /// A method timed against the gap finder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Method {
+    /// The gap finder with Redshift's grouped fingerprint query on both sides.
+    Grouped,
     DumpAndJoin,
     Reladiff,
     Count,
@@ -110,6 +114,14 @@ async fn connect(env: &LabEnv, db: &str) -> anyhow::Result<Client> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // RUST_LOG=dmsguard_pipeline::gap_finder=debug shows each round's time on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let env = LabEnv::from_env();
     let admin = connect(&env, "postgres").await?;
     if args.cleanup {
@@ -270,6 +282,7 @@ impl Case<'_> {
     async fn measure(&self, args: &Args) -> anyhow::Result<Vec<Measurement>> {
         let timed = |m: Method| args.methods.contains(&m);
         let (mut ours, mut dump, mut count) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut grouped, mut grouped_rows, mut grouped_exact) = (Vec::new(), 0, true);
         let (mut ours_rows, mut dump_rows) = (0, 0);
         let (mut ours_exact, mut dump_exact) = (true, true);
         let mut ours_note = String::new();
@@ -285,16 +298,27 @@ impl Case<'_> {
             let report = self.gap_finder().await?;
             ours.push(t.elapsed().as_secs_f64());
             ours_rows = report.stats.rows_transferred;
-            ours_exact &= report
-                .missing
-                .iter()
-                .copied()
-                .eq(self.expected.iter().copied())
-                && report.extra.is_empty();
+            ours_exact &= self.is_exact(&report);
             ours_note = format!(
-                "{} queries, {} rounds",
-                report.stats.queries, report.stats.rounds
+                "{} queries, {} rounds, fingerprints {:?}/{:?}",
+                report.stats.queries,
+                report.stats.rounds,
+                report.stats.source_query,
+                report.stats.target_query
             );
+
+            if timed(Method::Grouped) {
+                let options = GapFinderOptions {
+                    source_query: FingerprintQuery::Grouped,
+                    target_query: FingerprintQuery::Grouped,
+                    ..GapFinderOptions::default()
+                };
+                let t = Instant::now();
+                let report = self.gap_finder_with(options).await?;
+                grouped.push(t.elapsed().as_secs_f64());
+                grouped_rows = report.stats.rows_transferred;
+                grouped_exact &= self.is_exact(&report);
+            }
 
             if timed(Method::DumpAndJoin) {
                 let t = Instant::now();
@@ -311,6 +335,15 @@ impl Case<'_> {
             exact: ours_exact,
             note: ours_note,
         }];
+        if timed(Method::Grouped) {
+            out.push(Measurement {
+                method: "gap finder, grouped",
+                seconds: median(grouped),
+                rows_moved: Some(grouped_rows),
+                exact: grouped_exact,
+                note: "Redshift's fingerprint query (GROUP BY) on both sides".to_owned(),
+            });
+        }
         if timed(Method::DumpAndJoin) {
             out.push(Measurement {
                 method: "dump-and-join",
@@ -355,10 +388,23 @@ impl Case<'_> {
         }
     }
 
-    async fn gap_finder(&self) -> anyhow::Result<dmsguard_pipeline::gap_finder::GapReport> {
-        Ok(GapFinder::default()
+    async fn gap_finder(&self) -> anyhow::Result<GapReport> {
+        self.gap_finder_with(GapFinderOptions::default()).await
+    }
+
+    async fn gap_finder_with(&self, options: GapFinderOptions) -> anyhow::Result<GapReport> {
+        Ok(GapFinder::new(options)?
             .find(self.source, self.target, &self.spec(), self.range)
             .await?)
+    }
+
+    fn is_exact(&self, report: &GapReport) -> bool {
+        report
+            .missing
+            .iter()
+            .copied()
+            .eq(self.expected.iter().copied())
+            && report.extra.is_empty()
     }
 
     async fn count_both(&self) -> anyhow::Result<()> {
