@@ -1,8 +1,8 @@
 //! Gap finder: ids missing from (or extra in) a replicated table, at a cost that grows with the gaps.
 //!
-//! Both sides answer the same grouped query: per bucket of ids, the row count, the sum of ids
-//! and the sum of a nonlinear hash of the ids. Buckets whose fingerprints agree are done; those
-//! that differ are split into narrower buckets on the next round, or, once narrow (or dense in
+//! Both sides report the same fingerprint per bucket of ids: the row count, the sum of the ids'
+//! offsets in the bucket and the sum of a nonlinear hash of the ids. Buckets whose fingerprints
+//! agree are done; those that differ are split into narrower buckets on the next round, or, once narrow (or dense in
 //! differences), read on both sides as bitmaps of 32 ids a row and compared bit by bit. The
 //! first round reads the whole range once (one scan per side, like a `count(*)`); every later
 //! round reads only the differing buckets through range predicates on the id, so the rows moved
