@@ -2,11 +2,11 @@
 //!
 //! Both sides report the same fingerprint per bucket of ids: the row count, the sum of the ids'
 //! offsets in the bucket and the sum of a nonlinear hash of the ids. Buckets whose fingerprints
-//! agree are done; those that differ are split into narrower buckets on the next round, or, once narrow (or dense in
-//! differences), read on both sides as bitmaps of 32 ids a row and compared bit by bit. The
-//! first round reads the whole range once (one scan per side, like a `count(*)`); every later
-//! round reads only the differing buckets through range predicates on the id, so the rows moved
-//! grow with the gaps, not with the table.
+//! agree are done; those that differ are split into narrower buckets on the next round, or,
+//! once narrow (or dense in differences), read on both sides as bitmaps of 32 ids a row and
+//! compared bit by bit. The first round reads the whole range once (one scan per side, like a
+//! `count(*)`); every later round reads only the differing buckets through range predicates on
+//! the id, so the rows moved grow with the gaps, not with the table.
 //!
 //! Each side computes fingerprints the way its engine does best ([`FingerprintQuery`]):
 //! Redshift with one `GROUP BY` over range scans; PostgreSQL, whose `GROUP BY` hashes every

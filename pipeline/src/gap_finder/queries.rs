@@ -180,8 +180,7 @@ fn parse_sum(text: &str, side: Side) -> Result<i128, GapError> {
 }
 
 /// `SELECT columns FROM table WHERE id in range`, one branch per range, joined by `UNION ALL`;
-/// the ranges' bounds are appended to `params`, and `columns` gets the number of the branch's
-/// lower bound parameter.
+/// the ranges' bounds are appended to `params`.
 ///
 /// A lone range is cut in two: PostgreSQL then plans a (parallel) append, and groups on a
 /// column of a `UNION ALL` get its default estimate of a few hundred groups. Over a plain scan
@@ -192,7 +191,7 @@ fn branches(
     id: &str,
     ranges: &[IdRange],
     params: &mut Vec<i64>,
-    columns: impl Fn(usize) -> String,
+    columns: &str,
 ) -> String {
     let halves;
     let ranges = match ranges {
@@ -218,7 +217,6 @@ fn branches(
             params.push(r.lo);
             params.push(r.hi);
             let (lo, hi) = (params.len() - 1, params.len());
-            let columns = columns(lo);
             format!("SELECT {columns} FROM {table} WHERE {id} >= ${lo} AND {id} <= ${hi}")
         })
         .collect();
@@ -237,13 +235,11 @@ pub(crate) fn group_sql(table: &str, id: &str, query: &GroupQuery) -> (String, V
     // `max_span_per_query`, 2^31) and the hash below the prime, so both fit; sums of integers
     // keep a plain bigint state (PostgreSQL's bigint sums keep a 128-bit one per group, and
     // spill sooner).
-    let columns = |_| {
-        format!(
-            "({x} - $1) / $2 AS bucket, CAST(({x} - $1) % $2 AS INTEGER) AS x, \
-             CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER) AS h"
-        )
-    };
-    let ids = branches(table, id, &query.ranges, &mut params, columns);
+    let columns = format!(
+        "({x} - $1) / $2 AS bucket, CAST(({x} - $1) % $2 AS INTEGER) AS x, \
+         CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER) AS h"
+    );
+    let ids = branches(table, id, &query.ranges, &mut params, &columns);
     let sql = format!(
         "SELECT bucket, COUNT(*) AS n, CAST(SUM(x) AS VARCHAR(40)) AS s, \
          CAST(SUM(h) AS VARCHAR(40)) AS h FROM ({ids}) AS ids GROUP BY bucket"
@@ -295,13 +291,11 @@ pub(crate) fn per_bucket_sql(table: &str, id: &str, query: &GroupQuery) -> (Stri
 pub(crate) fn bitmap_sql(table: &str, id: &str, query: &BitmapQuery) -> (String, Vec<i64>) {
     let mut params = vec![query.anchor];
     let offset = format!("(CAST({id} AS BIGINT) - $1)");
-    let columns = |_| {
-        format!(
-            "{offset} / {WORD_BITS} AS word, CAST(POWER(CAST(2 AS DOUBLE PRECISION), \
-             CAST({offset} % {WORD_BITS} AS INTEGER)) AS BIGINT) AS bit"
-        )
-    };
-    let ids = branches(table, id, &query.ranges, &mut params, columns);
+    let columns = format!(
+        "{offset} / {WORD_BITS} AS word, CAST(POWER(CAST(2 AS DOUBLE PRECISION), \
+         CAST({offset} % {WORD_BITS} AS INTEGER)) AS BIGINT) AS bit"
+    );
+    let ids = branches(table, id, &query.ranges, &mut params, &columns);
     let sql = format!("SELECT word, BIT_OR(bit) AS bits FROM ({ids}) AS ids GROUP BY word");
     (sql, params)
 }
