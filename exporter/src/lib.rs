@@ -15,6 +15,7 @@ use axum::routing::get;
 use axum::Router;
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::Config;
+use dmsguard_pipeline::frontier::ProgressBoard;
 use dmsguard_pipeline::service::{self, LogFormat};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -92,6 +93,8 @@ impl Exporter {
         let board = &self.state.board;
         let probe_metrics = || self.metrics.probes.clone();
         let mut handles = Vec::new();
+        // CloudWatch's target latency tells the gaps probe how far replication has got.
+        let progress = ProgressBoard::default();
         let off = |name: ProbeName, reason: &str| {
             tracing::info!(probe = %name, reason, "Probe not started.");
             board.disabled(name, reason);
@@ -117,6 +120,7 @@ impl Exporter {
                 self.aws.cloudwatch.clone(),
                 self.aws.dms.clone(),
                 self.metrics.cloudwatch.clone(),
+                progress.clone(),
             );
             handles.push(probes::spawn(
                 probe,
@@ -138,7 +142,7 @@ impl Exporter {
         } else if c.tables.is_empty() {
             off(ProbeName::Gaps, "no [[tables]] configured");
         } else {
-            let probe = GapsProbe::new(c.clone(), self.metrics.gaps.clone())
+            let probe = GapsProbe::new(c.clone(), self.metrics.gaps.clone(), progress)
                 .context("configuring the gaps probe")?;
             handles.push(probes::spawn(
                 probe,

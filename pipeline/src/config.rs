@@ -62,6 +62,12 @@ pub struct Config {
     /// Settings of `dmsguard-remediator`.
     #[serde(default)]
     pub remediator: RemediatorConfig,
+    /// When a source row must have reached Redshift (replication progress).
+    #[serde(default)]
+    pub frontier: crate::frontier::FrontierConfig,
+    /// The calendar of day windows; for tests and demos only.
+    #[serde(default)]
+    pub clock: crate::clock::ClockConfig,
 }
 
 /// A PostgreSQL-protocol database connection.

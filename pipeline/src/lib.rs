@@ -2,10 +2,12 @@
 
 pub mod aws;
 pub mod catalogue;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod ddl;
 pub mod dms_tasks;
+pub mod frontier;
 pub mod gap_finder;
 pub mod maintenance;
 pub mod secret;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy};
 use dmsguard_pipeline::config::Config;
+use dmsguard_pipeline::frontier::{progress_from_datapoint, ProgressBoard, LATENCY_STATISTIC};
 
 use super::dms::{describe_tasks, resource_id};
 use super::{Probe, ProbeError};
@@ -23,8 +24,6 @@ pub const INSTANCE_DIMENSION: &str = "ReplicationInstanceIdentifier";
 pub const TASK_DIMENSION: &str = "ReplicationTaskIdentifier";
 /// GetMetricData accepts at most this many queries per request.
 const MAX_QUERIES_PER_REQUEST: usize = 500;
-/// Aggregation period asked for, in seconds (DMS publishes every minute or more often).
-const PERIOD_SECONDS: i32 = 60;
 
 /// What one query of the batch reads.
 #[derive(Debug, Clone)]
@@ -61,6 +60,7 @@ pub struct CloudWatchProbe {
     dms: aws_sdk_databasemigration::Client,
     resource_ids: HashMap<String, String>,
     metrics: CloudWatchMetrics,
+    progress: ProgressBoard,
 }
 
 impl CloudWatchProbe {
@@ -69,6 +69,7 @@ impl CloudWatchProbe {
         cloudwatch: aws_sdk_cloudwatch::Client,
         dms: aws_sdk_databasemigration::Client,
         metrics: CloudWatchMetrics,
+        progress: ProgressBoard,
     ) -> Self {
         Self {
             config,
@@ -76,6 +77,7 @@ impl CloudWatchProbe {
             dms,
             resource_ids: HashMap::new(),
             metrics,
+            progress,
         }
     }
 
@@ -161,14 +163,14 @@ impl CloudWatchProbe {
             let data_queries: Vec<MetricDataQuery> = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, (_, metric))| {
+                .map(|(i, (target, metric))| {
                     MetricDataQuery::builder()
                         .id(query_id(offset + i))
                         .metric_stat(
                             MetricStat::builder()
                                 .metric(metric.clone())
-                                .period(PERIOD_SECONDS)
-                                .stat("Average")
+                                .period(self.config.frontier.period_seconds())
+                                .stat(statistic(target.metric()))
                                 .build(),
                         )
                         .return_data(true)
@@ -240,6 +242,11 @@ impl CloudWatchProbe {
                     }
                 }
                 Target::Task { task, metric } => {
+                    if let (CloudWatchMetric::CdcLatencyTarget, Some((t, v))) = (metric, point) {
+                        if let Some(start) = chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()) {
+                            self.progress.record(task, progress_from_datapoint(start, *v));
+                        }
+                    }
                     let labels = TaskLabels { task: task.clone() };
                     if let Some(family) = self.metrics.task_family(*metric) {
                         match point {
@@ -283,6 +290,15 @@ impl Probe for CloudWatchProbe {
         let latest = self.fetch(&targets).await?;
         self.export(&targets, &latest);
         Ok(())
+    }
+}
+
+/// The statistic a metric is read with: target latency with the frontier's (the worst of the
+/// period, see `dmsguard_pipeline::frontier`), the others averaged.
+fn statistic(metric: CloudWatchMetric) -> &'static str {
+    match metric {
+        CloudWatchMetric::CdcLatencyTarget => LATENCY_STATISTIC,
+        _ => "Average",
     }
 }
 

@@ -1,10 +1,14 @@
 //! Counts ids missing in the target per table and UTC day, and the newest replicated id's lag,
-//! with the gap finder (`dmsguard_pipeline::gap_finder`).
+//! with the gap finder (`dmsguard_pipeline::gap_finder`). Only ids replication has passed are
+//! judged (`dmsguard_pipeline::frontier`): a quiet table's dropped newest rows are found, and
+//! rows still on their way are not counted.
 
 use std::sync::Arc;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use dmsguard_pipeline::config::{quote_ident, Config, DatabaseConfig};
+use dmsguard_pipeline::clock::Clock;
+use dmsguard_pipeline::config::{Config, DatabaseConfig};
+use dmsguard_pipeline::frontier::{FrontierConfig, IdSamples, ProgressBoard};
 use dmsguard_pipeline::gap_finder::{self, GapFinder, TableSpec};
 use tokio_postgres::Client;
 
@@ -18,6 +22,10 @@ struct GapTable {
     label: String,
     spec: TableSpec,
     day_column: Option<String>,
+    /// The task replicating it: its progress is the table's.
+    task: Option<String>,
+    /// The source's newest id over time.
+    samples: IdSamples,
 }
 
 /// The gaps probe: per configured table, missing ids today and yesterday, and the id lag.
@@ -29,10 +37,17 @@ pub struct GapsProbe {
     target: Option<Client>,
     finder: GapFinder,
     metrics: GapMetrics,
+    progress: ProgressBoard,
+    frontier: FrontierConfig,
+    clock: Clock,
 }
 
 impl GapsProbe {
-    pub fn new(config: Arc<Config>, metrics: GapMetrics) -> Result<Self, ProbeError> {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: GapMetrics,
+        progress: ProgressBoard,
+    ) -> Result<Self, ProbeError> {
         let tables = config
             .tables
             .iter()
@@ -41,6 +56,8 @@ impl GapsProbe {
                     label: t.source.clone(),
                     spec: TableSpec::from_config(t)?,
                     day_column: t.day_column.clone(),
+                    task: t.task.clone(),
+                    samples: IdSamples::default(),
                 })
             })
             .collect::<Result<_, ProbeError>>()?;
@@ -52,6 +69,9 @@ impl GapsProbe {
             target: None,
             finder: GapFinder::default(),
             metrics,
+            progress,
+            frontier: config.frontier.clone(),
+            clock: Clock::from_config(&config.clock),
         })
     }
 
@@ -70,18 +90,14 @@ impl GapsProbe {
         let (Some(source), Some(target)) = (&self.source, &self.target) else {
             return Err(ProbeError::Invalid("not connected".to_owned()));
         };
-        let today = Utc::now().date_naive();
-        for table in &self.tables {
-            let id = quote_ident(&table.spec.id_column);
-            let max_sql = |name: String| format!("SELECT max({id}) FROM {name}");
-            let source_sql = max_sql(table.spec.source.quoted());
-            let target_sql = max_sql(table.spec.target.quoted());
+        let today = self.clock.today();
+        for table in &mut self.tables {
+            let seen = Utc::now();
             let (s, t) = tokio::join!(
-                source.query_one(&source_sql, &[]),
-                target.query_one(&target_sql, &[]),
+                gap_finder::source_max_id(source, &table.spec),
+                gap_finder::target_max_id(target, &table.spec),
             );
-            let source_max: Option<i64> = s?.get(0);
-            let target_max: Option<i64> = t?.get(0);
+            let (source_max, target_max) = (s?, t?);
             let lag = source_max.unwrap_or(0) - target_max.unwrap_or(0);
             self.metrics
                 .max_id_lag
@@ -89,16 +105,28 @@ impl GapsProbe {
                     table: table.label.clone(),
                 })
                 .set(lag);
+            if let Some(max) = source_max {
+                table.samples.record(seen, max);
+            }
+            // A table with a task follows that task's progress only: while the task is stopped
+            // DMS publishes no latency and nothing written since may be judged.
+            let progress = match &table.task {
+                Some(task) => self.progress.get(task),
+                None => Some(self.frontier.fallback_progress(Utc::now())),
+            };
+            let Some(frontier) = progress.and_then(|p| table.samples.frontier(&self.frontier, p))
+            else {
+                tracing::debug!(table = %table.label, "No settled id yet: gaps not judged.");
+                continue;
+            };
             let Some(day_column) = &table.day_column else {
                 continue;
             };
             for window in DayWindow::ALL {
                 let day = today - ChronoDuration::days(window.days_back());
-                // Ids above the target's newest are in flight (lag), not missing.
                 let range =
                     gap_finder::id_range_for_day(source, &table.spec, day_column, day).await?;
-                let range = range.zip(target_max).and_then(|(r, max)| r.up_to(max));
-                let (missing, extra) = match range {
+                let (missing, extra) = match range.and_then(|r| r.up_to(frontier)) {
                     Some(range) => {
                         let report = self.finder.find(source, target, &table.spec, range).await?;
                         (report.missing.len(), report.extra.len())

@@ -499,8 +499,8 @@ pub fn target_max_id_sql(table: &TableSpec) -> String {
     )
 }
 
-/// The target's newest id, `None` when it is empty. Rows above it are still on their way, so
-/// the gap metrics and the repair only look at ids up to it.
+/// The target's newest id, `None` when it is empty (the `table_max_id_lag` gauge). It is no
+/// frontier: a quiet table whose newest rows DMS dropped ends below them.
 pub async fn target_max_id(target: &Client, table: &TableSpec) -> Result<Option<i64>, GapError> {
     let query_error = |source| GapError::Query {
         side: Side::Target,
@@ -510,6 +510,22 @@ pub async fn target_max_id(target: &Client, table: &TableSpec) -> Result<Option<
         .query_one(&target_max_id_sql(table), &[])
         .await
         .map_err(query_error)?;
+    row.try_get(0).map_err(query_error)
+}
+
+/// The source's newest id, `None` when the table is empty: sampled over time, it tells which
+/// ids replication has passed (see [`crate::frontier`]).
+pub async fn source_max_id(source: &Client, table: &TableSpec) -> Result<Option<i64>, GapError> {
+    let sql = format!(
+        "SELECT CAST(MAX({}) AS BIGINT) FROM {}",
+        crate::config::quote_ident(&table.id_column),
+        table.source.quoted()
+    );
+    let query_error = |source| GapError::Query {
+        side: Side::Source,
+        source,
+    };
+    let row = source.query_one(&sql, &[]).await.map_err(query_error)?;
     row.try_get(0).map_err(query_error)
 }
 

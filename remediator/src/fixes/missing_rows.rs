@@ -7,15 +7,22 @@
 //! A day maps to ids through the table's `day_column`; a table without one is checked over its
 //! whole id range.
 //!
-//! The search stops at the target's newest id: above it, rows are still on their way from DMS
-//! (replication lag, not gaps), and inserting them would race DMS's own INSERT into a duplicate.
+//! Only rows replication has passed are judged (`dmsguard_pipeline::frontier`): the fix reads
+//! the window's ids and the source's newest id, then waits until the table's task has applied
+//! every change committed before that moment plus `[frontier] margin` (its CloudWatch target
+//! latency says so), and only then compares. A row still on its way is never inserted (that
+//! would race DMS's own INSERT into a duplicate), and a quiet table's last rows, which no newer
+//! row will ever follow, are found all the same.
 
-use chrono::{Duration as Days, NaiveDate, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as Days, NaiveDate, Utc};
+use dmsguard_pipeline::clock::Clock;
 use dmsguard_pipeline::catalogue::{Catalogue, SourceTable};
 use dmsguard_pipeline::config::{Config, FixName, QualifiedName, TableConfig};
+use dmsguard_pipeline::frontier::task_progress;
 use dmsguard_pipeline::gap_finder::{
-    id_range_for_day, id_range_of_tables, target_max_id, target_max_id_sql, GapFinder, IdRange,
-    TableSpec,
+    id_range_for_day, id_range_of_tables, source_max_id, GapFinder, IdRange, TableSpec,
 };
 use dmsguard_pipeline::type_translator::{fetch_source_rows, TranslatedRow, Translator};
 use serde_json::{json, Value};
@@ -124,45 +131,30 @@ pub(crate) fn job_table<'c>(config: &'c Config, job: &Job) -> Result<&'c TableCo
 
 /// What one search found.
 struct Search {
-    /// The ids searched: the window, cut at the target's newest id.
+    /// The ids searched: the window, cut at the source's newest id when it was read.
     range: Option<IdRange>,
     missing: Vec<i64>,
     extra: usize,
-    /// The target's newest id, when the window reaches past it: ids above are still on their
-    /// way (replication lag), not gaps.
+    /// The source's newest id when the window was read: the ids judged.
     frontier: Option<i64>,
 }
 
-impl Search {
-    fn nothing(frontier: Option<i64>) -> Self {
-        Self {
-            range: None,
-            missing: Vec::new(),
-            extra: 0,
-            frontier,
-        }
-    }
+/// The window's ids as the source has them now, cut at its newest id, and when they were read.
+struct Sighting {
+    range: Option<IdRange>,
+    frontier: Option<i64>,
+    seen: DateTime<Utc>,
 }
 
-/// Cuts `range` at the target's newest id. DMS applies changes in commit order, so an id above
-/// the newest one the target holds has not been applied yet: inserting it would race DMS's own
-/// INSERT and duplicate the row. `Err` carries the newest id when the whole range is above it.
-fn cut_at_frontier(
-    range: IdRange,
-    newest: Option<i64>,
-) -> Result<(IdRange, Option<i64>), Option<i64>> {
-    let max = newest.ok_or(None)?;
-    let cut = range.up_to(max).ok_or(Some(max))?;
-    Ok((cut, (cut != range).then_some(max)))
-}
-
-async fn search(
+async fn sight(
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
     table: &TableConfig,
     spec: &TableSpec,
     window: &Window,
-) -> Result<Search, FixError> {
+) -> Result<Sighting, FixError> {
+    let seen = Utc::now();
+    let newest = source_max_id(source, spec).await?;
     let range = match window {
         Window::Ids(range) => Some(*range),
         Window::Day(day) => {
@@ -171,13 +163,67 @@ async fn search(
         }
         Window::Whole => id_range_of_tables(source, target, spec).await?,
     };
-    let Some(range) = range else {
-        return Ok(Search::nothing(None));
+    Ok(Sighting {
+        range: range.zip(newest).and_then(|(r, max)| r.up_to(max)),
+        frontier: newest,
+        seen,
+    })
+}
+
+/// Waits until replication of `table` has passed `seen` plus the margin; the progress reached.
+async fn wait_settled(
+    ctx: &FixContext,
+    table: &TableConfig,
+    seen: DateTime<Utc>,
+) -> Result<DateTime<Utc>, FixError> {
+    let frontier = &ctx.config().frontier;
+    let task = match &table.task {
+        Some(name) => Some(ctx.config().task(name).ok_or_else(|| {
+            FixError::Input(format!("task `{name}` of {} is not in [[tasks]]", table.source))
+        })?),
+        None => None,
     };
-    let newest = target_max_id(target, spec).await?;
-    let (range, frontier) = match cut_at_frontier(range, newest) {
-        Ok(cut) => cut,
-        Err(frontier) => return Ok(Search::nothing(frontier)),
+    let poll = (frontier.cloudwatch_period / 4).clamp(Duration::from_millis(200), Duration::from_secs(15));
+    let lookback = (frontier.cloudwatch_period * 4).max(Duration::from_secs(600));
+    let started = tokio::time::Instant::now();
+    loop {
+        let progress = match task {
+            Some(task) => task_progress(ctx.aws(), frontier, task, lookback).await?,
+            None => Some(frontier.fallback_progress(Utc::now())),
+        };
+        if let Some(p) = progress.filter(|p| frontier.settled(seen, *p)) {
+            return Ok(p);
+        }
+        if started.elapsed() >= frontier.wait {
+            let whose = task.map_or_else(
+                || "the assumed latency (no task configured)".to_owned(),
+                |t| format!("task {} (CloudWatch CDCLatencyTarget)", t.name),
+            );
+            let reached = progress.map_or_else(|| "no datapoint".to_owned(), |p| p.to_rfc3339());
+            return Err(FixError::NotSettled(format!(
+                "replication of {} has not applied the changes committed before {} within {:?}: progress of {whose}: {reached}",
+                table.source,
+                (seen + Days::from_std(frontier.margin).unwrap_or(Days::zero())).to_rfc3339(),
+                frontier.wait
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+async fn search(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    spec: &TableSpec,
+    sighting: &Sighting,
+) -> Result<Search, FixError> {
+    let Some(range) = sighting.range else {
+        return Ok(Search {
+            range: None,
+            missing: Vec::new(),
+            extra: 0,
+            frontier: sighting.frontier,
+        });
     };
     let report = GapFinder::default()
         .find(source, target, spec, range)
@@ -186,7 +232,7 @@ async fn search(
         range: Some(range),
         missing: report.missing,
         extra: report.extra.len(),
-        frontier,
+        frontier: sighting.frontier,
     })
 }
 
@@ -323,11 +369,13 @@ impl Fix for MissingRowsFix {
 
     async fn plan(&self, ctx: &FixContext, job: &Job) -> Result<Plan, FixError> {
         let table = job_table(ctx.config(), job)?;
-        let window = window(&job.labels, table, Utc::now().date_naive())?;
+        let window = window(&job.labels, table, Clock::from_config(&ctx.config().clock).today())?;
         let spec = TableSpec::from_config(table)?;
         let source = ctx.connect_source().await?;
         let target = ctx.connect_redshift().await?;
-        let found = search(&source, &target, table, &spec, &window).await?;
+        // The plan does not wait for replication: rows still on their way may be listed.
+        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let found = search(&source, &target, &spec, &sighting).await?;
         let copier = RowCopier::load(&source, &target, table).await?;
         let batch = ctx.config().remediator.insert_batch_rows;
         let mut plan = Plan::new(format!(
@@ -347,18 +395,19 @@ impl Fix for MissingRowsFix {
             .insert("missing".into(), ids_fact(&found.missing));
         plan.facts.insert("extra".into(), json!(found.extra));
         plan.facts.insert("frontier".into(), json!(found.frontier));
-        plan.sql_step(
-            format!(
-                "Read the newest id of {}: ids above it are still on their way (replication lag), not gaps.",
-                spec.target
+        let margin = ctx.config().frontier.margin;
+        plan.step(match &table.task {
+            Some(task) => format!(
+                "Read the window's ids and the newest id of {} now, then wait until task {task} has applied every change committed before now + {margin:?} (CloudWatch CDCLatencyTarget), at most {:?}: later ids are left to DMS.",
+                spec.source, ctx.config().frontier.wait
             ),
-            target_max_id_sql(&spec),
-        );
-        if let Some(frontier) = found.frontier {
-            plan.step(format!(
-                "Leave ids above {frontier} (the newest in {}) to DMS: inserting them would race its own INSERT.",
-                spec.target
-            ));
+            None => format!(
+                "Read the window's ids and the newest id of {} now, then wait {:?} (the assumed latency, no task configured) + {margin:?}: later ids are left to DMS.",
+                spec.source, ctx.config().frontier.fallback_latency
+            ),
+        });
+        if !found.missing.is_empty() {
+            plan.step("Ids listed below may still be on their way: the run judges them only after the wait.");
         }
         match found.range {
             None => {
@@ -408,13 +457,17 @@ impl Fix for MissingRowsFix {
         _plan: &Plan,
     ) -> Result<Outcome, FixError> {
         let table = job_table(ctx.config(), job)?;
-        let window = window(&job.labels, table, Utc::now().date_naive())?;
+        let window = window(&job.labels, table, Clock::from_config(&ctx.config().clock).today())?;
         let spec = TableSpec::from_config(table)?;
         let source = ctx.connect_source().await?;
         let mut target = ctx.connect_redshift().await?;
-        // Search again: the plan may be stale, and the search is cheap next to a repair.
-        let found = search(&source, &target, table, &spec, &window).await?;
+        // Read again: the plan may be stale, and the search is cheap next to a repair.
+        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let progress = wait_settled(ctx, table, sighting.seen).await?;
+        let found = search(&source, &target, &spec, &sighting).await?;
         let mut details = json!({
+            "seen_at": sighting.seen.to_rfc3339(),
+            "replicated_until": progress.to_rfc3339(),
             "table": table.source,
             "window": window.to_string(),
             "id_range": found.range.map(|r| json!({ "from": r.lo, "to": r.hi })),
@@ -530,18 +583,9 @@ mod tests {
     }
 
     #[test]
-    fn windows_stop_at_the_newest_replicated_id() {
-        let range = IdRange { lo: 10, hi: 20 };
-        assert_eq!(cut_at_frontier(range, Some(30)), Ok((range, None)));
-        assert_eq!(cut_at_frontier(range, Some(20)), Ok((range, None)));
-        assert_eq!(
-            cut_at_frontier(range, Some(15)),
-            Ok((IdRange { lo: 10, hi: 15 }, Some(15)))
-        );
-        assert_eq!(cut_at_frontier(range, Some(9)), Err(Some(9)));
-        assert_eq!(cut_at_frontier(range, None), Err(None));
+    fn the_target_max_query_is_valid_redshift() {
         let spec = TableSpec::from_config(&table(None)).unwrap();
-        let sql = target_max_id_sql(&spec);
+        let sql = dmsguard_pipeline::gap_finder::target_max_id_sql(&spec);
         assert_eq!(
             sql,
             "SELECT CAST(MAX(\"id\") AS BIGINT) FROM \"public\".\"orders\""

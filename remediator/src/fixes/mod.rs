@@ -63,6 +63,11 @@ pub enum FixError {
     Insert(#[from] dmsguard_pipeline::type_translator::InsertError),
     #[error("{0}")]
     SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
+    #[error("{0}")]
+    Progress(#[from] dmsguard_pipeline::frontier::ProgressError),
+    /// Replication did not reach the point a fix must wait for.
+    #[error("{0}")]
+    NotSettled(String),
     #[error("fix `{0}` schedules no steps, yet one was due: {1}")]
     UnknownStep(FixName, String),
 }
