@@ -1,15 +1,20 @@
-//! F4 through the whole chain: DMS silently drops rows created yesterday (UTC); the exporter's
-//! gap finder counts them, Prometheus fires `RedshiftMissingRows` (the real rule, window
+//! F4 through the whole chain: DMS silently drops rows created yesterday (UTC), among them the
+//! day's last rows, and nothing writes to the table afterwards; the exporter's gap finder counts
+//! them (its frontier follows replication progress, not the target's newest id, so the quiet
+//! table's last rows count too), Prometheus fires `RedshiftMissingRows` (the real rule, window
 //! `yesterday`), Alertmanager routes it to the remediator, the `missing_rows` fix inserts the
 //! rows from the source, the count goes back to 0, the alert resolves and the target equals
 //! the source row for row.
+//!
+//! The stack's calendar (`[clock] start`) shows noon when it starts, so "yesterday" is the same
+//! day for the seed rows, the exporter and the fix whatever the time of day the test runs.
 
 mod chain_support;
 
 use std::time::Duration;
 
 use chain_support::{ChainLab, TABLE};
-use chrono::{Timelike, Utc};
+use chrono::{Duration as Days, NaiveTime, Utc};
 use dmsguard_lab::harness::eventually;
 use dmsguard_lab::simulator::{Fault, HotRows, Workload, WorkloadConfig};
 
@@ -23,9 +28,15 @@ async fn rows_missing_yesterday_are_inserted_through_the_chain() -> anyhow::Resu
     // A workload writing yesterday's rows all along would keep rows in flight, which the gap
     // finder rightly counts as missing until they arrive.
     let now = Utc::now();
-    let since_midnight = i64::from(now.num_seconds_from_midnight());
-    let backdate = Duration::from_secs(u64::try_from(since_midnight + 12 * 3600)?);
-    let lab = ChainLab::start("chain_f4", |sim| sim.rate = 0, |_| {}).await?;
+    let noon = now.date_naive().and_time(NaiveTime::from_hms_opt(12, 0, 0).expect("noon")).and_utc();
+    // Rows dated yesterday noon on the stack's calendar, then a few seconds later each.
+    let backdate = (now - (noon - Days::days(1))).to_std()?;
+    let lab = ChainLab::start(
+        "chain_f4",
+        |sim| sim.rate = 0,
+        |spec| spec.clock_start = Some(noon),
+    )
+    .await?;
     lab.stack
         .wait_value(MISSING_YESTERDAY, Duration::from_secs(30), |v| v == 0.0)
         .await?;
@@ -41,14 +52,40 @@ async fn rows_missing_yesterday_are_inserted_through_the_chain() -> anyhow::Resu
     .await?;
     let written = burst.stop().await?;
     lab.sim.wait_caught_up(Duration::from_secs(60)).await?;
+
+    // The day's last rows: DMS drops every one of them, and nothing is written afterwards.
+    lab.step("dropping the day's last rows");
+    let dropped_before = lab.sim.stats().dropped_ids().len();
+    lab.sim.set_fault(Fault::DropRows { every: 1 });
+    let mut last = WorkloadConfig::new(lab.dbs.source.clone(), lab.sim.config().tables(), 20);
+    last.created_age = backdate;
+    last.inserts_only = true;
+    let last = Workload::start(last, HotRows::default()).await?;
+    eventually("the last rows dropped", Duration::from_secs(30), || async {
+        Ok((lab.sim.stats().dropped_ids().len() >= dropped_before + 3).then_some(()))
+    })
+    .await?;
+    let written = written + last.stop().await?;
+    lab.sim.wait_caught_up(Duration::from_secs(60)).await?;
     lab.sim.clear_fault();
     let diff = lab.sim.compare_source_target(TABLE).await?;
     let missing = diff.missing_in_target.len();
     lab.step(&format!(
         "{written} changes written, {missing} rows missing in the target"
     ));
-    assert!(missing >= 1, "{diff:?}");
+    assert!(missing >= 4, "{diff:?}");
     assert!(diff.extra_in_target.is_empty() && diff.mismatched.is_empty());
+    let newest: i64 = lab
+        .dbs
+        .source_client()
+        .await?
+        .query_one("SELECT max(id)::bigint FROM public.orders", &[])
+        .await?
+        .get(0);
+    assert!(
+        diff.missing_in_target.contains(&newest),
+        "the table's newest row {newest} is among the missing: {diff:?}"
+    );
 
     let alert = lab
         .stack

@@ -114,8 +114,12 @@ impl GapsProbe {
                 Some(task) => self.progress.get(task),
                 None => Some(self.frontier.fallback_progress(Utc::now())),
             };
-            let Some(frontier) = progress.and_then(|p| table.samples.frontier(&self.frontier, p))
-            else {
+            // An empty source table has nothing to miss.
+            let frontier = match source_max {
+                None => Some(i64::MIN),
+                Some(_) => progress.and_then(|p| table.samples.frontier(&self.frontier, p)),
+            };
+            let Some(frontier) = frontier else {
                 tracing::debug!(table = %table.label, "No settled id yet: gaps not judged.");
                 continue;
             };

@@ -39,6 +39,10 @@ url = "{redshift}"
 password = "{pw}"
 connect_timeout = "2s"
 {aws}
+[frontier]
+margin = "0s"
+fallback_latency = "0s"
+cloudwatch_period = "5s"
 [exporter]
 listen = "127.0.0.1:0"
 [exporter.redshift_statements]

@@ -248,6 +248,9 @@ pub async fn task_status(aws: &AwsClients, task: &str) -> anyhow::Result<(String
     ))
 }
 
+/// Nothing replicates these tables while a test repairs them: every row is settled at once.
+pub const FRONTIER: &str = "[frontier]\nmargin = \"0s\"\nfallback_latency = \"0s\"\n\n";
+
 /// The config file text for `dbs`, `moto` (optional), extra `[redshift]` keys and extra sections.
 pub fn config_text(
     dbs: &TestDatabases,
@@ -264,7 +267,7 @@ pub fn config_text(
         })
         .unwrap_or_default();
     format!(
-        "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n{redshift_extra}\n{aws}{extra}",
+        "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n{redshift_extra}\n{aws}{FRONTIER}{extra}",
         dbs.source.url,
         dbs.redshift.url,
     )

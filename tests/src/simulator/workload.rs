@@ -28,6 +28,8 @@ pub struct WorkloadConfig {
     /// How far in the past new rows' `created_at` lies (0: the last hour; e.g. a day back makes
     /// the rows "yesterday's" for the day-windowed gap metrics and the F4 alert).
     pub created_age: Duration,
+    /// Only INSERTs (no UPDATE or DELETE), e.g. a day's last rows.
+    pub inserts_only: bool,
 }
 
 impl WorkloadConfig {
@@ -38,6 +40,7 @@ impl WorkloadConfig {
             rate,
             tick: Duration::from_millis(100),
             created_age: Duration::ZERO,
+            inserts_only: false,
         }
     }
 }
@@ -251,6 +254,7 @@ async fn run(
         .into_iter()
         .map(|t| TableWriter::new(t, config.created_age))
         .collect();
+    let inserts_only = config.inserts_only;
     if writers.is_empty() || config.rate == 0 {
         return Ok(());
     }
@@ -311,8 +315,12 @@ async fn run(
                 .filter(|(t, _)| *t == dotted)
                 .map(|(_, id)| *id)
                 .collect();
-            let n_ins = (n * INSERT_PERCENT).div_ceil(100);
-            let n_upd = n * UPDATE_PERCENT / 100;
+            let n_ins = if inserts_only {
+                n
+            } else {
+                (n * INSERT_PERCENT).div_ceil(100)
+            };
+            let n_upd = if inserts_only { 0 } else { n * UPDATE_PERCENT / 100 };
             let n_del = n.saturating_sub(n_ins + n_upd);
             let upd_ids = w.sample_ids(&mut rng, n_upd, &hot_ids);
             let del_ids = w.sample_ids(&mut rng, n_del, &hot_ids);

@@ -72,6 +72,8 @@ pub struct StackSpec {
     pub extra_sections: String,
     /// Run the remediator as this binary (`serve`) instead of in this process.
     pub remediator_binary: Option<PathBuf>,
+    /// `[clock] start`: the calendar day windows are computed with, if not the system's.
+    pub clock_start: Option<DateTime<Utc>>,
 }
 
 impl StackSpec {
@@ -97,6 +99,7 @@ impl StackSpec {
             remediator_settings: String::new(),
             extra_sections: String::new(),
             remediator_binary: None,
+            clock_start: None,
         }
     }
 
@@ -128,6 +131,14 @@ impl StackSpec {
             text.push_str(&format!(
                 "[[tables]]\nsource = \"{table}\"\nday_column = \"created_at\"\ntask = \"{task}\"\n\n"
             ));
+        }
+        // The simulator publishes CloudWatch datapoints every second: short periods let the
+        // frontier follow replication within seconds.
+        text.push_str(
+            "[frontier]\nmargin = \"2s\"\ncloudwatch_period = \"5s\"\nwait = \"90s\"\n\n",
+        );
+        if let Some(start) = self.clock_start {
+            text.push_str(&format!("[clock]\nstart = \"{}\"\n\n", start.to_rfc3339()));
         }
         text.push_str(&format!(
             "[exporter]\nlisten = \"{exporter}\"\nstatements_lookback = \"10m\"\n\
