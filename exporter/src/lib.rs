@@ -67,6 +67,7 @@ impl Exporter {
             .with_context(|| format!("binding {}", config.exporter.listen))?;
         let mut registry = Registry::with_prefix(metrics::PREFIX);
         let metrics = Metrics::register(&mut registry);
+        metrics.thresholds.set(&config.remediator);
         let aws = AwsClients::new(&config.aws).await;
         Ok(Self {
             listener,

@@ -55,6 +55,10 @@ pub const TABLE_MISSING_IDS: &str = "table_missing_ids";
 pub const TABLE_EXTRA_IDS: &str = "table_extra_ids";
 /// `dmsguard_table_max_id_lag`
 pub const TABLE_MAX_ID_LAG: &str = "table_max_id_lag";
+/// `dmsguard_config_memory_threshold_bytes`
+pub const CONFIG_MEMORY_THRESHOLD: &str = "config_memory_threshold";
+/// `dmsguard_config_maintenance_stop_before_seconds`
+pub const CONFIG_MAINTENANCE_STOP_BEFORE: &str = "config_maintenance_stop_before";
 /// `dmsguard_redshift_maintenance_next_start_seconds`
 pub const REDSHIFT_MAINTENANCE_NEXT_START: &str = "redshift_maintenance_next_start";
 /// `dmsguard_redshift_maintenance_active`
@@ -613,6 +617,40 @@ impl MaintenanceMetrics {
     }
 }
 
+/// Thresholds of the config the alert rules compare against, so that they are set in one place
+/// (`[remediator]`) and the rules and the fixes follow the same values.
+#[derive(Debug, Clone, Default)]
+pub struct ThresholdMetrics {
+    pub memory_threshold: FloatGauge,
+    pub maintenance_stop_before: FloatGauge,
+}
+
+impl ThresholdMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register_with_unit(
+            CONFIG_MEMORY_THRESHOLD,
+            "remediator.memory_threshold_bytes: DMSInstanceMemoryLow fires below it.",
+            Unit::Bytes,
+            m.memory_threshold.clone(),
+        );
+        registry.register_with_unit(
+            CONFIG_MAINTENANCE_STOP_BEFORE,
+            "remediator.maintenance_stop_before: RedshiftMaintenanceImminent fires this long before a window.",
+            Unit::Seconds,
+            m.maintenance_stop_before.clone(),
+        );
+        m
+    }
+
+    /// Sets the gauges from `config`.
+    pub fn set(&self, config: &dmsguard_pipeline::config::RemediatorConfig) {
+        self.memory_threshold.set(config.memory_threshold_bytes as f64);
+        self.maintenance_stop_before
+            .set(config.maintenance_stop_before.as_secs_f64());
+    }
+}
+
 /// All of the exporter's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -622,6 +660,7 @@ pub struct Metrics {
     pub dms: DmsMetrics,
     pub gaps: GapMetrics,
     pub maintenance: MaintenanceMetrics,
+    pub thresholds: ThresholdMetrics,
 }
 
 impl Metrics {
@@ -633,6 +672,7 @@ impl Metrics {
             dms: DmsMetrics::register(registry),
             gaps: GapMetrics::register(registry),
             maintenance: MaintenanceMetrics::register(registry),
+            thresholds: ThresholdMetrics::register(registry),
         }
     }
 }
