@@ -398,21 +398,32 @@ async fn task_status_state_set_flips_when_the_task_stops() -> anyhow::Result<()>
     dbs.drop().await
 }
 
-/// Source rows: yesterday ids 1..=300, today ids 301..=505 except 400. The target lost
-/// {5, 77, 300} yesterday and {301, 450, 501..=505} today, and has a stray 400.
-async fn seed_gap_tables(dbs: &TestDatabases) -> anyhow::Result<()> {
+/// The calendar day the gap tests seed as "today", with the exporter's `[clock]` showing noon
+/// of it: the windows never straddle a midnight, whenever the test runs.
+fn seeded_today() -> (chrono::NaiveDate, chrono::DateTime<chrono::Utc>) {
+    let today = chrono::Utc::now().date_naive();
+    let noon = today
+        .and_hms_opt(12, 0, 0)
+        .expect("noon")
+        .and_utc();
+    (today, noon)
+}
+
+/// Source rows: yesterday ids 1..=300, today ids 301..=505 except 400 (the day `today`). The
+/// target lost {5, 77, 300} yesterday and {301, 450, 501..=505} today, and has a stray 400.
+async fn seed_gap_tables(dbs: &TestDatabases, today: chrono::NaiveDate) -> anyhow::Result<()> {
     let source = dbs.source_client().await?;
     let target = dbs.redshift_client().await?;
     source
-        .batch_execute(
+        .batch_execute(&format!(
             "CREATE TABLE public.orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, status text);
              INSERT INTO public.orders
-               SELECT i, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 day' + i * interval '1 minute', 'new'
+               SELECT i, TIMESTAMPTZ '{today} 00:00:00+00' - interval '1 day' + i * interval '1 minute', 'new'
                FROM generate_series(1, 300) i;
              INSERT INTO public.orders
-               SELECT i, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + (i - 300) * interval '1 second', 'new'
-               FROM generate_series(301, 505) i WHERE i <> 400;",
-        )
+               SELECT i, TIMESTAMPTZ '{today} 00:00:00+00' + (i - 300) * interval '1 second', 'new'
+               FROM generate_series(301, 505) i WHERE i <> 400;"
+        ))
         .await?;
     target
         .batch_execute(
@@ -437,19 +448,22 @@ fn orders_table() -> TableConfig {
 #[tokio::test]
 async fn missing_ids_equal_the_dropped_rows_per_utc_day() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("exp_gaps").await?;
-    seed_gap_tables(&dbs).await?;
+    let (today, noon) = seeded_today();
+    seed_gap_tables(&dbs, today).await?;
     let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.clock.start = Some(noon);
     config.tables.push(orders_table());
     let exporter = spawn_exporter(config).await?;
     let addr = exporter.addr;
     let w = |window| [("table", "public.orders"), ("window", window)];
     wait_for_value(addr, "dmsguard_table_missing_ids", &w("yesterday"), 3.0).await?;
     let s = scrape(addr).await?;
-    // Today: 301 and 450 are missing; 501..=505, above the target's newest id, are still on
-    // their way (the lag below), not missing.
+    // Today: 301, 450 and 501..=505 are missing. The last five are above the target's newest
+    // id (the lag below), yet nothing replicates this table and its rows are settled
+    // (`fallback_latency = 0s`): a quiet table's newest rows count as missing.
     assert_eq!(
         value(&s, "dmsguard_table_missing_ids", &w("today")),
-        Some(2.0)
+        Some(7.0)
     );
     assert_eq!(
         value(&s, "dmsguard_table_extra_ids", &w("today")),
@@ -548,7 +562,7 @@ async fn success(
 #[tokio::test]
 async fn dead_redshift_fails_only_its_probes_as_prometheus_sees_it() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("exp_dead").await?;
-    seed_gap_tables(&dbs).await?;
+    seed_gap_tables(&dbs, seeded_today().0).await?;
     let moto = Moto::spawn().await?;
     let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
     create_task(&aws, "dms-inst-1", "orders-cdc").await?;
@@ -692,6 +706,34 @@ async fn every_metric_has_help_and_the_landing_page_lists_probes() -> anyhow::Re
         assert!(page.contains(probe), "{probe} on the landing page");
     }
     assert_eq!(get(addr, "/healthz").await?, "ok\n");
+    drop(exporter);
+    dbs.drop().await
+}
+
+/// Rows replication cannot have applied yet are not judged: with an hour of assumed latency
+/// and nothing older, the probe succeeds and reports no missing ids at all.
+#[tokio::test]
+async fn rows_replication_has_not_passed_are_not_judged() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_unsettled").await?;
+    let (today, noon) = seeded_today();
+    seed_gap_tables(&dbs, today).await?;
+    let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.clock.start = Some(noon);
+    config.frontier.fallback_latency = Duration::from_secs(3600);
+    config.tables.push(orders_table());
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    wait_for_value(addr, "dmsguard_probe_success", &[("probe", "gaps")], 1.0).await?;
+    let s = scrape(addr).await?;
+    for window in ["today", "yesterday"] {
+        let labels = [("table", "public.orders"), ("window", window)];
+        assert_eq!(value(&s, "dmsguard_table_missing_ids", &labels), None, "{window}");
+    }
+    // The lag is exported all the same: it needs no frontier.
+    assert_eq!(
+        value(&s, "dmsguard_table_max_id_lag", &[("table", "public.orders")]),
+        Some(5.0)
+    );
     drop(exporter);
     dbs.drop().await
 }

@@ -15,22 +15,59 @@ const FREEABLE: &str =
 
 #[tokio::test]
 async fn leaking_instance_gets_its_tasks_restarted_through_the_chain() -> anyhow::Result<()> {
-    let lab = ChainLab::start("chain_f2", |_| {}, |_| {}).await?;
+    leak_and_restart("chain_f2", None).await
+}
+
+/// `memory_threshold_bytes = 3e9`: the leak stops between 1.5 GB (the default) and 3 GB, so
+/// only a rule that reads the configured threshold fires, and the fix acts on it.
+#[tokio::test]
+async fn the_alert_and_the_fix_follow_the_configured_threshold() -> anyhow::Result<()> {
+    leak_and_restart("chain_f2_threshold", Some(3e9)).await
+}
+
+async fn leak_and_restart(tag: &str, threshold: Option<f64>) -> anyhow::Result<()> {
+    let lab = ChainLab::start(
+        tag,
+        |_| {},
+        |spec| {
+            if let Some(t) = threshold {
+                spec.remediator_settings = format!("memory_threshold_bytes = {t:.0}\n");
+            }
+        },
+    )
+    .await?;
+    let below = threshold.unwrap_or(1.5e9);
+    let exported = lab
+        .stack
+        .wait_value(
+            "dmsguard_config_memory_threshold_bytes",
+            Duration::from_secs(30),
+            |v| v > 0.0,
+        )
+        .await?;
+    assert_eq!(exported, below, "the exporter exports the configured threshold");
     let healthy = lab
         .stack
         .wait_value(FREEABLE, Duration::from_secs(30), |v| v > 4e9)
         .await?;
     lab.step(&format!("freeable memory {healthy:.0} B; injecting a leak"));
+    // Slowly enough, with a threshold of its own, that the leak stops well above 1.5 GB.
     lab.sim.set_fault(Fault::MemoryLeak {
-        bytes_per_second: 1 << 30,
+        bytes_per_second: if threshold.is_some() { 100 << 20 } else { 1 << 30 },
     });
     // Leaked memory stays leaked until the task restarts: stop leaking once it is below the
     // threshold, so only the fix can bring it back.
-    lab.stack
-        .wait_value(FREEABLE, Duration::from_secs(60), |v| v < 1.5e9)
+    let low = lab
+        .stack
+        .wait_value(FREEABLE, Duration::from_secs(60), |v| v < below)
         .await?;
     lab.sim.clear_fault();
-    lab.step("memory below 1.5 GB; leak stopped, leaked memory kept");
+    lab.step(&format!(
+        "memory {low:.0} B below the threshold {below:.0} B; leak stopped, leaked memory kept"
+    ));
+    if threshold.is_some() {
+        assert!(low > 1.5e9, "the leak stopped above the default threshold: {low}");
+    }
 
     let alert = lab
         .stack

@@ -178,7 +178,9 @@ pub fn aws_config(endpoint: &str) -> AwsConfig {
         region: "us-east-1".to_owned(),
         endpoint_url: Some(endpoint.to_owned()),
         max_attempts: 1,
-        timeout: Duration::from_secs(10),
+        // moto answers its first call of a service only once it has imported it: seconds on a
+        // busy machine.
+        timeout: Duration::from_secs(30),
     }
 }
 
