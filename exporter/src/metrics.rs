@@ -645,7 +645,8 @@ impl ThresholdMetrics {
 
     /// Sets the gauges from `config`.
     pub fn set(&self, config: &dmsguard_pipeline::config::RemediatorConfig) {
-        self.memory_threshold.set(config.memory_threshold_bytes as f64);
+        self.memory_threshold
+            .set(config.memory_threshold_bytes as f64);
         self.maintenance_stop_before
             .set(config.maintenance_stop_before.as_secs_f64());
     }

@@ -402,10 +402,7 @@ async fn task_status_state_set_flips_when_the_task_stops() -> anyhow::Result<()>
 /// of it: the windows never straddle a midnight, whenever the test runs.
 fn seeded_today() -> (chrono::NaiveDate, chrono::DateTime<chrono::Utc>) {
     let today = chrono::Utc::now().date_naive();
-    let noon = today
-        .and_hms_opt(12, 0, 0)
-        .expect("noon")
-        .and_utc();
+    let noon = today.and_hms_opt(12, 0, 0).expect("noon").and_utc();
     (today, noon)
 }
 
@@ -727,11 +724,19 @@ async fn rows_replication_has_not_passed_are_not_judged() -> anyhow::Result<()> 
     let s = scrape(addr).await?;
     for window in ["today", "yesterday"] {
         let labels = [("table", "public.orders"), ("window", window)];
-        assert_eq!(value(&s, "dmsguard_table_missing_ids", &labels), None, "{window}");
+        assert_eq!(
+            value(&s, "dmsguard_table_missing_ids", &labels),
+            None,
+            "{window}"
+        );
     }
     // The lag is exported all the same: it needs no frontier.
     assert_eq!(
-        value(&s, "dmsguard_table_max_id_lag", &[("table", "public.orders")]),
+        value(
+            &s,
+            "dmsguard_table_max_id_lag",
+            &[("table", "public.orders")]
+        ),
         Some(5.0)
     );
     drop(exporter);

@@ -107,7 +107,10 @@ impl FrontierConfig {
 
 /// The lower bound on progress a latency datapoint gives: every change committed before
 /// `period_start - max_latency` was applied by the end of the period.
-pub fn progress_from_datapoint(period_start: DateTime<Utc>, max_latency_seconds: f64) -> DateTime<Utc> {
+pub fn progress_from_datapoint(
+    period_start: DateTime<Utc>,
+    max_latency_seconds: f64,
+) -> DateTime<Utc> {
     let millis = (max_latency_seconds.max(0.0) * 1000.0).ceil();
     let latency = if millis.is_finite() && millis < i64::MAX as f64 {
         chrono::Duration::milliseconds(millis as i64)

@@ -31,7 +31,7 @@ fn window_soon() -> String {
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn maintenance_resume_survives_sigkill_through_the_chain() -> anyhow::Result<()> {
     let began = Instant::now();
     let dbs = TestDatabases::create("chain_sigkill").await?;

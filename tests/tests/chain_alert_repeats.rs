@@ -13,7 +13,7 @@ use dmsguard_lab::stack::AlertmanagerTiming;
 
 const DUPLICATES: &str = "dmsguard_remediator_webhooks_total{result=\"duplicate\"}";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeated_alert_makes_one_job_through_the_chain() -> anyhow::Result<()> {
     // The window starts 2-3 minutes from now: the alert fires at once and stays firing.
     let (window, start) = ChainLab::maintenance_window(Duration::from_secs(120));

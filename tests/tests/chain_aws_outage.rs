@@ -15,7 +15,7 @@ fn probe(name: &str) -> String {
     format!("dmsguard_probe_success{{probe=\"{name}\"}}")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aws_outage_is_reported_survived_and_recovered_from() -> anyhow::Result<()> {
     let lab = ChainLab::start_behind_proxy(
         "chain_aws",

@@ -13,7 +13,7 @@ use chrono::Utc;
 use dmsguard_lab::harness::eventually;
 use dmsguard_lab::simulator::Fault;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::Result<()> {
     // Chosen as the stack starts (the simulator is up by then): the window starts on the first
     // whole minute at least 30 s away (the format has minutes) and lasts a minute; the resume

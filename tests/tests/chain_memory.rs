@@ -13,14 +13,14 @@ use dmsguard_lab::simulator::Fault;
 const FREEABLE: &str =
     "dmsguard_dms_instance_freeable_memory_bytes{replication_instance=\"lab-instance\"}";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leaking_instance_gets_its_tasks_restarted_through_the_chain() -> anyhow::Result<()> {
     leak_and_restart("chain_f2", None).await
 }
 
 /// `memory_threshold_bytes = 3e9`: the leak stops between 1.5 GB (the default) and 3 GB, so
 /// only a rule that reads the configured threshold fires, and the fix acts on it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_alert_and_the_fix_follow_the_configured_threshold() -> anyhow::Result<()> {
     leak_and_restart("chain_f2_threshold", Some(3e9)).await
 }
@@ -45,7 +45,10 @@ async fn leak_and_restart(tag: &str, threshold: Option<f64>) -> anyhow::Result<(
             |v| v > 0.0,
         )
         .await?;
-    assert_eq!(exported, below, "the exporter exports the configured threshold");
+    assert_eq!(
+        exported, below,
+        "the exporter exports the configured threshold"
+    );
     let healthy = lab
         .stack
         .wait_value(FREEABLE, Duration::from_secs(30), |v| v > 4e9)
@@ -53,7 +56,11 @@ async fn leak_and_restart(tag: &str, threshold: Option<f64>) -> anyhow::Result<(
     lab.step(&format!("freeable memory {healthy:.0} B; injecting a leak"));
     // Slowly enough, with a threshold of its own, that the leak stops well above 1.5 GB.
     lab.sim.set_fault(Fault::MemoryLeak {
-        bytes_per_second: if threshold.is_some() { 100 << 20 } else { 1 << 30 },
+        bytes_per_second: if threshold.is_some() {
+            100 << 20
+        } else {
+            1 << 30
+        },
     });
     // Leaked memory stays leaked until the task restarts: stop leaking once it is below the
     // threshold, so only the fix can bring it back.
@@ -66,7 +73,10 @@ async fn leak_and_restart(tag: &str, threshold: Option<f64>) -> anyhow::Result<(
         "memory {low:.0} B below the threshold {below:.0} B; leak stopped, leaked memory kept"
     ));
     if threshold.is_some() {
-        assert!(low > 1.5e9, "the leak stopped above the default threshold: {low}");
+        assert!(
+            low > 1.5e9,
+            "the leak stopped above the default threshold: {low}"
+        );
     }
 
     let alert = lab

@@ -21,14 +21,17 @@ use dmsguard_lab::simulator::{Fault, HotRows, Workload, WorkloadConfig};
 const MISSING_YESTERDAY: &str =
     "dmsguard_table_missing_ids{table=\"public.orders\",window=\"yesterday\"}";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_missing_yesterday_are_inserted_through_the_chain() -> anyhow::Result<()> {
     // Yesterday is a finished day: its rows are written in one short burst (dated yesterday
     // between 11:00 and 12:00 UTC) while DMS drops some, then nothing writes to it again.
     // A workload writing yesterday's rows all along would keep rows in flight, which the gap
     // finder rightly counts as missing until they arrive.
     let now = Utc::now();
-    let noon = now.date_naive().and_time(NaiveTime::from_hms_opt(12, 0, 0).expect("noon")).and_utc();
+    let noon = now
+        .date_naive()
+        .and_time(NaiveTime::from_hms_opt(12, 0, 0).expect("noon"))
+        .and_utc();
     // Rows dated yesterday noon on the stack's calendar, then a few seconds later each.
     let backdate = (now - (noon - Days::days(1))).to_std()?;
     let lab = ChainLab::start(

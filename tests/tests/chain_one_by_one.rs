@@ -12,7 +12,7 @@ use chain_support::{ChainLab, TABLE, TASK};
 use dmsguard_lab::harness::eventually;
 use dmsguard_lab::simulator::Fault;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_by_one_mode_is_repaired_through_the_chain() -> anyhow::Result<()> {
     let lab = ChainLab::start("chain_f1", |_| {}, |_| {}).await?;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chain_support::{ChainLab, TASK};
 use dmsguard_lab::simulator::Fault;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_task_is_restarted_through_the_chain() -> anyhow::Result<()> {
     let lab = ChainLab::start("chain_f5", |_| {}, |_| {}).await?;
     assert!(

@@ -243,8 +243,11 @@ impl CloudWatchProbe {
                 }
                 Target::Task { task, metric } => {
                     if let (CloudWatchMetric::CdcLatencyTarget, Some((t, v))) = (metric, point) {
-                        if let Some(start) = chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()) {
-                            self.progress.record(task, progress_from_datapoint(start, *v));
+                        if let Some(start) =
+                            chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+                        {
+                            self.progress
+                                .record(task, progress_from_datapoint(start, *v));
                         }
                     }
                     let labels = TaskLabels { task: task.clone() };

@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Days, NaiveDate, Utc};
-use dmsguard_pipeline::clock::Clock;
 use dmsguard_pipeline::catalogue::{Catalogue, SourceTable};
+use dmsguard_pipeline::clock::Clock;
 use dmsguard_pipeline::config::{Config, FixName, QualifiedName, TableConfig};
 use dmsguard_pipeline::frontier::task_progress;
 use dmsguard_pipeline::gap_finder::{
@@ -179,11 +179,15 @@ async fn wait_settled(
     let frontier = &ctx.config().frontier;
     let task = match &table.task {
         Some(name) => Some(ctx.config().task(name).ok_or_else(|| {
-            FixError::Input(format!("task `{name}` of {} is not in [[tasks]]", table.source))
+            FixError::Input(format!(
+                "task `{name}` of {} is not in [[tasks]]",
+                table.source
+            ))
         })?),
         None => None,
     };
-    let poll = (frontier.cloudwatch_period / 4).clamp(Duration::from_millis(200), Duration::from_secs(15));
+    let poll =
+        (frontier.cloudwatch_period / 4).clamp(Duration::from_millis(200), Duration::from_secs(15));
     let lookback = (frontier.cloudwatch_period * 4).max(Duration::from_secs(600));
     let started = tokio::time::Instant::now();
     loop {
@@ -369,7 +373,11 @@ impl Fix for MissingRowsFix {
 
     async fn plan(&self, ctx: &FixContext, job: &Job) -> Result<Plan, FixError> {
         let table = job_table(ctx.config(), job)?;
-        let window = window(&job.labels, table, Clock::from_config(&ctx.config().clock).today())?;
+        let window = window(
+            &job.labels,
+            table,
+            Clock::from_config(&ctx.config().clock).today(),
+        )?;
         let spec = TableSpec::from_config(table)?;
         let source = ctx.connect_source().await?;
         let target = ctx.connect_redshift().await?;
@@ -457,7 +465,11 @@ impl Fix for MissingRowsFix {
         _plan: &Plan,
     ) -> Result<Outcome, FixError> {
         let table = job_table(ctx.config(), job)?;
-        let window = window(&job.labels, table, Clock::from_config(&ctx.config().clock).today())?;
+        let window = window(
+            &job.labels,
+            table,
+            Clock::from_config(&ctx.config().clock).today(),
+        )?;
         let spec = TableSpec::from_config(table)?;
         let source = ctx.connect_source().await?;
         let mut target = ctx.connect_redshift().await?;

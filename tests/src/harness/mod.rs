@@ -89,7 +89,9 @@ pub async fn install_redshift_standin(client: &Client) -> Result<(), tokio_postg
     client.batch_execute(REDSHIFT_STANDIN_SQL).await
 }
 
-/// A test's own pair of fresh databases: a source and a Redshift stand-in.
+/// A test's own pair of fresh databases: a source and a Redshift stand-in. They are dropped
+/// (with their replication slots) by [`TestDatabases::drop`], or when the last clone goes
+/// away without it (a test that failed early), so that no test leaks a slot into the next.
 #[derive(Debug, Clone)]
 pub struct TestDatabases {
     pub env: LabEnv,
@@ -97,6 +99,76 @@ pub struct TestDatabases {
     pub redshift_name: String,
     pub source: DatabaseConfig,
     pub redshift: DatabaseConfig,
+    cleanup: std::sync::Arc<Cleanup>,
+}
+
+/// Drops a test's databases when the last [`TestDatabases`] clone is dropped, unless
+/// [`TestDatabases::drop`] already did.
+#[derive(Debug)]
+struct Cleanup {
+    env: LabEnv,
+    names: Vec<String>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.done.load(Ordering::SeqCst) {
+            return;
+        }
+        let env = self.env.clone();
+        let names = self.names.clone();
+        // Drop may run inside the test's runtime: clean up on a thread with a runtime of its own.
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(drop_databases(&env, &names))
+        })
+        .join();
+        match cleaned {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("cleaning up test databases {:?}: {e:#}", self.names),
+            Err(_) => eprintln!("cleaning up test databases {:?} panicked", self.names),
+        }
+    }
+}
+
+/// Drops `names` and their replication slots (terminating whoever still uses a slot).
+async fn drop_databases(env: &LabEnv, names: &[String]) -> anyhow::Result<()> {
+    let admin = dmsguard_pipeline::db::connect(&env.database("postgres")).await?;
+    for db in names {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE database = $1 AND active_pid IS NOT NULL",
+                &[db],
+            )
+            .await?;
+        // A terminated walsender releases its slot a moment later.
+        eventually("the slots released", Duration::from_secs(10), || async {
+            admin
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE database = $1 AND active_pid IS NULL",
+                    &[db],
+                )
+                .await?;
+            let left = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                    &[db],
+                )
+                .await?
+                .get::<_, i64>(0);
+            Ok((left == 0).then_some(()))
+        })
+        .await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .await?;
+    }
+    Ok(())
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -128,6 +200,12 @@ impl TestDatabases {
         let admin = dmsguard_pipeline::db::connect(&env.database("postgres"))
             .await
             .map_err(|e| anyhow::anyhow!("{e} (is the lab up? run tests/lab/up)"))?;
+        // From here on a failure drops whatever was created.
+        let cleanup = std::sync::Arc::new(Cleanup {
+            env: env.clone(),
+            names: vec![source_name.clone(), redshift_name.clone()],
+            done: std::sync::atomic::AtomicBool::new(false),
+        });
         for db in [&source_name, &redshift_name] {
             admin
                 .batch_execute(&format!("CREATE DATABASE \"{db}\""))
@@ -139,6 +217,7 @@ impl TestDatabases {
         Ok(Self {
             source: env.database(&source_name),
             redshift,
+            cleanup,
             source_name,
             redshift_name,
             env,
@@ -155,18 +234,8 @@ impl TestDatabases {
 
     /// Drops both databases (and any replication slots on them).
     pub async fn drop(self) -> anyhow::Result<()> {
-        let admin = dmsguard_pipeline::db::connect(&self.env.database("postgres")).await?;
-        for db in [&self.source_name, &self.redshift_name] {
-            admin
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
-                    &[db],
-                )
-                .await?;
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                .await?;
-        }
+        drop_databases(&self.env, &self.cleanup.names).await?;
+        self.cleanup.done.store(true, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -223,10 +292,29 @@ where
     }
 }
 
-/// A free TCP port on loopback (bound then released).
+/// Ports handed out by [`free_port`] in this process: none is handed out twice.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768-60999), so that no outgoing
+/// connection takes a port between the check and the service's own bind.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on loopback for a service a test starts, never one this process handed out
+/// before and never one in the ephemeral range. Another process may still take it; services
+/// started with it check that their child is alive and retry on another port if not.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding a free port on loopback")
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let span = u32::from(PORTS.end - PORTS.start);
+    // Test processes running side by side start at different places.
+    let start = (std::process::id().wrapping_mul(7919) + handed.len() as u32 * 13) % span;
+    for i in 0..span {
+        let port = PORTS.start + ((start + i) % span) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?} on loopback");
 }

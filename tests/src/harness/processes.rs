@@ -7,7 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
-use super::{eventually, free_port, LabEnv};
+use super::{free_port, LabEnv};
+
+enum StartError {
+    /// The child exited before it was ready (e.g. its port was taken): worth another port.
+    Exited(anyhow::Error),
+    Other(anyhow::Error),
+}
 
 /// A service process bound to a loopback port, with its work directory.
 struct Service {
@@ -17,23 +23,49 @@ struct Service {
     log: PathBuf,
 }
 
+/// Attempts at starting a service, each on a new port, when the child exits early (another
+/// process took its port between [`free_port`] and the child's bind).
+const START_ATTEMPTS: u32 = 3;
+
 impl Service {
+    /// Starts `command(port)` on a free port and waits until `ready_path` answers; fails at
+    /// once when the child exits, and tries again on another port (up to [`START_ATTEMPTS`]).
     async fn start(
+        name: &str,
+        mut command: impl FnMut(u16, &std::path::Path) -> Command,
+        ready_path: &str,
+    ) -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let dir = tempfile::tempdir()?;
+            match Self::start_once(name, command(port, dir.path()), port, dir, ready_path).await {
+                Ok(service) => return Ok(service),
+                Err(StartError::Exited(e)) => last = Some(e),
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("{name} did not start")))
+    }
+
+    async fn start_once(
         name: &str,
         mut command: Command,
         port: u16,
         dir: tempfile::TempDir,
         ready_path: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, StartError> {
         let log = dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)?;
+        let out = std::fs::File::create(&log).map_err(|e| StartError::Other(e.into()))?;
+        let err = out.try_clone().map_err(|e| StartError::Other(e.into()))?;
         let child = command
-            .stdout(out.try_clone()?)
+            .stdout(err)
             .stderr(out)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {name} (is the lab installed? run tests/lab/up)"))?;
+            .with_context(|| format!("starting {name} (is the lab installed? run tests/lab/up)"))
+            .map_err(StartError::Other)?;
         let mut service = Self {
             child,
             port,
@@ -42,22 +74,35 @@ impl Service {
         };
         let url = format!("http://127.0.0.1:{port}{ready_path}");
         let http = reqwest::Client::new();
-        let ready = eventually(&format!("{name} ready"), Duration::from_secs(30), || {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                let resp = http.get(&url).send().await?;
-                Ok(resp.status().is_success().then_some(()))
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // The child first: a service that exited cannot be ready, whoever answers the port.
+            if let Ok(Some(status)) = service.child.try_wait() {
+                return Err(StartError::Exited(anyhow::anyhow!(
+                    "{name} exited ({status}) before it was ready on port {port}\n{}",
+                    service.log_tail()
+                )));
             }
-        })
-        .await;
-        if let Err(e) = ready {
-            let _ = service.child.kill().await;
-            let tail = std::fs::read_to_string(&service.log).unwrap_or_default();
-            let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-            anyhow::bail!("{e}\n{name} log (last lines, newest first):\n{tail}");
+            let last = match http.get(&url).send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(service),
+                Ok(resp) => format!("HTTP {}", resp.status()),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                let _ = service.child.kill().await;
+                return Err(StartError::Other(anyhow::anyhow!(
+                    "{name} not ready on port {port} after 30 s: {last}\n{}",
+                    service.log_tail()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(service)
+    }
+
+    fn log_tail(&self) -> String {
+        let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+        format!("log (last lines, newest first):\n{tail}")
     }
 
     fn url(&self) -> String {
@@ -74,13 +119,14 @@ impl Moto {
     pub async fn spawn() -> anyhow::Result<Self> {
         super::ensure_test_credentials();
         let env = LabEnv::from_env();
-        let port = free_port();
-        let dir = tempfile::tempdir()?;
-        let mut cmd = Command::new(&env.moto_python);
-        cmd.arg(&env.moto_launcher)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .current_dir(dir.path());
-        let service = Service::start("moto", cmd, port, dir, "/moto-api/").await?;
+        let command = |port: u16, dir: &std::path::Path| {
+            let mut cmd = Command::new(&env.moto_python);
+            cmd.arg(&env.moto_launcher)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .current_dir(dir);
+            cmd
+        };
+        let service = Service::start("moto", command, "/moto-api/").await?;
         Ok(Self { service })
     }
 
@@ -102,19 +148,23 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus; `config` may reference rule files by absolute path.
     pub async fn spawn(config: &str) -> anyhow::Result<Self> {
-        let port = free_port();
-        let dir = tempfile::tempdir()?;
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config)?;
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--web.enable-lifecycle");
-        let service = Service::start("prometheus", cmd, port, dir, "/-/ready").await?;
+        let command = |port: u16, dir: &std::path::Path| {
+            let config_path = dir.join("prometheus.yml");
+            let mut cmd = Command::new("prometheus");
+            if let Err(e) = std::fs::write(&config_path, config) {
+                // Prometheus then exits naming the missing file; say why too.
+                eprintln!("writing {}: {e}", config_path.display());
+            }
+            cmd.arg(format!("--config.file={}", config_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--web.enable-lifecycle");
+            cmd
+        };
+        let service = Service::start("prometheus", command, "/-/ready").await?;
         Ok(Self { service })
     }
 
@@ -146,19 +196,19 @@ pub struct Alertmanager {
 
 impl Alertmanager {
     pub async fn spawn(config: &str) -> anyhow::Result<Self> {
-        let port = free_port();
-        let dir = tempfile::tempdir()?;
-        let config_path = dir.path().join("alertmanager.yml");
-        std::fs::write(&config_path, config)?;
-        let mut cmd = Command::new("prometheus-alertmanager");
-        cmd.arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=");
-        let service = Service::start("alertmanager", cmd, port, dir, "/-/ready").await?;
+        let command = |port: u16, dir: &std::path::Path| {
+            let config_path = dir.join("alertmanager.yml");
+            if let Err(e) = std::fs::write(&config_path, config) {
+                eprintln!("writing {}: {e}", config_path.display());
+            }
+            let mut cmd = Command::new("prometheus-alertmanager");
+            cmd.arg(format!("--config.file={}", config_path.display()))
+                .arg(format!("--storage.path={}", dir.join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--cluster.listen-address=");
+            cmd
+        };
+        let service = Service::start("alertmanager", command, "/-/ready").await?;
         Ok(Self { service })
     }
 

@@ -320,7 +320,11 @@ async fn run(
             } else {
                 (n * INSERT_PERCENT).div_ceil(100)
             };
-            let n_upd = if inserts_only { 0 } else { n * UPDATE_PERCENT / 100 };
+            let n_upd = if inserts_only {
+                0
+            } else {
+                n * UPDATE_PERCENT / 100
+            };
             let n_del = n.saturating_sub(n_ins + n_upd);
             let upd_ids = w.sample_ids(&mut rng, n_upd, &hot_ids);
             let del_ids = w.sample_ids(&mut rng, n_del, &hot_ids);

@@ -352,14 +352,40 @@ impl Stack {
             }
         };
         let url = format!("http://{}/healthz", self.remediator_addr);
-        eventually("the remediator healthy", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move {
-                let r = reqwest::get(&url).await;
-                Ok(r.ok().filter(|r| r.status().is_success()).map(|_| ()))
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // A remediator that exited will never be healthy, whoever answers its port.
+            match &mut self.remediator {
+                RemediatorRun::Process(child) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        anyhow::bail!(
+                            "the remediator exited ({status}) before it was healthy:\n{}",
+                            self.remediator_log(self.remediator_starts)
+                        );
+                    }
+                }
+                RemediatorRun::InProcess(handle) if handle.is_finished() => {
+                    let RemediatorRun::InProcess(handle) =
+                        std::mem::replace(&mut self.remediator, RemediatorRun::Down)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let ended = handle.await.context("the remediator task")?;
+                    anyhow::bail!("the remediator stopped before it was healthy: {ended:?}");
+                }
+                _ => {}
             }
-        })
-        .await
+            let last = match reqwest::get(&url).await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the remediator not healthy after 30 s: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// SIGKILLs the remediator binary (no shutdown, no cleanup).
@@ -529,48 +555,52 @@ impl Stack {
     }
 
     /// Waits until a job of `fix` ends with `outcome` (`succeeded`, `failed`, …); returns it.
-    /// Fails at once if a job of `fix` ends otherwise.
+    /// Fails at once if a job of `fix` fails (unless `failed` is what it waits for).
     pub async fn wait_job(
         &self,
         fix: &str,
         outcome: &str,
         deadline: Duration,
     ) -> anyhow::Result<JobRecord> {
-        eventually(&format!("a {fix} job {outcome}"), deadline, || async {
+        let job = eventually(&format!("a {fix} job {outcome}"), deadline, || async {
             let jobs = self.jobs().await?;
             let mine: Vec<&JobRecord> = jobs.iter().filter(|j| j.fix == fix).collect();
             if let Some(job) = mine.iter().find(|j| j.outcome.as_deref() == Some(outcome)) {
-                return Ok(Some((*job).clone()));
+                return Ok(Some(Ok((*job).clone())));
             }
-            match mine.iter().find(|j| j.outcome.is_some()) {
-                Some(other) => Err(anyhow::anyhow!(
-                    "job {} ended {:?}: {:?} {:?}",
-                    other.id,
-                    other.outcome,
-                    other.summary,
-                    other.error
-                )),
-                None => {
-                    let webhooks = self
-                        .prometheus
-                        .query("dmsguard_remediator_webhooks_total > 0")
-                        .await
-                        .unwrap_or_default();
-                    let webhooks: Vec<String> = webhooks
-                        .iter()
-                        .map(|w| format!("{}={}", w["metric"]["result"], w["value"][1]))
-                        .collect();
-                    let states: Vec<String> = jobs
-                        .iter()
-                        .map(|j| format!("{} {} {} {}", j.id, j.fix, j.target, j.state))
-                        .collect();
-                    Err(anyhow::anyhow!(
-                        "no such job yet; jobs: {states:?}; webhooks: {webhooks:?}"
-                    ))
-                }
+            // A failed job fails the wait at once: retrying through it hides the cause.
+            if let Some(failed) = mine.iter().find(|j| j.outcome.as_deref() == Some("failed")) {
+                return Ok(Some(Err(anyhow::anyhow!(
+                    "job {} ended failed: {:?} {:?}",
+                    failed.id,
+                    failed.summary,
+                    failed.error
+                ))));
             }
+            let ended: Vec<String> = mine
+                .iter()
+                .filter(|j| j.outcome.is_some())
+                .map(|j| format!("job {} ended {:?}: {:?}", j.id, j.outcome, j.summary))
+                .collect();
+            let webhooks = self
+                .prometheus
+                .query("dmsguard_remediator_webhooks_total > 0")
+                .await
+                .unwrap_or_default();
+            let webhooks: Vec<String> = webhooks
+                .iter()
+                .map(|w| format!("{}={}", w["metric"]["result"], w["value"][1]))
+                .collect();
+            let states: Vec<String> = jobs
+                .iter()
+                .map(|j| format!("{} {} {} {}", j.id, j.fix, j.target, j.state))
+                .collect();
+            Err(anyhow::anyhow!(
+                "no such job yet; ended: {ended:?}; jobs: {states:?}; webhooks: {webhooks:?}"
+            ))
         })
-        .await
+        .await?;
+        job
     }
 
     /// The value of an instant PromQL query with one result, if it has one.
