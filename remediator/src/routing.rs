@@ -1,6 +1,6 @@
 //! Alert -> fix routing from `remediator.routes`, and the labels each fix needs.
 
-use dmsguard_pipeline::config::{Config, FixConfig, FixName};
+use dmsguard_pipeline::config::{Config, FixConfig, FixName, QualifiedName};
 
 use crate::alerts::Alert;
 
@@ -44,6 +44,11 @@ impl JobTarget {
                 .map(str::to_owned)
                 .ok_or_else(|| format!("fix `{fix}` needs label `{label}`"))
         };
+        // A table named as PostgreSQL allows (`Public."Subscriber Events"`) counts under its
+        // canonical name, the one the exporter labels it with.
+        let table = table
+            .map(|t| QualifiedName::parse(t).map_or_else(|| t.to_owned(), |name| name.to_string()));
+        let table = table.as_deref();
         let key = match fix {
             FixName::OneByOne | FixName::StalledTask => need(task, "task")?,
             FixName::Memory => need(replication_instance, "replication_instance")?,
