@@ -203,6 +203,7 @@ async fn handle_alerts(
         reason: format!("job ledger unavailable: {}", error_chain(&error)),
     };
     let mut jobs = Vec::new();
+    let mut ignored = Vec::new();
     let (mut duplicates, mut resolved, mut unknown) = (0u32, 0u32, 0u32);
     for (alert, route) in routed {
         let alert_ref = AlertRef {
@@ -226,6 +227,16 @@ async fn handle_alerts(
                 tracing::info!(alertname = %alert.alertname, fingerprint = %alert.fingerprint, "Alert has no route; acknowledged, nothing runs.");
                 inner.metrics.webhook(WebhookResult::UnknownAlert);
                 unknown += 1;
+            }
+            Some(Route::UnknownTarget { fix, reason }) => {
+                tracing::warn!(alertname = %alert.alertname, fingerprint = %alert.fingerprint, fix = %fix, %reason, "Alert names nothing configured; ignored, no job.");
+                inner.metrics.webhook(WebhookResult::UnknownTarget);
+                ignored.push(json!({
+                    "alertname": alert.alertname,
+                    "fingerprint": alert.fingerprint,
+                    "result": WebhookResult::UnknownTarget.as_str(),
+                    "reason": reason,
+                }));
             }
             Some(Route::Fix {
                 fix,
@@ -272,6 +283,7 @@ async fn handle_alerts(
             "duplicates": duplicates,
             "resolved": resolved,
             "unknown": unknown,
+            "ignored": ignored,
         })),
     )
         .into_response())
