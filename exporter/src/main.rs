@@ -5,7 +5,11 @@ use dmsguard_exporter::{Cli, Exporter};
 use dmsguard_pipeline::service;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    service::exit_code(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     service::init_telemetry(cli.log_format);
     let config = service::load_config_or_exit(&cli.config);

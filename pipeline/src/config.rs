@@ -183,9 +183,11 @@ pub struct TaskConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
-    /// Source table as `schema.table`; also the `table` label.
+    /// Source table as `schema.table`; also the `table` label. A part that needs quoting is
+    /// written as PostgreSQL writes it: `public."Subscriber Events"` (`""` for a quote inside;
+    /// unquoted parts fold to lower case). Normalised on load to its canonical form.
     pub source: String,
-    /// Target table in Redshift as `schema.table`; defaults to `source`.
+    /// Target table in Redshift as `schema.table` (quoted like `source`); defaults to `source`.
     pub target: Option<String>,
     /// The monotonically increasing bigint key column.
     #[serde(default = "defaults::id_column")]
@@ -571,10 +573,29 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text)?;
         expand_table(&mut table, "", env)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::key(e.path().to_string(), e.inner().to_string()))?;
+        config.normalise_table_names()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Rewrites every `[[tables]]` source and target to its canonical text (see
+    /// [`QualifiedName`]'s `Display`), so labels and lookups agree however a name was written.
+    fn normalise_table_names(&mut self) -> Result<(), ConfigError> {
+        for (i, table) in self.tables.iter_mut().enumerate() {
+            for (field, value) in [
+                ("source", Some(&mut table.source)),
+                ("target", table.target.as_mut()),
+            ] {
+                if let Some(value) = value {
+                    let name = QualifiedName::parse_detailed(value)
+                        .map_err(|e| ConfigError::key(format!("tables[{i}].{field}"), e))?;
+                    *value = name.to_string();
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -610,19 +631,6 @@ impl Config {
         }
         let mut tables = std::collections::HashSet::new();
         for (i, table) in self.tables.iter().enumerate() {
-            for (field, value) in [
-                ("source", Some(table.source.as_str())),
-                ("target", table.target.as_deref()),
-            ] {
-                if let Some(value) = value {
-                    if crate::config::QualifiedName::parse(value).is_none() {
-                        return Err(ConfigError::key(
-                            format!("tables[{i}].{field}"),
-                            format!("`{value}` is not `schema.table`"),
-                        ));
-                    }
-                }
-            }
             if !tables.insert(table.source.as_str()) {
                 return Err(ConfigError::key(
                     format!("tables[{i}].source"),
@@ -688,8 +696,11 @@ impl Config {
         self.remediator.ledger.as_ref().unwrap_or(&self.source)
     }
 
-    /// The configured table whose source or target name is `name`.
+    /// The configured table whose source or target name is `name`, compared as PostgreSQL
+    /// would (`Public.Orders` is `public.orders`; `public."Subscriber Events"` keeps its case).
     pub fn table(&self, name: &str) -> Option<&TableConfig> {
+        let canonical = QualifiedName::parse(name).map(|n| n.to_string());
+        let name = canonical.as_deref().unwrap_or(name);
         self.tables
             .iter()
             .find(|t| t.source == name || t.target_name() == name)
@@ -806,7 +817,8 @@ pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     Ok(out)
 }
 
-/// A `schema.table` name, both parts plain identifiers.
+/// A `schema.table` name, each part as PostgreSQL resolves it: an unquoted part folded to lower
+/// case, a quoted part exactly as written.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QualifiedName {
     pub schema: String,
@@ -814,13 +826,27 @@ pub struct QualifiedName {
 }
 
 impl QualifiedName {
-    /// Accepts `schema.table` where each part is `[A-Za-z_][A-Za-z0-9_$]*`.
+    /// Parses `schema.table` with PostgreSQL's rules for identifiers: a part is either plain
+    /// (`[A-Za-z_][A-Za-z0-9_$]*`, folded to lower case) or double-quoted (any characters, `""`
+    /// for a quote inside, case kept, never empty). `public.orders`, `Public.Orders` and
+    /// `"public"."orders"` name the same table; `public."Subscriber Events"` another.
     pub fn parse(s: &str) -> Option<Self> {
-        let (schema, table) = s.split_once('.')?;
-        (is_identifier(schema) && is_identifier(table)).then(|| Self {
-            schema: schema.to_owned(),
-            table: table.to_owned(),
-        })
+        Self::parse_detailed(s).ok()
+    }
+
+    /// [`QualifiedName::parse`], saying what is wrong.
+    pub fn parse_detailed(s: &str) -> Result<Self, String> {
+        let (schema, rest) = identifier_part(s)?;
+        let rest = rest
+            .strip_prefix('.')
+            .ok_or_else(|| format!("`{s}` is not `schema.table`"))?;
+        let (table, rest) = identifier_part(rest)?;
+        if !rest.is_empty() {
+            return Err(format!(
+                "`{s}` is not `schema.table` (unexpected `{rest}` after the table)"
+            ));
+        }
+        Ok(Self { schema, table })
     }
 
     /// The name quoted for SQL: `"schema"."table"`.
@@ -829,9 +855,59 @@ impl QualifiedName {
     }
 }
 
+/// One identifier at the start of `s` and what follows it.
+fn identifier_part(s: &str) -> Result<(String, &str), String> {
+    if let Some(body) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = body.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c != '"' {
+                name.push(c);
+                continue;
+            }
+            if body[i + 1..].starts_with('"') {
+                name.push('"');
+                chars.next();
+                continue;
+            }
+            if name.is_empty() {
+                return Err(format!("`{s}`: a quoted identifier must not be empty"));
+            }
+            return Ok((name, &body[i + 1..]));
+        }
+        return Err(format!("`{s}`: unterminated quoted identifier"));
+    }
+    let end = s.find(['.', '"']).unwrap_or(s.len());
+    let part = &s[..end];
+    if !is_identifier(part) {
+        return Err(format!(
+            "`{part}` is not an identifier (letters, digits, `_`, `$`, not starting with a digit; \
+             quote any other name with double quotes)"
+        ));
+    }
+    Ok((part.to_ascii_lowercase(), &s[end..]))
+}
+
+/// A part written bare when PostgreSQL would read it back unchanged, quoted otherwise.
+fn display_part(part: &str) -> std::borrow::Cow<'_, str> {
+    let plain = is_identifier(part) && !part.chars().any(|c| c.is_ascii_uppercase());
+    if plain {
+        part.into()
+    } else {
+        quote_ident(part).into()
+    }
+}
+
+/// The canonical text: `public.orders`, `public."Subscriber Events"`. Parsing it gives the
+/// same name back; it is the `table` label and the form the config is normalised to.
 impl std::fmt::Display for QualifiedName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table)
+        write!(
+            f,
+            "{}.{}",
+            display_part(&self.schema),
+            display_part(&self.table)
+        )
     }
 }
 
@@ -989,6 +1065,115 @@ mod tests {
         assert!(QualifiedName::parse("orders").is_none());
         assert!(QualifiedName::parse("public.or;ders").is_none());
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn qualified_names_follow_postgres_quoting_rules() {
+        let name = |schema: &str, table: &str| QualifiedName {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        };
+        for (text, expected) in [
+            ("public.orders", name("public", "orders")),
+            ("Public.ORDERS", name("public", "orders")),
+            ("\"public\".\"orders\"", name("public", "orders")),
+            (
+                "public.\"Subscriber Events\"",
+                name("public", "Subscriber Events"),
+            ),
+            ("\"My Schema\".t_1$", name("My Schema", "t_1$")),
+            ("s.\"a\"\"b\"", name("s", "a\"b")),
+            ("s.\"x.y\"", name("s", "x.y")),
+            ("s.\"\"\"\"", name("s", "\"")),
+        ] {
+            assert_eq!(QualifiedName::parse(text), Some(expected), "{text}");
+        }
+        for bad in [
+            "orders",
+            "public.Subscriber Events",
+            "public.or;ders",
+            "public.\"\"",
+            "public.\"open",
+            "public.\"a\"b",
+            "public.\"a\".c",
+            "a.b.c",
+            ".t",
+            "s.",
+            "1s.t",
+            "\"s\"t.u",
+        ] {
+            assert_eq!(QualifiedName::parse(bad), None, "{bad}");
+        }
+        let err = QualifiedName::parse_detailed("public.Subscriber Events").unwrap_err();
+        assert!(err.contains("double quotes"), "{err}");
+    }
+
+    #[test]
+    fn qualified_names_display_canonically_and_quote_for_sql() {
+        for (text, canonical, sql) in [
+            ("Public.Orders", "public.orders", "\"public\".\"orders\""),
+            (
+                "public.\"Subscriber Events\"",
+                "public.\"Subscriber Events\"",
+                "\"public\".\"Subscriber Events\"",
+            ),
+            (
+                "\"public\".\"lower\"",
+                "public.lower",
+                "\"public\".\"lower\"",
+            ),
+            ("s.\"a\"\"b\"", "s.\"a\"\"b\"", "\"s\".\"a\"\"b\""),
+            ("s.\"x.y\"", "s.\"x.y\"", "\"s\".\"x.y\""),
+        ] {
+            let parsed = QualifiedName::parse(text).unwrap();
+            assert_eq!(parsed.to_string(), canonical, "{text}");
+            assert_eq!(parsed.quoted(), sql, "{text}");
+            assert_eq!(
+                QualifiedName::parse(canonical),
+                Some(parsed),
+                "{text} round trip"
+            );
+        }
+    }
+
+    #[test]
+    fn quoted_table_names_are_normalised_and_found() {
+        let text = format!(
+            "{MINIMAL}\n[[tables]]\nsource = 'Public.\"Subscriber Events\"'\ntarget = 'DMS.\"Subscriber Events\"'\n\n\
+             [[tables]]\nsource = \"public.orders\"\n"
+        );
+        let config = Config::from_toml(&text, &env).unwrap();
+        assert_eq!(config.tables[0].source, "public.\"Subscriber Events\"");
+        assert_eq!(config.tables[0].target_name(), "dms.\"Subscriber Events\"");
+        for name in [
+            "public.\"Subscriber Events\"",
+            "\"public\".\"Subscriber Events\"",
+            "PUBLIC.\"Subscriber Events\"",
+            "dms.\"Subscriber Events\"",
+        ] {
+            assert_eq!(
+                config.table(name).map(|t| t.source.as_str()),
+                Some("public.\"Subscriber Events\""),
+                "{name}"
+            );
+        }
+        assert!(config.table("public.\"subscriber events\"").is_none());
+        assert!(config.table("public.subscriber_events").is_none());
+        assert_eq!(
+            config
+                .table("\"public\".\"orders\"")
+                .map(|t| t.source.as_str()),
+            Some("public.orders")
+        );
+
+        let unquoted = format!("{MINIMAL}\n[[tables]]\nsource = \"public.Subscriber Events\"\n");
+        let err = Config::from_toml(&unquoted, &env).unwrap_err().to_string();
+        assert!(err.contains("tables[0].source"), "{err}");
+        let duplicate = format!(
+            "{MINIMAL}\n[[tables]]\nsource = \"public.orders\"\n[[tables]]\nsource = 'PUBLIC.\"orders\"'\n"
+        );
+        let err = Config::from_toml(&duplicate, &env).unwrap_err().to_string();
+        assert!(err.contains("duplicate table `public.orders`"), "{err}");
     }
 
     #[test]

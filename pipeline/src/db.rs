@@ -5,6 +5,7 @@ use std::str::FromStr;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{resolve_secret, DatabaseConfig};
+use crate::report::ErrorChain;
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Client, ConnectError> {
         })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, "Database connection closed.");
+            tracing::debug!(error = %ErrorChain(&error), "Database connection closed.");
         }
     });
     if !config.statement_timeout.is_zero() {

@@ -92,8 +92,25 @@ pub fn load_config_or_exit(path: &std::path::Path) -> crate::config::Config {
     match crate::config::Config::load(path) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: invalid configuration: {error}");
+            eprintln!(
+                "error: invalid configuration: {}",
+                crate::report::error_chain(&error)
+            );
             std::process::exit(crate::config::EXIT_CONFIG);
+        }
+    }
+}
+
+/// The exit code of a binary's run; an error is logged and printed with its whole cause chain
+/// (for a database error the server's message, SQLSTATE, detail and hint).
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let text = crate::report::error_chain(error.as_ref());
+            tracing::error!(error = %text, "Exiting on an error.");
+            eprintln!("error: {text}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -76,14 +76,27 @@ fn golden(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Compares `actual` with the committed golden file. With `UPDATE_GOLDEN=1` a differing file
+/// is rewritten and the test still fails: a run that changed a golden file never passes, the
+/// next run (without the variable) compares against the reviewed file.
 fn check_golden(name: &str, actual: &str) {
     let path = golden(name);
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    if actual == expected {
+        return;
+    }
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
+        panic!(
+            "{name}: rewrote {}; review the diff and run again without UPDATE_GOLDEN",
+            path.display()
+        );
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
-    assert_eq!(actual, expected, "{name} differs from its golden file");
+    assert_eq!(
+        actual, expected,
+        "{name} differs from its golden file {} (after an intended change: UPDATE_GOLDEN=1, then review)",
+        path.display()
+    );
 }
 
 fn generate(options: &DdlOptions) -> String {

@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
+use dmsguard_pipeline::report::error_chain;
 use dmsguard_pipeline::secret::Secret;
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -177,7 +178,7 @@ async fn handle_alerts(
         Refusal::new(
             StatusCode::BAD_REQUEST,
             WebhookResult::Invalid,
-            e.to_string(),
+            error_chain(&e),
         )
     })?;
     // Route everything first: a payload is taken whole or refused whole.
@@ -199,9 +200,10 @@ async fn handle_alerts(
     let ledger_down = |error: crate::ledger::LedgerError| Refusal {
         status: StatusCode::SERVICE_UNAVAILABLE,
         result: None,
-        reason: format!("job ledger unavailable: {error}"),
+        reason: format!("job ledger unavailable: {}", error_chain(&error)),
     };
     let mut jobs = Vec::new();
+    let mut ignored = Vec::new();
     let (mut duplicates, mut resolved, mut unknown) = (0u32, 0u32, 0u32);
     for (alert, route) in routed {
         let alert_ref = AlertRef {
@@ -225,6 +227,16 @@ async fn handle_alerts(
                 tracing::info!(alertname = %alert.alertname, fingerprint = %alert.fingerprint, "Alert has no route; acknowledged, nothing runs.");
                 inner.metrics.webhook(WebhookResult::UnknownAlert);
                 unknown += 1;
+            }
+            Some(Route::UnknownTarget { fix, reason }) => {
+                tracing::warn!(alertname = %alert.alertname, fingerprint = %alert.fingerprint, fix = %fix, %reason, "Alert names nothing configured; ignored, no job.");
+                inner.metrics.webhook(WebhookResult::UnknownTarget);
+                ignored.push(json!({
+                    "alertname": alert.alertname,
+                    "fingerprint": alert.fingerprint,
+                    "result": WebhookResult::UnknownTarget.as_str(),
+                    "reason": reason,
+                }));
             }
             Some(Route::Fix {
                 fix,
@@ -271,6 +283,7 @@ async fn handle_alerts(
             "duplicates": duplicates,
             "resolved": resolved,
             "unknown": unknown,
+            "ignored": ignored,
         })),
     )
         .into_response())
@@ -291,7 +304,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
         Ok(Err(error)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("ledger unavailable: {error}\n"),
+            format!("ledger unavailable: {}\n", error_chain(&error)),
         )
             .into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger timed out\n").into_response(),
@@ -309,7 +322,7 @@ async fn status(State(state): State<ApiState>) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("ledger unavailable: {error}\n"),
+            format!("ledger unavailable: {}\n", error_chain(&error)),
         )
             .into_response(),
     }

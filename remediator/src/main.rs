@@ -6,7 +6,11 @@ use dmsguard_remediator::cli::{Cli, Command};
 use dmsguard_remediator::commands;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    service::exit_code(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     service::init_telemetry(cli.log_format);
     let config = service::load_config_or_exit(&cli.config);

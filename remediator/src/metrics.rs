@@ -28,6 +28,9 @@ pub enum WebhookResult {
     Resolved,
     /// An alert no route names: acknowledged, nothing runs.
     UnknownAlert,
+    /// A routed alert naming a table, task or replication instance the config does not have:
+    /// acknowledged with the reason, nothing runs (no failed job pages anyone).
+    UnknownTarget,
     /// Missing or wrong bearer token.
     Unauthorized,
     /// Not JSON, wrong version, wrong types, missing labels.
@@ -37,11 +40,12 @@ pub enum WebhookResult {
 }
 
 impl WebhookResult {
-    pub const ALL: [WebhookResult; 7] = [
+    pub const ALL: [WebhookResult; 8] = [
         WebhookResult::Accepted,
         WebhookResult::Duplicate,
         WebhookResult::Resolved,
         WebhookResult::UnknownAlert,
+        WebhookResult::UnknownTarget,
         WebhookResult::Unauthorized,
         WebhookResult::Invalid,
         WebhookResult::TooLarge,
@@ -53,6 +57,7 @@ impl WebhookResult {
             WebhookResult::Duplicate => "duplicate",
             WebhookResult::Resolved => "resolved",
             WebhookResult::UnknownAlert => "unknown_alert",
+            WebhookResult::UnknownTarget => "unknown_target",
             WebhookResult::Unauthorized => "unauthorized",
             WebhookResult::Invalid => "invalid",
             WebhookResult::TooLarge => "too_large",

@@ -1,6 +1,6 @@
 //! Alert -> fix routing from `remediator.routes`, and the labels each fix needs.
 
-use dmsguard_pipeline::config::{Config, FixConfig, FixName};
+use dmsguard_pipeline::config::{Config, FixConfig, FixName, QualifiedName};
 
 use crate::alerts::Alert;
 
@@ -16,6 +16,9 @@ pub enum Route {
     },
     /// No route for this alert name: acknowledged and counted, nothing runs.
     Unknown,
+    /// Routed, but the alert names a table, task or replication instance the config does not
+    /// have: acknowledged and counted with `reason`, nothing runs.
+    UnknownTarget { fix: FixName, reason: String },
 }
 
 /// What a job acts on: the labels it was given, and the key its cooldown counts on.
@@ -44,6 +47,11 @@ impl JobTarget {
                 .map(str::to_owned)
                 .ok_or_else(|| format!("fix `{fix}` needs label `{label}`"))
         };
+        // A table named as PostgreSQL allows (`Public."Subscriber Events"`) counts under its
+        // canonical name, the one the exporter labels it with.
+        let table = table
+            .map(|t| QualifiedName::parse(t).map_or_else(|| t.to_owned(), |name| name.to_string()));
+        let table = table.as_deref();
         let key = match fix {
             FixName::OneByOne | FixName::StalledTask => need(task, "task")?,
             FixName::Memory => need(replication_instance, "replication_instance")?,
@@ -78,6 +86,9 @@ impl Router {
             return Ok(Route::Unknown);
         };
         let table = alert.label("table");
+        if let Some(reason) = self.unknown_target(fix, alert) {
+            return Ok(Route::UnknownTarget { fix, reason });
+        }
         let task = alert.label("task").or_else(|| {
             table
                 .and_then(|t| self.config.table(t))
@@ -94,6 +105,55 @@ impl Router {
             enabled,
             dry_run,
         })
+    }
+}
+
+impl Router {
+    /// Why `fix` cannot act on what `alert` names, if the config lacks it: the labels the fix
+    /// acts on must name a `[[tables]]` entry, a `[[tasks]]` entry, or the replication
+    /// instance of one. A job for anything else could only fail.
+    fn unknown_target(&self, fix: FixName, alert: &Alert) -> Option<String> {
+        let config = &self.config;
+        let (uses_table, uses_task, uses_instance) = match fix {
+            FixName::MissingRows => (true, false, false),
+            FixName::OneByOne => (true, true, false),
+            FixName::StalledTask => (false, true, false),
+            FixName::Memory => (false, false, true),
+            FixName::Maintenance => (false, false, false),
+        };
+        let name = &alert.alertname;
+        if uses_table {
+            if let Some(table) = alert.label("table") {
+                if config.table(table).is_none() {
+                    return Some(format!(
+                        "alert `{name}` names table `{table}`, which is not in [[tables]]"
+                    ));
+                }
+            }
+        }
+        if uses_task {
+            if let Some(task) = alert.label("task") {
+                if config.task(task).is_none() {
+                    return Some(format!(
+                        "alert `{name}` names task `{task}`, which is not in [[tasks]]"
+                    ));
+                }
+            }
+        }
+        if uses_instance {
+            if let Some(instance) = alert.label("replication_instance") {
+                if !config
+                    .tasks
+                    .iter()
+                    .any(|t| t.replication_instance == instance)
+                {
+                    return Some(format!(
+                        "alert `{name}` names replication instance `{instance}`, which no [[tasks]] entry runs on"
+                    ));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -127,7 +187,9 @@ mod tests {
 
     #[test]
     fn routes_default_alerts_and_needs_labels() {
-        let router = Router::new(config(""));
+        let router = Router::new(config(
+            "[[tasks]]\nname = \"t1\"\nreplication_instance = \"i1\"\n[[tables]]\nsource = \"public.orders\"\n",
+        ));
         let route = router
             .route(&alert("DMSTaskStalled", &[("task", "t1")]))
             .unwrap();
@@ -155,7 +217,8 @@ mod tests {
     #[test]
     fn a_table_alert_acts_on_the_table_s_task() {
         let router = Router::new(config(
-            "[[tasks]]\nname = \"t1\"\nreplication_instance = \"i\"\n[[tables]]\nsource = \"public.orders\"\ntask = \"t1\"\n",
+            "[[tasks]]\nname = \"t1\"\nreplication_instance = \"i\"\n[[tasks]]\nname = \"t2\"\nreplication_instance = \"i\"\n\
+             [[tables]]\nsource = \"public.orders\"\ntask = \"t1\"\n",
         ));
         let route = router
             .route(&alert("DMSOneByOneMode", &[("table", "public.orders")]))
@@ -175,7 +238,7 @@ mod tests {
     #[test]
     fn custom_routes_and_switches_apply() {
         let router = Router::new(config(
-            "[remediator.routes]\nMyStall = \"stalled_task\"\n[remediator.fixes.stalled_task]\ndry_run = true\nenabled = false\n",
+            "[[tasks]]\nname = \"t\"\nreplication_instance = \"i\"\n[remediator.routes]\nMyStall = \"stalled_task\"\n[remediator.fixes.stalled_task]\ndry_run = true\nenabled = false\n",
         ));
         let route = router.route(&alert("MyStall", &[("task", "t")])).unwrap();
         assert!(matches!(
@@ -191,6 +254,78 @@ mod tests {
                 .route(&alert("DMSTaskStalled", &[("task", "t")]))
                 .unwrap(),
             Route::Unknown
+        );
+    }
+
+    #[test]
+    fn alerts_naming_nothing_configured_are_unknown_targets() {
+        let router = Router::new(config(
+            "[[tasks]]\nname = \"t1\"\nreplication_instance = \"i1\"\n\
+             [[tables]]\nsource = 'public.\"Subscriber Events\"'\ntask = \"t1\"\n",
+        ));
+        for (name, labels, needle) in [
+            ("DMSTaskStalled", vec![("task", "t9")], "task `t9`"),
+            (
+                "DMSOneByOneMode",
+                vec![("table", "public.nope")],
+                "table `public.nope`",
+            ),
+            (
+                "DMSOneByOneMode",
+                vec![("table", "public.\"Subscriber Events\""), ("task", "t9")],
+                "task `t9`",
+            ),
+            (
+                "RedshiftMissingRows",
+                vec![
+                    ("table", "public.subscriber_events"),
+                    ("window", "yesterday"),
+                ],
+                "table `public.subscriber_events`",
+            ),
+            (
+                "DMSInstanceMemoryLow",
+                vec![("replication_instance", "i9")],
+                "replication instance `i9`",
+            ),
+        ] {
+            match router.route(&alert(name, &labels)).unwrap() {
+                Route::UnknownTarget { reason, .. } => {
+                    assert!(reason.contains(needle), "{name}: {reason}");
+                    assert!(reason.contains(name), "{name}: {reason}");
+                }
+                other => panic!("{name} {labels:?}: {other:?}"),
+            }
+        }
+        // Configured names route, a quoted table however it is written.
+        let route = router
+            .route(&alert(
+                "RedshiftMissingRows",
+                &[
+                    ("table", "PUBLIC.\"Subscriber Events\""),
+                    ("window", "yesterday"),
+                ],
+            ))
+            .unwrap();
+        assert!(
+            matches!(route, Route::Fix { fix: FixName::MissingRows, ref target, .. } if target.key == "public.\"Subscriber Events\""),
+            "{route:?}"
+        );
+        let route = router
+            .route(&alert(
+                "DMSInstanceMemoryLow",
+                &[("replication_instance", "i1")],
+            ))
+            .unwrap();
+        assert!(
+            matches!(
+                route,
+                Route::Fix {
+                    fix: FixName::Memory,
+                    ..
+                }
+            ),
+            "{route:?}"
         );
     }
 }

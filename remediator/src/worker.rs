@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use crate::fixes::{CooldownPolicy, FixContext, FixError, FixRegistry, OutcomeStatus};
 use crate::ledger::{Job, JobOutcome, Ledger, LedgerError, ScheduledStep, TaskLocks};
 use crate::metrics::Metrics;
+use dmsguard_pipeline::report::ErrorChain;
 
 /// Time between two looks at the ledger when nothing wakes the worker.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -116,7 +117,7 @@ impl Worker {
         loop {
             while let Some(done) = running.try_join_next() {
                 if let Err(error) = done {
-                    tracing::error!(%error, "A job or step task ended abnormally.");
+                    tracing::error!(error = %ErrorChain(&error), "A job or step task ended abnormally.");
                 }
             }
             if last_recover.is_none_or(|t| t.elapsed() >= RECOVER_EVERY) {
@@ -129,7 +130,9 @@ impl Worker {
                 last_count = Some(Instant::now());
                 match self.inner.ledger.pending_step_count().await {
                     Ok(n) => self.inner.metrics.set_steps_pending(n),
-                    Err(error) => tracing::warn!(%error, "Cannot count pending steps."),
+                    Err(error) => {
+                        tracing::warn!(error = %ErrorChain(&error), "Cannot count pending steps.")
+                    }
                 }
             }
             tokio::select! {
@@ -149,7 +152,7 @@ impl Worker {
         }
         while let Some(done) = running.join_next().await {
             if let Err(error) = done {
-                tracing::error!(%error, "A job or step task ended abnormally.");
+                tracing::error!(error = %ErrorChain(&error), "A job or step task ended abnormally.");
             }
         }
         tracing::info!("Worker stopped.");
@@ -163,7 +166,9 @@ impl Worker {
                 steps,
                 "Recovered work abandoned by a stopped remediator."
             ),
-            Err(error) => tracing::warn!(%error, "Cannot look for abandoned work."),
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "Cannot look for abandoned work.")
+            }
         }
     }
 
@@ -176,13 +181,13 @@ impl Worker {
                         running.spawn(async move {
                             let _permit = permit;
                             if let Err(error) = worker.run_job(job, Duration::ZERO).await {
-                                tracing::error!(%error, "Ledger failed while running a job.");
+                                tracing::error!(error = %ErrorChain(&error), "Ledger failed while running a job.");
                             }
                         });
                     }
                     Ok(None) => break,
                     Err(error) => {
-                        tracing::warn!(%error, fix = %fix, "Cannot claim jobs.");
+                        tracing::warn!(error = %ErrorChain(&error), fix = %fix, "Cannot claim jobs.");
                         return;
                     }
                 }
@@ -195,13 +200,13 @@ impl Worker {
                     running.spawn(async move {
                         let _permit = permit;
                         if let Err(error) = worker.run_step(step).await {
-                            tracing::error!(%error, "Ledger failed while running a step.");
+                            tracing::error!(error = %ErrorChain(&error), "Ledger failed while running a step.");
                         }
                     });
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    tracing::warn!(%error, "Cannot claim scheduled steps.");
+                    tracing::warn!(error = %ErrorChain(&error), "Cannot claim scheduled steps.");
                     return;
                 }
             }
@@ -342,7 +347,7 @@ impl Worker {
         plan: Option<String>,
         details: serde_json::Value,
     ) -> Result<JobReport, LedgerError> {
-        let error = error.map(ToString::to_string);
+        let error = error.map(|e| dmsguard_pipeline::report::error_chain(e));
         self.inner
             .ledger
             .finish_job(job.id, outcome, summary, error.as_deref(), &details)
@@ -356,7 +361,7 @@ impl Worker {
                 target = %job.target.key,
                 outcome = outcome.as_str(),
                 summary,
-                error = error.as_deref().unwrap_or(""),
+                error = %error.as_deref().unwrap_or(""),
                 seconds,
                 "Job finished."
             ),
@@ -395,18 +400,25 @@ impl Worker {
                 inner.ledger.finish_step(step.id, Ok(&summary)).await
             }
             Err(error) if step.attempts >= MAX_STEP_ATTEMPTS => {
-                tracing::error!(step = step.id, job = step.job_id, %error, attempts = step.attempts, "Scheduled step failed for good.");
+                tracing::error!(step = step.id, job = step.job_id, error = %ErrorChain(&error), attempts = step.attempts, "Scheduled step failed for good.");
                 inner
                     .ledger
-                    .finish_step(step.id, Err(&error.to_string()))
+                    .finish_step(
+                        step.id,
+                        Err(&dmsguard_pipeline::report::error_chain(&error)),
+                    )
                     .await
             }
             Err(error) => {
                 let delay = Duration::from_secs(10 * step.attempts.max(1) as u64);
-                tracing::warn!(step = step.id, job = step.job_id, %error, retry_in = ?delay, "Scheduled step failed; will retry.");
+                tracing::warn!(step = step.id, job = step.job_id, error = %ErrorChain(&error), retry_in = ?delay, "Scheduled step failed; will retry.");
                 inner
                     .ledger
-                    .retry_step(step.id, delay, Some(&error.to_string()))
+                    .retry_step(
+                        step.id,
+                        delay,
+                        Some(&dmsguard_pipeline::report::error_chain(&error)),
+                    )
                     .await
             }
         };
@@ -443,7 +455,7 @@ impl Worker {
             loop {
                 tick.tick().await;
                 if let Err(error) = ledger.heartbeat(&runner, &jobs, &steps).await {
-                    tracing::warn!(%error, "Cannot record a heartbeat.");
+                    tracing::warn!(error = %ErrorChain(&error), "Cannot record a heartbeat.");
                 }
             }
         }))

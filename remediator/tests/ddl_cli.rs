@@ -64,9 +64,69 @@ impl Scratch {
     }
 }
 
+/// A login role of its own with a long password no other test uses, so a test can check the
+/// password never reaches any output; dropped by [`Reader::drop`].
+struct Reader {
+    user: String,
+    password: String,
+}
+
+impl Reader {
+    /// Creates the role and lets it read `schemas` of `database`.
+    async fn create(database_name: &str, schemas: &[&str]) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let user = format!("ddl_reader_{}", std::process::id());
+        let password = format!("ddl-secret-{}-{nanos:x}-never-printed", std::process::id());
+        let admin = db::connect(&database("postgres")).await.unwrap();
+        admin
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS \"{user}\"; CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'"
+            ))
+            .await
+            .unwrap();
+        let owner = db::connect(&database(database_name)).await.unwrap();
+        let list = schemas.join(", ");
+        owner
+            .batch_execute(&format!(
+                "GRANT USAGE ON SCHEMA {list} TO \"{user}\"; GRANT SELECT ON ALL TABLES IN SCHEMA {list} TO \"{user}\""
+            ))
+            .await
+            .unwrap();
+        Self { user, password }
+    }
+
+    async fn drop(self) {
+        let admin = db::connect(&database("postgres")).await.unwrap();
+        admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS \"{}\"", self.user))
+            .await
+            .unwrap();
+    }
+}
+
 fn run_ddl(source_db: &str, tables: &str, args: &[&str]) -> Output {
+    run_ddl_as(
+        source_db,
+        tables,
+        args,
+        &env_or("DMSGUARD_PG_USER", "postgres"),
+        &env_or("DMSGUARD_PG_PASSWORD", "lab"),
+    )
+}
+
+fn run_ddl_as(source_db: &str, tables: &str, args: &[&str], user: &str, password: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dmsguard.toml");
+    let url = |db: &str| {
+        format!(
+            "postgresql://{user}@{}:{}/{db}",
+            env_or("DMSGUARD_PG_HOST", "127.0.0.1"),
+            env_or("DMSGUARD_PG_PORT", "55432"),
+        )
+    };
     let config = format!(
         "[source]\nurl = \"{}\"\npassword = \"${{DDL_TEST_PW}}\"\n[redshift]\nurl = \"{}\"\npassword = \"${{DDL_TEST_PW}}\"\n{tables}",
         url(source_db),
@@ -84,7 +144,7 @@ fn run_ddl(source_db: &str, tables: &str, args: &[&str]) -> Output {
         .arg(&path)
         .arg("ddl")
         .args(args)
-        .env("DDL_TEST_PW", env_or("DMSGUARD_PG_PASSWORD", "lab"))
+        .env("DDL_TEST_PW", password)
         .output()
         .unwrap()
 }
@@ -163,20 +223,45 @@ async fn ddl_command_prints_tables_and_refuses_clearly() {
         .batch_execute("ALTER TABLE public.orders ADD COLUMN price money")
         .await
         .unwrap();
-    let out = run_ddl(&scratch.name, TABLES, &[]);
+    // As a role with a long unique password: a refused table set and a failed connection
+    // name their cause, never the password.
+    let reader = Reader::create(&scratch.name, &["public", "app"]).await;
+    let out = run_ddl_as(&scratch.name, TABLES, &[], &reader.user, &reader.password);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("public.orders.price") && stderr.contains("money"),
-        "{stderr}"
+        "the password worked and the refusal names the column: {stderr}"
     );
     assert!(
         out.stdout.is_empty(),
         "nothing printed for a refused table set"
     );
+    let missing_db = format!("{}_absent", scratch.name);
+    let failed = run_ddl_as(&missing_db, TABLES, &[], &reader.user, &reader.password);
+    assert!(!failed.status.success());
+    let failed_stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(
-        !stderr.contains(&env_or("DMSGUARD_PG_PASSWORD", "lab"))
-            || env_or("DMSGUARD_PG_PASSWORD", "lab").len() < 4
+        failed_stderr.contains(&missing_db) && failed_stderr.contains("SQLSTATE 3D000"),
+        "the connection error names the database and the server's reason: {failed_stderr}"
     );
+    for (what, text) in [
+        ("refusal stderr", stderr.to_string()),
+        (
+            "refusal stdout",
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ),
+        ("connection stderr", failed_stderr.to_string()),
+        (
+            "connection stdout",
+            String::from_utf8_lossy(&failed.stdout).into_owned(),
+        ),
+    ] {
+        assert!(
+            !text.contains(&reader.password),
+            "{what} shows the password: {text}"
+        );
+    }
     scratch.drop().await;
+    reader.drop().await;
 }

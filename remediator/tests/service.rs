@@ -8,7 +8,9 @@ use std::time::Duration;
 use dmsguard_lab::harness::{self, eventually, Alertmanager};
 use dmsguard_remediator::ledger::Ledger;
 use serde_json::{json, Value};
-use support::{alert, body, metric_value, payload, remediator_section, Lab, Running, TOKEN};
+use support::{
+    alert, body, metric_value, payload, remediator_section, rule_alert, Lab, Running, TOKEN,
+};
 
 const WEBHOOKS: &str = "dmsguard_remediator_webhooks_total";
 
@@ -852,6 +854,97 @@ async fn disabled_dry_run_and_cooldown_record_jobs_that_change_nothing() -> anyh
         },
     )
     .await?;
+    app.stop().await?;
+    lab.dbs.drop().await
+}
+
+#[tokio::test]
+async fn alerts_naming_nothing_configured_are_ignored_with_a_reason_not_failed_jobs(
+) -> anyhow::Result<()> {
+    let lab = Lab::start("rem_unknown_target", &[("t1", "i1")]).await?;
+    let tables = "[[tables]]\nsource = 'public.\"Subscriber Events\"'\ntask = \"t1\"\n\n";
+    let config = dmsguard_pipeline::config::Config::from_toml(
+        &format!(
+            "{}{tables}{}",
+            lab.config_text(""),
+            remediator_section("127.0.0.1:0", "")
+        ),
+        &|_| None,
+    )?;
+    let app = Running::spawn(config).await?;
+    let at = "2026-11-25T01:00:00Z";
+    let unknown = body(&payload(vec![
+        rule_alert("DMSTaskStalled", &[("task", "t9")], "fp-task", at),
+        rule_alert(
+            "DMSInstanceMemoryLow",
+            &[("replication_instance", "i9")],
+            "fp-instance",
+            at,
+        ),
+        rule_alert(
+            "RedshiftMissingRows",
+            &[("table", "public.subscriber_events")],
+            "fp-table",
+            at,
+        ),
+        rule_alert(
+            "DMSOneByOneMode",
+            &[("table", "public.nope")],
+            "fp-table-2",
+            at,
+        ),
+    ]));
+    let (status, text) = app.post(Some(TOKEN), unknown).await?;
+    assert_eq!(status, 202, "{text}");
+    let response: Value = serde_json::from_str(&text)?;
+    assert_eq!(response["jobs"], json!([]), "{text}");
+    let ignored = response["ignored"].as_array().expect("ignored list");
+    let reasons: Vec<(&str, &str, &str)> = ignored
+        .iter()
+        .map(|i| {
+            (
+                i["fingerprint"].as_str().unwrap_or_default(),
+                i["result"].as_str().unwrap_or_default(),
+                i["reason"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 4, "{text}");
+    for ((fingerprint, result, reason), (want_fp, needle)) in reasons.iter().zip([
+        ("fp-task", "task `t9`, which is not in [[tasks]]"),
+        (
+            "fp-instance",
+            "replication instance `i9`, which no [[tasks]] entry runs on",
+        ),
+        (
+            "fp-table",
+            "table `public.subscriber_events`, which is not in [[tables]]",
+        ),
+        (
+            "fp-table-2",
+            "table `public.nope`, which is not in [[tables]]",
+        ),
+    ]) {
+        assert_eq!((*fingerprint, *result), (want_fp, "unknown_target"));
+        assert!(reason.contains(needle), "{reason}");
+    }
+    assert_eq!(app.metric(&series("unknown_target")).await?, 4.0);
+    assert_eq!(app.metric(&series("accepted")).await?, 0.0);
+    assert!(lab.jobs().await?.is_empty(), "no job, so no failed job");
+
+    // The configured table, written another way, is accepted and queues one job.
+    let known = body(&payload(vec![rule_alert(
+        "RedshiftMissingRows",
+        &[("table", "PUBLIC.\"Subscriber Events\"")],
+        "fp-known",
+        at,
+    )]));
+    let (status, text) = app.post(Some(TOKEN), known).await?;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(app.metric(&series("accepted")).await?, 1.0);
+    let jobs = lab.jobs().await?;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(app.metric(&series("unknown_target")).await?, 4.0);
     app.stop().await?;
     lab.dbs.drop().await
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::metrics::{ProbeLabels, ProbeMetrics, ProbeName};
+use dmsguard_pipeline::report::ErrorChain;
 
 /// Why one refresh of a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +157,7 @@ pub fn spawn<P: Probe>(
             }
             match (&result, was_ok) {
                 (Err(error), Some(true) | None) => {
-                    tracing::warn!(probe = %name, %error, "Probe failing.");
+                    tracing::warn!(probe = %name, error = %ErrorChain(error), "Probe failing.");
                 }
                 (Ok(()), Some(false)) => {
                     tracing::info!(probe = %name, "Probe recovered.");
@@ -178,7 +179,7 @@ pub fn spawn<P: Probe>(
                         s.last_error = None;
                         s.last_success = Some(at);
                     }
-                    Err(e) => s.last_error = Some(e.to_string()),
+                    Err(e) => s.last_error = Some(dmsguard_pipeline::report::error_chain(e)),
                 }
             });
         }

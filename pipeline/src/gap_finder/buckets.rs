@@ -302,12 +302,21 @@ mod tests {
 
     #[test]
     fn hash_matches_sql_truncating_modulo_on_negative_ids() {
-        assert_eq!(id_hash(-2), -8);
-        assert_eq!(id_hash(i64::MIN), {
-            let r = i64::MIN % HASH_PRIME;
-            (r * r % HASH_PRIME) * r % HASH_PRIME
-        });
-        assert!(id_hash(i64::MAX) >= 0);
+        // Worked by hand: 2^31 = 1 (mod 2^31 - 1), so 2^63 - 1 = 1 and -2^63 = -2; the cube
+        // keeps the sign under truncating `%`.
+        for (id, hash) in [
+            (1, 1),
+            (2, 8),
+            (-2, -8),
+            (1000, 1_000_000_000),
+            (HASH_PRIME - 1, HASH_PRIME - 1),
+            (HASH_PRIME, 0),
+            (HASH_PRIME + 1, 1),
+            (i64::MAX, 1),
+            (i64::MIN, -8),
+        ] {
+            assert_eq!(id_hash(id), hash, "id {id}");
+        }
     }
 
     #[test]

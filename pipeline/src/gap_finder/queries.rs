@@ -168,7 +168,11 @@ impl IdSet for PgIdSet<'_> {
 
 impl PgIdSet<'_> {
     fn decode(&self, error: tokio_postgres::Error) -> GapError {
-        GapError::Decode(format!("{} row: {error}", self.side))
+        GapError::Decode(format!(
+            "{} row: {}",
+            self.side,
+            crate::report::error_chain(&error)
+        ))
     }
 }
 
@@ -325,7 +329,9 @@ pub(crate) fn read_bounds(
     row: &tokio_postgres::Row,
     side: Side,
 ) -> Result<Option<IdRange>, GapError> {
-    let decode = |e: tokio_postgres::Error| GapError::Decode(format!("{side} bounds: {e}"));
+    let decode = |e: tokio_postgres::Error| {
+        GapError::Decode(format!("{side} bounds: {}", crate::report::error_chain(&e)))
+    };
     let lo: Option<i64> = row.try_get(0).map_err(decode)?;
     let hi: Option<i64> = row.try_get(1).map_err(decode)?;
     Ok(match (lo, hi) {

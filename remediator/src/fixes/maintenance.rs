@@ -117,6 +117,7 @@ impl Fix for MaintenanceFix {
             "resume_step": step,
         });
         if let Some((task, error)) = failure {
+            let error = dmsguard_pipeline::report::error_chain(&error);
             return Ok(Outcome::failed(
                 format!("Stopping task {task} failed: {error}; the tasks stopped so far resume at {resume_at}."),
                 details,

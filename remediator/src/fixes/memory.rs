@@ -79,9 +79,10 @@ impl Fix for MemoryFix {
             }
             .await;
             if let Err(error) = result {
+                let error = dmsguard_pipeline::report::error_chain(&error);
                 return Ok(Outcome::failed(
                     format!("Restarting task {task} on {instance} failed: {error}"),
-                    json!({ "restarted": restarted, "left_alone": left_alone, "failed": task, "error": error.to_string() }),
+                    json!({ "restarted": restarted, "left_alone": left_alone, "failed": task, "error": error }),
                 ));
             }
             restarted.push(task.clone());

@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 use super::{Fix, FixContext, FixError, Outcome, Plan};
 use crate::ledger::Job;
+use dmsguard_pipeline::report::ErrorChain;
 
 /// Ids listed in a plan's facts; the count is always complete.
 const MAX_IDS_IN_FACTS: usize = 1000;
@@ -303,7 +304,7 @@ impl RowCopier {
             let (good, bad) = self.translator.translate_all(&rows);
             result.failed += bad.len() as u64;
             for error in bad {
-                tracing::warn!(table = %target_name, %error, "Row cannot be translated; not inserted.");
+                tracing::warn!(table = %target_name, error = %ErrorChain(&error), "Row cannot be translated; not inserted.");
                 if result.errors.len() < MAX_ERRORS_IN_DETAILS {
                     result.errors.push(error.to_string());
                 }

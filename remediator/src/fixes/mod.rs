@@ -7,7 +7,6 @@
 mod maintenance;
 mod memory;
 mod missing_rows;
-mod not_implemented;
 mod one_by_one;
 mod stalled_task;
 
@@ -24,7 +23,6 @@ use serde::{Deserialize, Serialize};
 pub use maintenance::MaintenanceFix;
 pub use memory::MemoryFix;
 pub use missing_rows::MissingRowsFix;
-pub use not_implemented::NotImplementedFix;
 pub use one_by_one::OneByOneFix;
 pub use stalled_task::StalledTaskFix;
 
@@ -49,8 +47,6 @@ pub enum FixError {
     /// The job lacks something the fix needs (a task, a configured table, …).
     #[error("{0}")]
     Input(String),
-    #[error("fix `{0}` is not implemented yet")]
-    NotImplemented(FixName),
     #[error("{0}")]
     Gap(#[from] dmsguard_pipeline::gap_finder::GapError),
     #[error("{0}")]
@@ -277,7 +273,7 @@ impl FixContext {
     }
 }
 
-/// One automated procedure (DESIGN.md section 1), planned then executed.
+/// One automated procedure, planned then executed.
 #[async_trait::async_trait]
 pub trait Fix: Send + Sync {
     fn name(&self) -> FixName;
@@ -309,20 +305,14 @@ pub struct FixRegistry {
 }
 
 impl FixRegistry {
-    /// Every fix: real ones where implemented, a "not implemented yet" failure otherwise.
+    /// Every fix.
     pub fn standard() -> Self {
-        let mut registry = Self {
-            fixes: BTreeMap::new(),
-        };
-        for fix in FixName::ALL {
-            registry.register(Arc::new(NotImplementedFix(fix)));
+        Self {
+            fixes: FixName::ALL
+                .into_iter()
+                .map(|name| (name, standard_fix(name)))
+                .collect(),
         }
-        registry.register(Arc::new(MemoryFix));
-        registry.register(Arc::new(MaintenanceFix));
-        registry.register(Arc::new(StalledTaskFix));
-        registry.register(Arc::new(OneByOneFix));
-        registry.register(Arc::new(MissingRowsFix));
-        registry
     }
 
     /// Adds or replaces the fix of `fix.name()`.
@@ -334,7 +324,18 @@ impl FixRegistry {
         self.fixes
             .get(&name)
             .cloned()
-            .unwrap_or_else(|| Arc::new(NotImplementedFix(name)))
+            .unwrap_or_else(|| standard_fix(name))
+    }
+}
+
+/// The fix of `name`; the match makes a new fix name fail to compile until it has a fix.
+fn standard_fix(name: FixName) -> Arc<dyn Fix> {
+    match name {
+        FixName::Memory => Arc::new(MemoryFix),
+        FixName::Maintenance => Arc::new(MaintenanceFix),
+        FixName::StalledTask => Arc::new(StalledTaskFix),
+        FixName::OneByOne => Arc::new(OneByOneFix),
+        FixName::MissingRows => Arc::new(MissingRowsFix),
     }
 }
 

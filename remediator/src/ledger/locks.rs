@@ -7,6 +7,7 @@
 use tokio_postgres::Client;
 
 use super::LedgerError;
+use dmsguard_pipeline::report::ErrorChain;
 
 /// Locks held on one task or more; released when dropped (the connection closes).
 pub struct TaskLocks {
@@ -77,7 +78,7 @@ impl TaskLocks {
                     .await
                 {
                     // The connection closes right after; that releases the lock as well.
-                    tracing::warn!(%error, task = %key, "Could not release a task lock.");
+                    tracing::warn!(error = %ErrorChain(&error), task = %key, "Could not release a task lock.");
                 }
             }
         }
