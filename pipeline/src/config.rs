@@ -436,6 +436,20 @@ pub struct RemediatorConfig {
     /// F1: how far back the system views are searched for the rolled-back DMS UPDATE.
     #[serde(default = "defaults::one_by_one_lookback", with = "humantime_serde")]
     pub one_by_one_lookback: Duration,
+    /// Every fix that stops a task records in the ledger, before the stop, that the task is
+    /// owed a resume; a background sweeper carries it out (across timeouts, throttling and
+    /// restarts) once the task is stopped. How often the sweeper looks again at a task it could
+    /// not resume yet (still `stopping`, throttled, …).
+    #[serde(default = "defaults::resume_retry_interval", with = "humantime_serde")]
+    pub resume_retry_interval: Duration,
+    /// How long an owed resume is tried before the job is marked `needs_human` (counted from
+    /// the stop, or from the planned resume time for F3).
+    #[serde(default = "defaults::resume_give_up_after", with = "humantime_serde")]
+    pub resume_give_up_after: Duration,
+    /// F3: added to the maintenance window's length to make the hold when the cluster's
+    /// schedule is known (`NextMaintenanceWindowStartTime` and the preferred window's length).
+    #[serde(default = "defaults::maintenance_margin", with = "humantime_serde")]
+    pub maintenance_margin: Duration,
 }
 
 impl Default for RemediatorConfig {
@@ -454,6 +468,9 @@ impl Default for RemediatorConfig {
             insert_batch_rows: defaults::insert_batch_rows(),
             task_state_timeout: defaults::task_state_timeout(),
             one_by_one_lookback: defaults::one_by_one_lookback(),
+            resume_retry_interval: defaults::resume_retry_interval(),
+            resume_give_up_after: defaults::resume_give_up_after(),
+            maintenance_margin: defaults::maintenance_margin(),
         }
     }
 }
@@ -539,6 +556,15 @@ pub mod defaults {
     }
     pub fn insert_batch_rows() -> usize {
         500
+    }
+    pub fn resume_retry_interval() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn resume_give_up_after() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn maintenance_margin() -> Duration {
+        Duration::from_secs(5 * 60)
     }
     pub fn task_state_timeout() -> Duration {
         Duration::from_secs(600)

@@ -1,11 +1,16 @@
 //! F3: before Redshift maintenance, stop every running task and schedule their resume at stop
 //! time + `maintenance_hold` in the ledger; resume exactly the tasks stopped here, leaving tasks
-//! someone else had stopped alone. The resume survives restarts (it is a ledger step).
+//! someone else had stopped alone. The resume survives restarts (it is a ledger step), and each
+//! stopped task is also owed a resume in the ledger from the moment its stop is sent (a task
+//! still `stopping` at the timeout included), which the worker's sweeper carries out if the
+//! step cannot.
 
 use chrono::Utc;
 use dmsguard_pipeline::config::FixName;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use dmsguard_pipeline::dms_tasks::{DmsTaskError, STOPPED, STOPPING};
 
 use super::{Fix, FixContext, FixError, Outcome, Plan};
 use crate::ledger::{Job, NewStep, ScheduledStep};
@@ -61,14 +66,23 @@ impl Fix for MaintenanceFix {
     }
 
     async fn execute(&self, ctx: &FixContext, job: &Job, plan: &Plan) -> Result<Outcome, FixError> {
-        let mut stopped = Vec::new();
+        let hold = ctx.config().remediator.maintenance_hold;
+        // The hold counts from the stop; every task's resume is owed from the moment its stop is
+        // sent (ledger), due a retry interval after the scheduled resume (which normally does it).
+        let resume_at =
+            Utc::now() + chrono::Duration::from_std(hold).unwrap_or(chrono::Duration::MAX);
+        let safety_net = resume_at
+            + chrono::Duration::from_std(ctx.config().remediator.resume_retry_interval)
+                .unwrap_or(chrono::Duration::zero());
+        let mut sent = Vec::new();
         let mut left_alone = Vec::new();
         let mut failure = None;
+        let deadline = tokio::time::Instant::now() + ctx.tasks().state_timeout();
         for task in &plan.tasks {
-            let state = match ctx.tasks().describe(task).await {
+            let state = match ctx.tasks().describe_patiently(task, deadline).await {
                 Ok(state) => state,
                 Err(error) => {
-                    failure = Some((task.clone(), error));
+                    failure = Some((task.clone(), error.to_string()));
                     break;
                 }
             };
@@ -76,18 +90,42 @@ impl Fix for MaintenanceFix {
                 left_alone.push(json!({ "task": task, "status": state.status }));
                 continue;
             }
-            match ctx.tasks().stop(task).await {
-                Ok(_) => stopped.push(task.clone()),
+            // Stops are sent to every task first, then awaited: DMS stops them in parallel.
+            match ctx.stop_owing_resume(job, task, safety_net).await {
+                Ok(obligation) => sent.push((task.clone(), obligation)),
                 Err(error) => {
-                    failure = Some((task.clone(), error));
+                    // The obligation is recorded before the stop: the sweeper sorts it out.
+                    failure = Some((task.clone(), error.to_string()));
                     break;
                 }
             }
         }
-        // Whatever happened, the tasks stopped here must come back: schedule their resume.
-        let resume_at = Utc::now()
-            + chrono::Duration::from_std(ctx.config().remediator.maintenance_hold)
-                .unwrap_or(chrono::Duration::MAX);
+        let mut stopped = Vec::new();
+        let mut still_stopping = Vec::new();
+        let mut failed_tasks = Vec::new();
+        for (task, obligation) in &sent {
+            match ctx.tasks().wait_for(task, STOPPED).await {
+                Ok(_) => stopped.push(task.clone()),
+                Err(error @ (DmsTaskError::Failed { .. } | DmsTaskError::NotFound(_))) => {
+                    ctx.settle_restart(job, task, *obligation, Err(error))
+                        .await
+                        .map(|r| {
+                            if let super::Restart::NeedsHuman { error, .. } = r {
+                                failed_tasks
+                                    .push(json!({ "task": task, "error": error.to_string() }));
+                            }
+                        })?;
+                }
+                Err(error) => {
+                    // Still `stopping` (or throttled) at the timeout: the resume is owed all the
+                    // same, so it is scheduled with the others.
+                    tracing::warn!(job = job.id, task, %error, "Task not stopped yet; its resume is scheduled anyway.");
+                    still_stopping.push(json!({ "task": task, "error": error.to_string() }));
+                    stopped.push(task.clone());
+                }
+            }
+        }
+        // Whatever happened, the tasks whose stop was sent must come back: schedule their resume.
         let step = if stopped.is_empty() {
             None
         } else {
@@ -112,10 +150,22 @@ impl Fix for MaintenanceFix {
         };
         let details = json!({
             "stopped": stopped,
+            "still_stopping": still_stopping,
+            "failed": failed_tasks,
             "left_alone": left_alone,
             "resume_at": step.map(|_| resume_at),
             "resume_step": step,
+            "obligations": sent.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
         });
+        if !failed_tasks.is_empty() {
+            return Ok(Outcome::needs_human(
+                format!(
+                    "A task failed while stopping before Redshift maintenance: {}; the others resume at {resume_at}.",
+                    failed_tasks.iter().map(|f| f["error"].as_str().unwrap_or_default()).collect::<Vec<_>>().join("; ")
+                ),
+                details,
+            ));
+        }
         if let Some((task, error)) = failure {
             return Ok(Outcome::failed(
                 format!("Stopping task {task} failed: {error}; the tasks stopped so far resume at {resume_at}."),
@@ -139,20 +189,37 @@ impl Fix for MaintenanceFix {
         let action: ResumeAction = serde_json::from_value(step.action.clone()).map_err(|e| {
             FixError::UnknownStep(self.name(), format!("{}: {e}", step.description))
         })?;
+        let by = format!("step {}", step.id);
         let mut resumed = Vec::new();
         let mut already = Vec::new();
+        let mut failed = Vec::new();
         for task in &action.resume {
-            let state = ctx.tasks().describe(task).await?;
+            let deadline = tokio::time::Instant::now() + ctx.tasks().state_timeout();
+            let mut state = ctx.tasks().describe_patiently(task, deadline).await?;
             if state.is_running() {
-                // Someone (or an earlier attempt of this step) resumed it already.
+                // Someone (or an earlier attempt of this step, or the sweeper) resumed it already.
+                ctx.ledger()
+                    .settle_job_resumes(step.job_id, task, "running again", &by)
+                    .await?;
                 already.push(task.clone());
                 continue;
             }
+            if state.status == STOPPING {
+                state = ctx.tasks().wait_for(task, STOPPED).await?;
+            }
+            if state.is_failed() {
+                // Not resumed blindly: the owed resume hands it to a human with DMS's reason.
+                failed.push(task.clone());
+                continue;
+            }
             ctx.tasks().resume(task).await?;
+            ctx.ledger()
+                .settle_job_resumes(step.job_id, task, "resumed by the scheduled step", &by)
+                .await?;
             resumed.push(task.clone());
         }
         Ok(format!(
-            "Resumed {}{}.",
+            "Resumed {}{}{}.",
             if resumed.is_empty() {
                 "none".to_owned()
             } else {
@@ -162,6 +229,11 @@ impl Fix for MaintenanceFix {
                 String::new()
             } else {
                 format!("; already running: {}", already.join(", "))
+            },
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed, left to a human: {}", failed.join(", "))
             }
         ))
     }

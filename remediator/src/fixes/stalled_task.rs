@@ -1,10 +1,14 @@
 //! F5: restart (stop, then resume) a task that says running but applies nothing; a second
-//! stall within the cooldown goes to a human instead of looping.
+//! stall within the cooldown goes to a human instead of looping. The resume is owed in the
+//! ledger from the moment the stop is sent; a task that failed (DMS `failed`, with its
+//! `StopReason` and `LastFailureMessage`) is left to a human.
 
 use dmsguard_pipeline::config::FixName;
 use serde_json::json;
 
-use super::{configured_task, job_task, CooldownPolicy, Fix, FixContext, FixError, Outcome, Plan};
+use super::{
+    configured_task, job_task, CooldownPolicy, Fix, FixContext, FixError, Outcome, Plan, Restart,
+};
 use crate::ledger::Job;
 
 pub struct StalledTaskFix;
@@ -58,11 +62,13 @@ impl Fix for StalledTaskFix {
                 json!({ "task": task, "status": state.status }),
             ));
         }
-        ctx.tasks().stop(task).await?;
-        let resumed = ctx.tasks().resume(task).await?;
-        Ok(Outcome::succeeded(
-            format!("Restarted task {task}."),
-            json!({ "task": task, "restarted": true, "status": resumed.status }),
-        ))
+        // The resume is owed from the stop on (ledger); see FixContext::stop_owing_resume.
+        match ctx.restart_task(job, task).await? {
+            Restart::Resumed(resumed) => Ok(Outcome::succeeded(
+                format!("Restarted task {task}."),
+                json!({ "task": task, "restarted": true, "status": resumed.status }),
+            )),
+            other => Ok(other.outcome(task, "Restart", json!({ "task": task }))),
+        }
     }
 }
