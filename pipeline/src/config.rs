@@ -120,6 +120,11 @@ pub struct RedshiftConfig {
     /// The maintenance window as `ddd:hh24:mi-ddd:hh24:mi` in UTC (e.g. `sun:05:00-sun:05:30`);
     /// takes precedence over `DescribeClusters`.
     pub maintenance_window: Option<String>,
+    /// The target is Redshift Serverless: it has no maintenance window (AWS updates serverless
+    /// workgroups during idle periods), so the maintenance probe does not run and F3 stops
+    /// nothing. Exclusive with `cluster_identifier` and `maintenance_window`.
+    #[serde(default)]
+    pub serverless: bool,
 }
 
 impl RedshiftConfig {
@@ -657,6 +662,15 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.redshift.serverless
+            && (self.redshift.cluster_identifier.is_some()
+                || self.redshift.maintenance_window.is_some())
+        {
+            return Err(ConfigError::key(
+                "redshift.serverless",
+                "Redshift Serverless has no maintenance window: leave out cluster_identifier and maintenance_window",
+            ));
         }
         if let Some(window) = &self.redshift.maintenance_window {
             if let Err(e) = crate::config::MaintenanceWindow::parse(window) {

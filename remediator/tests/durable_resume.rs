@@ -420,3 +420,98 @@ async fn f5_killed(lab: &SimLab) -> anyhow::Result<()> {
     app.stop().await?;
     lab.assert_converges().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f3_follows_the_clusters_schedule_and_skips_a_deferred_window() -> anyhow::Result<()> {
+    let lab = SimLab::start("durable_f3_sched", false, |_| {}).await?;
+    run_scenario(lab, |lab| Box::pin(f3_schedule(lab))).await
+}
+
+async fn f3_schedule(lab: &SimLab) -> anyhow::Result<()> {
+    use chrono::{Datelike, Timelike};
+    use dmsguard_lab::harness::DeferredWindow;
+    lab.applied_more(50).await?;
+    let now = Utc::now();
+    let start = (now + chrono::Duration::minutes(2))
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .expect("a whole minute");
+    let week_time = |t: chrono::DateTime<Utc>| {
+        let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+            [t.weekday().num_days_from_monday() as usize];
+        format!("{day}:{:02}:{:02}", t.hour(), t.minute())
+    };
+    // A 40-minute preferred window starting in about two minutes.
+    let window = format!(
+        "{}-{}",
+        week_time(start),
+        week_time(start + chrono::Duration::minutes(40))
+    );
+    lab.aws
+        .redshift
+        .create_cluster()
+        .cluster_identifier("lab-cluster")
+        .node_type("ra3.xlplus")
+        .master_username("admin")
+        .master_user_password("Passw0rd1")
+        .preferred_maintenance_window(&window)
+        .send()
+        .await?;
+    let control = LabControl::new(&lab.moto.url());
+    control
+        .set_maintenance(
+            "lab-cluster",
+            Some(start),
+            &[DeferredWindow {
+                id: "quarter-end".into(),
+                start: now - chrono::Duration::hours(1),
+                end: now + chrono::Duration::days(10),
+            }],
+        )
+        .await?;
+    let text = lab
+        .config_text(&format!(
+            "{EXTRA}maintenance_margin = \"3m\"\n[remediator.fixes.maintenance]\ncooldown = \"0s\"\n"
+        ))
+        .replace(
+            "[redshift]\n",
+            "[redshift]\ncluster_identifier = \"lab-cluster\"\n",
+        );
+    let app = Running::spawn(Config::from_toml(&text, &|_| None).expect("valid")).await?;
+    let before = lab.moto_task(TASK).await?;
+
+    // Deferred: no pause at all.
+    fire(&app, "RedshiftMaintenanceImminent", &[], "f3-deferred").await?;
+    let jobs = lab.finished_jobs(1).await?;
+    assert_eq!(jobs[0].outcome(), "succeeded", "{:?}", jobs[0]);
+    let summary = jobs[0].summary.as_deref().unwrap_or("");
+    assert!(summary.starts_with("Nothing stopped"), "{summary}");
+    assert!(summary.contains("quarter-end"), "{summary}");
+    assert_eq!(
+        lab.moto_task(TASK).await?,
+        before,
+        "the task was never stopped"
+    );
+    assert!(obligations(lab).await?.is_empty());
+
+    // Not deferred: stopped, resumed at the window's end (start + 40 min) plus the 3 min margin.
+    control
+        .set_maintenance("lab-cluster", Some(start), &[])
+        .await?;
+    fire(&app, "RedshiftMaintenanceImminent", &[], "f3-due").await?;
+    let jobs = lab.finished_jobs(2).await?;
+    assert_eq!(jobs[1].outcome(), "succeeded", "{:?}", jobs[1]);
+    assert_eq!(jobs[1].details["stopped"], json!([TASK]), "{:?}", jobs[1]);
+    let resume_at: chrono::DateTime<Utc> =
+        serde_json::from_value(jobs[1].details["resume_at"].clone())?;
+    assert_eq!(resume_at, start + chrono::Duration::minutes(43));
+    assert_eq!(lab.moto_task(TASK).await?.status, "stopped");
+    let owed = obligations(lab).await?;
+    assert_eq!(owed.len(), 1);
+    assert_eq!(
+        owed[0].state, "owed",
+        "resumed after the window, not before"
+    );
+    app.stop().await?;
+    Ok(())
+}

@@ -10,12 +10,80 @@ use dmsguard_pipeline::config::FixName;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use dmsguard_pipeline::dms_tasks::{DmsTaskError, STOPPED, STOPPING};
+use dmsguard_pipeline::dms_tasks::{DmsTaskError, RUNNING, STARTING, STOPPED, STOPPING};
+use dmsguard_pipeline::maintenance;
 
 use super::{Fix, FixContext, FixError, Outcome, Plan};
 use crate::ledger::{Job, NewStep, ScheduledStep};
 
 pub struct MaintenanceFix;
+
+/// How long the tasks stay stopped.
+#[derive(Debug)]
+enum Hold {
+    /// `maintenance_hold` from the stop: the cluster's schedule is not known (a configured
+    /// window, no `cluster_identifier`, or `DescribeClusters` failed).
+    Fixed(std::time::Duration),
+    /// Until the maintenance's end (start + the window's length) plus `maintenance_margin`.
+    Until(chrono::DateTime<Utc>),
+    /// Nothing to hold for: the next maintenance is not imminent (e.g. deferred).
+    NotImminent(String),
+    /// Redshift Serverless: no maintenance window.
+    Serverless,
+}
+
+/// Works out the hold from the cluster's schedule (`DescribeClusters`) when it is known.
+async fn hold(ctx: &FixContext) -> Hold {
+    let config = ctx.config();
+    if config.redshift.serverless {
+        return Hold::Serverless;
+    }
+    let fixed = Hold::Fixed(config.remediator.maintenance_hold);
+    let (Some(cluster), None) = (
+        config.redshift.cluster_identifier.as_deref(),
+        config.redshift.maintenance_window.as_deref(),
+    ) else {
+        return fixed;
+    };
+    let schedule = match maintenance::describe_schedule(&ctx.aws().redshift, cluster).await {
+        Ok(schedule) => schedule,
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read the cluster's maintenance schedule; holding for maintenance_hold.");
+            return fixed;
+        }
+    };
+    let margin = chrono::Duration::from_std(config.remediator.maintenance_margin)
+        .unwrap_or(chrono::Duration::zero());
+    let now = Utc::now();
+    if let Some(active) = schedule.active(now) {
+        return Hold::Until(active.end + margin);
+    }
+    // The alert fires `maintenance_stop_before` ahead; allow as much again for delivery.
+    let lead = chrono::Duration::from_std(config.remediator.maintenance_stop_before * 2)
+        .unwrap_or(chrono::Duration::MAX);
+    match schedule.next(now) {
+        Some(next) if next.start - now <= lead => Hold::Until(next.end + margin),
+        next => {
+            let weekly = now
+                + chrono::Duration::seconds(maintenance::seconds_until_next_start(
+                    &schedule.window,
+                    now,
+                ));
+            let deferred = schedule
+                .deferral_at(schedule.next_start.unwrap_or(weekly))
+                .or_else(|| schedule.deferral_at(weekly))
+                .map(|d| format!(" (maintenance deferred by `{}` until {})", d.id, d.end))
+                .unwrap_or_default();
+            Hold::NotImminent(match next {
+                Some(next) => format!(
+                    "the next maintenance of cluster {cluster} starts at {}{deferred}",
+                    next.start
+                ),
+                None => format!("no maintenance of cluster {cluster} is ahead{deferred}"),
+            })
+        }
+    }
+}
 
 /// The scheduled resume: exactly the tasks this fix stopped.
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,18 +98,33 @@ impl Fix for MaintenanceFix {
     }
 
     async fn plan(&self, ctx: &FixContext, _job: &Job) -> Result<Plan, FixError> {
-        let hold = ctx.config().remediator.maintenance_hold;
+        let hold = hold(ctx).await;
+        let resume = match &hold {
+            Hold::Fixed(d) => format!("{} after the stop", humanize(*d)),
+            Hold::Until(t) => format!("at {t} (the window's end plus the margin)"),
+            Hold::NotImminent(why) => {
+                let mut plan = Plan::new(format!("Stop nothing: {why}."));
+                plan.step("Leave every task running.");
+                return Ok(plan);
+            }
+            Hold::Serverless => {
+                let mut plan =
+                    Plan::new("Stop nothing: Redshift Serverless has no maintenance window.");
+                plan.step("Leave every task running.");
+                return Ok(plan);
+            }
+        };
         let mut plan = Plan::new(format!(
-            "Stop every running task before Redshift maintenance; resume them {} after the stop.",
-            humanize(hold)
+            "Stop every running task before Redshift maintenance; resume them {resume}."
         ));
+        plan.facts.insert("hold".into(), json!(format!("{hold:?}")));
         let mut to_stop = Vec::new();
         for task in &ctx.config().tasks {
             let state = ctx.tasks().describe(&task.name).await?;
             plan.facts.insert(task.name.clone(), json!(state.status));
-            if state.is_running() {
+            if state.is_running() || state.status == STARTING {
                 plan.step(format!(
-                    "Stop task {} and wait until it is stopped.",
+                    "Stop task {} (once running, if starting) and wait until it is stopped.",
                     task.name
                 ));
                 to_stop.push(task.name.clone());
@@ -56,8 +139,7 @@ impl Fix for MaintenanceFix {
             plan.step("Schedule nothing: no task is running.");
         } else {
             plan.step(format!(
-                "Schedule in the ledger: at stop time + {}, resume {} (resume-processing).",
-                humanize(hold),
+                "Schedule in the ledger: {resume}, resume {} (resume-processing).",
                 to_stop.join(", ")
             ));
         }
@@ -66,11 +148,28 @@ impl Fix for MaintenanceFix {
     }
 
     async fn execute(&self, ctx: &FixContext, job: &Job, plan: &Plan) -> Result<Outcome, FixError> {
-        let hold = ctx.config().remediator.maintenance_hold;
-        // The hold counts from the stop; every task's resume is owed from the moment its stop is
-        // sent (ledger), due a retry interval after the scheduled resume (which normally does it).
-        let resume_at =
-            Utc::now() + chrono::Duration::from_std(hold).unwrap_or(chrono::Duration::MAX);
+        // The hold counts from the stop, or lasts until the window's end plus the margin when
+        // the cluster's schedule is known; every task's resume is owed from the moment its stop
+        // is sent (ledger), due a retry interval after the scheduled resume (which normally
+        // does it).
+        let resume_at = match hold(ctx).await {
+            Hold::Fixed(d) => {
+                Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+            }
+            Hold::Until(t) => t,
+            Hold::NotImminent(why) => {
+                return Ok(Outcome::succeeded(
+                    format!("Nothing stopped: {why}."),
+                    json!({ "stopped": [], "not_imminent": why }),
+                ))
+            }
+            Hold::Serverless => {
+                return Ok(Outcome::succeeded(
+                    "Nothing stopped: Redshift Serverless has no maintenance window.",
+                    json!({ "stopped": [], "serverless": true }),
+                ))
+            }
+        };
         let safety_net = resume_at
             + chrono::Duration::from_std(ctx.config().remediator.resume_retry_interval)
                 .unwrap_or(chrono::Duration::zero());
@@ -79,13 +178,24 @@ impl Fix for MaintenanceFix {
         let mut failure = None;
         let deadline = tokio::time::Instant::now() + ctx.tasks().state_timeout();
         for task in &plan.tasks {
-            let state = match ctx.tasks().describe_patiently(task, deadline).await {
+            let mut state = match ctx.tasks().describe_patiently(task, deadline).await {
                 Ok(state) => state,
                 Err(error) => {
                     failure = Some((task.clone(), error.to_string()));
                     break;
                 }
             };
+            if state.status == STARTING {
+                // About to run through the maintenance: stop it once it runs (DMS refuses to
+                // stop a task that is not running).
+                match ctx.tasks().wait_for(task, RUNNING).await {
+                    Ok(running) => state = running,
+                    Err(error) => {
+                        failure = Some((task.clone(), error.to_string()));
+                        break;
+                    }
+                }
+            }
             if !state.is_running() {
                 left_alone.push(json!({ "task": task, "status": state.status }));
                 continue;

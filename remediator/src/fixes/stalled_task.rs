@@ -4,6 +4,7 @@
 //! `StopReason` and `LastFailureMessage`) is left to a human.
 
 use dmsguard_pipeline::config::FixName;
+use dmsguard_pipeline::dms_tasks::failure_text;
 use serde_json::json;
 
 use super::{
@@ -35,6 +36,14 @@ impl Fix for StalledTaskFix {
             plan.step(format!(
                 "Resume task {task} (resume-processing) and wait until it is running."
             ));
+        } else if state.is_failed() {
+            plan.summary = format!(
+                "Task {task} failed: {}; not restarted, a human should look.",
+                failure_text(
+                    state.stop_reason.as_deref(),
+                    state.last_failure_message.as_deref()
+                )
+            );
         } else {
             plan.summary = format!(
                 "Task {task} is {}, not running: nothing to restart; a human should look.",
@@ -53,6 +62,26 @@ impl Fix for StalledTaskFix {
         let task = job_task(job)?;
         // Re-read under the lock: the plan may be stale.
         let state = ctx.tasks().describe(task).await?;
+        if state.is_failed() {
+            // A failed task does not apply: DMS says why (StopReason, LastFailureMessage,
+            // https://docs.aws.amazon.com/dms/latest/APIReference/API_ReplicationTask.html).
+            // A restart would not fix what failed it; a human must look, told the reason.
+            return Ok(Outcome::needs_human(
+                format!(
+                    "Task {task} failed: {}; not restarted, left as it is.",
+                    failure_text(
+                        state.stop_reason.as_deref(),
+                        state.last_failure_message.as_deref()
+                    )
+                ),
+                json!({
+                    "task": task,
+                    "status": state.status,
+                    "stop_reason": state.stop_reason,
+                    "last_failure_message": state.last_failure_message,
+                }),
+            ));
+        }
         if !state.is_running() {
             return Ok(Outcome::needs_human(
                 format!(
