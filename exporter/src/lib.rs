@@ -154,6 +154,10 @@ impl Exporter {
         }
         match WindowSource::from_config(c, &self.aws.redshift) {
             _ if !e.maintenance.enabled => off(ProbeName::Maintenance, "disabled in config"),
+            None if c.redshift.serverless => off(
+                ProbeName::Maintenance,
+                "Redshift Serverless has no maintenance window (workgroups are updated during idle periods)",
+            ),
             None => off(
                 ProbeName::Maintenance,
                 "neither redshift.maintenance_window nor redshift.cluster_identifier is set",

@@ -63,6 +63,13 @@ pub const CONFIG_MAINTENANCE_STOP_BEFORE: &str = "config_maintenance_stop_before
 pub const REDSHIFT_MAINTENANCE_NEXT_START: &str = "redshift_maintenance_next_start";
 /// `dmsguard_redshift_maintenance_active`
 pub const REDSHIFT_MAINTENANCE_ACTIVE: &str = "redshift_maintenance_active";
+/// `dmsguard_redshift_maintenance_next_start_timestamp_seconds`
+pub const REDSHIFT_MAINTENANCE_NEXT_START_TIMESTAMP: &str =
+    "redshift_maintenance_next_start_timestamp";
+/// `dmsguard_redshift_maintenance_next_end_timestamp_seconds`
+pub const REDSHIFT_MAINTENANCE_NEXT_END_TIMESTAMP: &str = "redshift_maintenance_next_end_timestamp";
+/// `dmsguard_redshift_maintenance_deferred`
+pub const REDSHIFT_MAINTENANCE_DEFERRED: &str = "redshift_maintenance_deferred";
 /// `dmsguard_probe_success`
 pub const PROBE_SUCCESS: &str = "probe_success";
 /// `dmsguard_probe_duration_seconds`
@@ -594,6 +601,9 @@ impl GapMetrics {
 pub struct MaintenanceMetrics {
     pub next_start: OptionalGauge,
     pub active: OptionalGauge,
+    pub next_start_timestamp: OptionalGauge,
+    pub next_end_timestamp: OptionalGauge,
+    pub deferred: OptionalGauge,
 }
 
 impl MaintenanceMetrics {
@@ -601,10 +611,30 @@ impl MaintenanceMetrics {
         let m = Self {
             next_start: OptionalGauge::default(),
             active: OptionalGauge::default(),
+            next_start_timestamp: OptionalGauge::default(),
+            next_end_timestamp: OptionalGauge::default(),
+            deferred: OptionalGauge::default(),
         };
         registry.register_with_unit(
+            REDSHIFT_MAINTENANCE_NEXT_START_TIMESTAMP,
+            "Unix time the next Redshift maintenance that is not deferred starts (NextMaintenanceWindowStartTime when the cluster reports it).",
+            Unit::Seconds,
+            m.next_start_timestamp.clone(),
+        );
+        registry.register_with_unit(
+            REDSHIFT_MAINTENANCE_NEXT_END_TIMESTAMP,
+            "Unix time that next Redshift maintenance ends (its start plus the window's length).",
+            Unit::Seconds,
+            m.next_end_timestamp.clone(),
+        );
+        registry.register(
+            REDSHIFT_MAINTENANCE_DEFERRED,
+            "Whether the cluster's maintenance is deferred now (1: inside one of its DeferredMaintenanceWindows) or not (0).",
+            m.deferred.clone(),
+        );
+        registry.register_with_unit(
             REDSHIFT_MAINTENANCE_NEXT_START,
-            "Seconds until the next Redshift maintenance window starts.",
+            "Seconds until the next Redshift maintenance window that is not deferred starts.",
             Unit::Seconds,
             m.next_start.clone(),
         );

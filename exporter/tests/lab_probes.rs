@@ -793,3 +793,59 @@ async fn rows_replication_has_not_passed_are_not_judged() -> anyhow::Result<()> 
     drop(exporter);
     dbs.drop().await
 }
+
+#[tokio::test]
+async fn failed_task_exports_its_state_stop_reason_and_failure_message() -> anyhow::Result<()> {
+    use dmsguard_lab::harness::{FailWhen, LabControl, STOP_REASON_FATAL};
+    let dbs = TestDatabases::create("exp_dms_failed").await?;
+    let moto = Moto::spawn().await?;
+    let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
+    let arn = create_task(&aws, "dms-inst-1", "orders-cdc").await?;
+    aws.dms
+        .start_replication_task()
+        .replication_task_arn(&arn)
+        .start_replication_task_type(StartReplicationTaskTypeValue::StartReplication)
+        .send()
+        .await?;
+    let control = LabControl::new(&moto.url());
+    // A stop that takes a while shows `stopping` in the state set.
+    control
+        .set_dms_timing(Duration::from_secs(600), Duration::ZERO)
+        .await?;
+    let mut config = only(config(&dbs, Some(&moto.url()), ""), &["dms"]);
+    config.tasks.push(task("orders-cdc", "dms-inst-1"));
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    let status = |s| [("task", "orders-cdc"), ("status", s)];
+    wait_for_value(addr, "dmsguard_dms_task_status", &status("running"), 1.0).await?;
+    aws.dms
+        .stop_replication_task()
+        .replication_task_arn(&arn)
+        .send()
+        .await?;
+    wait_for_value(addr, "dmsguard_dms_task_status", &status("stopping"), 1.0).await?;
+    let message = "Last Error ODBC general error. Task error notification received from subtask 0";
+    control
+        .fail_task("orders-cdc", FailWhen::Now, STOP_REASON_FATAL, message)
+        .await?;
+    wait_for_value(addr, "dmsguard_dms_task_status", &status("failed"), 1.0).await?;
+    let s = scrape(addr).await?;
+    assert_eq!(
+        value(
+            &s,
+            "dmsguard_dms_task_stop_info",
+            &[
+                ("task", "orders-cdc"),
+                ("stop_reason", STOP_REASON_FATAL),
+                ("last_failure_message", message),
+            ],
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "dmsguard_dms_task_status", &status("stopping")),
+        Some(0.0)
+    );
+    drop(exporter);
+    dbs.drop().await
+}

@@ -126,6 +126,11 @@ pub struct RedshiftConfig {
     /// The maintenance window as `ddd:hh24:mi-ddd:hh24:mi` in UTC (e.g. `sun:05:00-sun:05:30`);
     /// takes precedence over `DescribeClusters`.
     pub maintenance_window: Option<String>,
+    /// The target is Redshift Serverless: it has no maintenance window (AWS updates serverless
+    /// workgroups during idle periods), so the maintenance probe does not run and F3 stops
+    /// nothing. Exclusive with `cluster_identifier` and `maintenance_window`.
+    #[serde(default)]
+    pub serverless: bool,
 }
 
 impl RedshiftConfig {
@@ -444,6 +449,20 @@ pub struct RemediatorConfig {
     /// F1: how far back the system views are searched for the rolled-back DMS UPDATE.
     #[serde(default = "defaults::one_by_one_lookback", with = "humantime_serde")]
     pub one_by_one_lookback: Duration,
+    /// Every fix that stops a task records in the ledger, before the stop, that the task is
+    /// owed a resume; a background sweeper carries it out (across timeouts, throttling and
+    /// restarts) once the task is stopped. How often the sweeper looks again at a task it could
+    /// not resume yet (still `stopping`, throttled, …).
+    #[serde(default = "defaults::resume_retry_interval", with = "humantime_serde")]
+    pub resume_retry_interval: Duration,
+    /// How long an owed resume is tried before the job is marked `needs_human` (counted from
+    /// the stop, or from the planned resume time for F3).
+    #[serde(default = "defaults::resume_give_up_after", with = "humantime_serde")]
+    pub resume_give_up_after: Duration,
+    /// F3: added to the maintenance window's length to make the hold when the cluster's
+    /// schedule is known (`NextMaintenanceWindowStartTime` and the preferred window's length).
+    #[serde(default = "defaults::maintenance_margin", with = "humantime_serde")]
+    pub maintenance_margin: Duration,
 }
 
 impl Default for RemediatorConfig {
@@ -462,6 +481,9 @@ impl Default for RemediatorConfig {
             insert_batch_rows: defaults::insert_batch_rows(),
             task_state_timeout: defaults::task_state_timeout(),
             one_by_one_lookback: defaults::one_by_one_lookback(),
+            resume_retry_interval: defaults::resume_retry_interval(),
+            resume_give_up_after: defaults::resume_give_up_after(),
+            maintenance_margin: defaults::maintenance_margin(),
         }
     }
 }
@@ -547,6 +569,15 @@ pub mod defaults {
     }
     pub fn insert_batch_rows() -> usize {
         500
+    }
+    pub fn resume_retry_interval() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn resume_give_up_after() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn maintenance_margin() -> Duration {
+        Duration::from_secs(5 * 60)
     }
     pub fn task_state_timeout() -> Duration {
         Duration::from_secs(600)
@@ -645,6 +676,15 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.redshift.serverless
+            && (self.redshift.cluster_identifier.is_some()
+                || self.redshift.maintenance_window.is_some())
+        {
+            return Err(ConfigError::key(
+                "redshift.serverless",
+                "Redshift Serverless has no maintenance window: leave out cluster_identifier and maintenance_window",
+            ));
         }
         if let Some(window) = &self.redshift.maintenance_window {
             if let Err(e) = crate::config::MaintenanceWindow::parse(window) {

@@ -1,8 +1,158 @@
-//! Where "now" stands relative to a weekly Redshift maintenance window (UTC week math).
+//! Where "now" stands relative to a weekly Redshift maintenance window (UTC week math), and the
+//! cluster's real schedule as `DescribeClusters` reports it: `NextMaintenanceWindowStartTime`
+//! (when maintenance can actually begin) and `DeferredMaintenanceWindows` (periods with no
+//! maintenance), <https://docs.aws.amazon.com/redshift/latest/APIReference/API_Cluster.html>.
+//!
+//! Redshift Serverless has no maintenance window of this kind: "Amazon Redshift updates
+//! provisioned clusters during the specified maintenance window, and usually updates serverless
+//! workgroups during idle periods" (<https://docs.aws.amazon.com/redshift/latest/mgmt/tracks.html>).
+//! With `redshift.serverless = true` nothing is probed and F3 stops nothing.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use crate::config::MaintenanceWindow;
+
+/// One of the cluster's `DeferredMaintenanceWindows`: no maintenance starts inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferral {
+    pub id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// A maintenance occurrence: when it starts and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occurrence {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// What the cluster says about its maintenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// The weekly `PreferredMaintenanceWindow` (or the configured one): its length is the
+    /// length of every occurrence.
+    pub window: MaintenanceWindow,
+    /// `NextMaintenanceWindowStartTime`, when the cluster reports it.
+    pub next_start: Option<DateTime<Utc>>,
+    pub deferred: Vec<Deferral>,
+}
+
+/// Deferrals last at most 45 days (ModifyClusterMaintenance, `DeferMaintenanceDuration`): ten
+/// weekly occurrences always reach past one.
+const WEEKS_LOOKED_AHEAD: i64 = 10;
+
+impl Schedule {
+    /// A schedule from the weekly window alone (a configured window; nothing deferred).
+    pub fn weekly(window: MaintenanceWindow) -> Self {
+        Self {
+            window,
+            next_start: None,
+            deferred: Vec::new(),
+        }
+    }
+
+    fn length(&self) -> chrono::Duration {
+        chrono::Duration::minutes(i64::from(self.window.duration_minutes()))
+    }
+
+    /// The deferral covering `t`, if any.
+    pub fn deferral_at(&self, t: DateTime<Utc>) -> Option<&Deferral> {
+        self.deferred.iter().find(|d| d.start <= t && t < d.end)
+    }
+
+    /// The occurrence in progress at `now` (started, not ended, not deferred), if any.
+    pub fn active(&self, now: DateTime<Utc>) -> Option<Occurrence> {
+        if !is_active(&self.window, now) {
+            return None;
+        }
+        let into = (week_second(now) - i64::from(self.window.start_minute) * 60)
+            .rem_euclid(SECONDS_PER_WEEK);
+        let start = now - chrono::Duration::seconds(into);
+        (self.deferral_at(start).is_none()).then(|| Occurrence {
+            start,
+            end: start + self.length(),
+        })
+    }
+
+    /// The next occurrence starting after `now` that no deferral covers: from
+    /// `NextMaintenanceWindowStartTime` when given, else from the weekly window; `None` if
+    /// every occurrence of the next ten weeks is deferred.
+    pub fn next(&self, now: DateTime<Utc>) -> Option<Occurrence> {
+        let first = match self.next_start {
+            Some(t) if t > now => t,
+            _ => now + chrono::Duration::seconds(seconds_until_next_start(&self.window, now)),
+        };
+        (0..WEEKS_LOOKED_AHEAD)
+            .map(|k| first + chrono::Duration::weeks(k))
+            .find(|start| self.deferral_at(*start).is_none())
+            .map(|start| Occurrence {
+                start,
+                end: start + self.length(),
+            })
+    }
+}
+
+/// Why the cluster's schedule could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("DescribeClusters for `{cluster}` failed: {message}")]
+    Api { cluster: String, message: String },
+    #[error("cluster `{0}` not found or has no PreferredMaintenanceWindow")]
+    NoWindow(String),
+    #[error("cluster `{cluster}`: {message}")]
+    Invalid { cluster: String, message: String },
+}
+
+fn utc(t: &aws_sdk_redshift::primitives::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+/// Reads the cluster's schedule with `DescribeClusters`.
+pub async fn describe_schedule(
+    client: &aws_sdk_redshift::Client,
+    cluster: &str,
+) -> Result<Schedule, ScheduleError> {
+    let out = client
+        .describe_clusters()
+        .cluster_identifier(cluster)
+        .send()
+        .await
+        .map_err(|e| ScheduleError::Api {
+            cluster: cluster.to_owned(),
+            message: aws_sdk_redshift::error::DisplayErrorContext(&e).to_string(),
+        })?;
+    let c = out
+        .clusters()
+        .first()
+        .ok_or_else(|| ScheduleError::NoWindow(cluster.to_owned()))?;
+    let text = c
+        .preferred_maintenance_window()
+        .ok_or_else(|| ScheduleError::NoWindow(cluster.to_owned()))?;
+    let window = MaintenanceWindow::parse(text).map_err(|message| ScheduleError::Invalid {
+        cluster: cluster.to_owned(),
+        message,
+    })?;
+    let deferred = c
+        .deferred_maintenance_windows()
+        .iter()
+        .filter_map(|d| {
+            Some(Deferral {
+                id: d
+                    .defer_maintenance_identifier()
+                    .unwrap_or_default()
+                    .to_owned(),
+                start: utc(d.defer_maintenance_start_time()?)?,
+                end: utc(d.defer_maintenance_end_time()?)?,
+            })
+        })
+        .collect();
+    Ok(Schedule {
+        window,
+        next_start: c.next_maintenance_window_start_time().and_then(utc),
+        deferred,
+    })
+}
 
 /// Seconds in one week.
 pub const SECONDS_PER_WEEK: i64 = 7 * 24 * 3600;
@@ -102,6 +252,45 @@ mod tests {
         let now = at(2026, 11, 25, 2, 0, 0);
         assert_eq!(seconds_until_next_start(&w, now), 0);
         assert!(is_active(&w, now));
+    }
+
+    #[test]
+    fn schedule_skips_deferred_occurrences_and_uses_next_start() {
+        let w = window("sun:05:00-sun:05:30");
+        // Wednesday; the cluster says the next maintenance is Sunday 05:00.
+        let now = at(2026, 11, 25, 5, 0, 0);
+        let sunday = at(2026, 11, 29, 5, 0, 0);
+        let mut s = Schedule {
+            window: w,
+            next_start: Some(sunday),
+            deferred: Vec::new(),
+        };
+        assert_eq!(
+            s.next(now),
+            Some(Occurrence {
+                start: sunday,
+                end: at(2026, 11, 29, 5, 30, 0)
+            })
+        );
+        // Deferred over that Sunday and the next: the one after.
+        s.deferred.push(Deferral {
+            id: "d".into(),
+            start: at(2026, 11, 28, 0, 0, 0),
+            end: at(2026, 12, 8, 0, 0, 0),
+        });
+        assert_eq!(
+            s.next(now).map(|o| o.start),
+            Some(at(2026, 12, 13, 5, 0, 0))
+        );
+        // Inside a deferred occurrence nothing is active.
+        assert!(s.active(at(2026, 11, 29, 5, 10, 0)).is_none());
+        assert!(Schedule::weekly(w)
+            .active(at(2026, 11, 29, 5, 10, 0))
+            .is_some());
+        // Without NextMaintenanceWindowStartTime the weekly window decides.
+        s.next_start = None;
+        s.deferred.clear();
+        assert_eq!(s.next(now).map(|o| o.start), Some(sunday));
     }
 
     #[test]

@@ -16,6 +16,40 @@ pub const JOBS: &str = "remediator_jobs";
 pub const JOB_DURATION_SECONDS: &str = "remediator_job_duration_seconds";
 pub const JOBS_IN_FLIGHT: &str = "remediator_jobs_in_flight";
 pub const SCHEDULED_STEPS_PENDING: &str = "remediator_scheduled_steps_pending";
+pub const RESUMES_OWED: &str = "remediator_resumes_owed";
+pub const RESUMES: &str = "remediator_resumes";
+
+/// How an owed resume (a task a fix stopped) was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResumeResult {
+    /// The task runs again.
+    Resumed,
+    /// Given up: the job is `needs_human`.
+    NeedsHuman,
+}
+
+impl ResumeResult {
+    pub const ALL: [ResumeResult; 2] = [ResumeResult::Resumed, ResumeResult::NeedsHuman];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeResult::Resumed => "resumed",
+            ResumeResult::NeedsHuman => "needs_human",
+        }
+    }
+}
+
+impl EncodeLabelValue for ResumeResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResumeLabels {
+    pub fix: FixLabel,
+    pub result: ResumeResult,
+}
 
 /// How a webhook request (or one alert in it) was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,6 +152,8 @@ pub struct Metrics {
     job_duration: HistogramFamily,
     jobs_in_flight: Family<FixLabels, Gauge>,
     steps_pending: Gauge,
+    resumes_owed: Gauge,
+    resumes: Family<ResumeLabels, Counter>,
 }
 
 impl Metrics {
@@ -129,6 +165,8 @@ impl Metrics {
             job_duration: HistogramFamily::new_with_constructor(duration_histogram),
             jobs_in_flight: Family::default(),
             steps_pending: Gauge::default(),
+            resumes_owed: Gauge::default(),
+            resumes: Family::default(),
         };
         registry.register(
             WEBHOOKS,
@@ -155,6 +193,16 @@ impl Metrics {
             "Scheduled steps in the ledger not yet done (e.g. resumes after maintenance)",
             metrics.steps_pending.clone(),
         );
+        registry.register(
+            RESUMES_OWED,
+            "Tasks a fix stopped that are owed a resume in the ledger (not running again yet, no human told yet)",
+            metrics.resumes_owed.clone(),
+        );
+        registry.register(
+            RESUMES,
+            "Owed resumes settled, by fix and result (resumed, or needs_human: the task stays stopped and a human is told)",
+            metrics.resumes.clone(),
+        );
         for result in WebhookResult::ALL {
             let _ = metrics.webhooks.get_or_create(&WebhookLabels { result });
         }
@@ -171,6 +219,12 @@ impl Metrics {
             let _ = metrics
                 .jobs_in_flight
                 .get_or_create(&FixLabels { fix: FixLabel(fix) });
+            for result in ResumeResult::ALL {
+                let _ = metrics.resumes.get_or_create(&ResumeLabels {
+                    fix: FixLabel(fix),
+                    result,
+                });
+            }
         }
         metrics
     }
@@ -207,6 +261,20 @@ impl Metrics {
 
     pub fn set_steps_pending(&self, n: i64) {
         self.steps_pending.set(n);
+    }
+
+    pub fn set_resumes_owed(&self, n: i64) {
+        self.resumes_owed.set(n);
+    }
+
+    /// Counts an owed resume settled.
+    pub fn resume_settled(&self, fix: FixName, result: ResumeResult) {
+        self.resumes
+            .get_or_create(&ResumeLabels {
+                fix: FixLabel(fix),
+                result,
+            })
+            .inc();
     }
 }
 

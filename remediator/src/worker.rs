@@ -10,9 +10,13 @@ use serde_json::json;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use dmsguard_pipeline::dms_tasks::{failure_text, DmsTaskError};
+
 use crate::fixes::{CooldownPolicy, FixContext, FixError, FixRegistry, OutcomeStatus};
-use crate::ledger::{Job, JobOutcome, Ledger, LedgerError, ScheduledStep, TaskLocks};
-use crate::metrics::Metrics;
+use crate::ledger::{
+    Job, JobOutcome, Ledger, LedgerError, ResumeObligation, ResumeState, ScheduledStep, TaskLocks,
+};
+use crate::metrics::{Metrics, ResumeResult};
 use dmsguard_pipeline::report::ErrorChain;
 
 /// Time between two looks at the ledger when nothing wakes the worker.
@@ -29,6 +33,13 @@ pub const MAX_STEP_ATTEMPTS: i32 = 5;
 const MAX_STEPS_IN_FLIGHT: usize = 4;
 /// How often abandoned work is looked for.
 const RECOVER_EVERY: Duration = Duration::from_secs(15);
+/// How often owed resumes are looked at (each waits `resume_retry_interval` between attempts).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Owed resumes handled per sweep.
+const RESUMES_PER_SWEEP: i64 = 16;
+/// DMS's `StopReason` of a failure DMS recovers from by itself
+/// (<https://docs.aws.amazon.com/dms/latest/APIReference/API_ReplicationTask.html>).
+const RECOVERABLE_ERROR: &str = "RECOVERABLE_ERROR";
 
 /// How a job run ended.
 #[derive(Debug, Clone)]
@@ -61,6 +72,7 @@ struct Inner {
     wake: Arc<Notify>,
     limits: BTreeMap<FixName, Arc<Semaphore>>,
     steps: Arc<Semaphore>,
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
@@ -88,12 +100,13 @@ impl Worker {
                 config,
                 ledger,
                 fixes,
-                ctx,
+                ctx: ctx.with_metrics(metrics.clone()),
                 metrics,
                 runner,
                 wake: Arc::new(Notify::new()),
                 limits,
                 steps: Arc::new(Semaphore::new(MAX_STEPS_IN_FLIGHT)),
+                sweeping: Arc::default(),
             }),
         }
     }
@@ -114,6 +127,7 @@ impl Worker {
         let mut running = JoinSet::new();
         let mut last_recover: Option<Instant> = None;
         let mut last_count: Option<Instant> = None;
+        let mut last_sweep: Option<Instant> = None;
         loop {
             while let Some(done) = running.try_join_next() {
                 if let Err(error) = done {
@@ -125,6 +139,24 @@ impl Worker {
                 self.recover().await;
             }
             self.claim(&mut running).await;
+            if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY)
+                && !self
+                    .inner
+                    .sweeping
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                last_sweep = Some(Instant::now());
+                let worker = self.clone();
+                running.spawn(async move {
+                    if let Err(error) = worker.sweep_resumes().await {
+                        tracing::warn!(%error, "Cannot look at owed resumes.");
+                    }
+                    worker
+                        .inner
+                        .sweeping
+                        .store(false, std::sync::atomic::Ordering::Release);
+                });
+            }
             // Wakes come with every queued job; count at most once per poll interval.
             if last_count.is_none_or(|t| t.elapsed() >= POLL_INTERVAL) {
                 last_count = Some(Instant::now());
@@ -424,6 +456,166 @@ impl Worker {
         };
         locks.release().await;
         recorded
+    }
+
+    /// Carries out owed resumes that are due: a task a fix stopped is resumed once it is
+    /// `stopped`, confirmed once `running`, and handed to a human once it `failed` (not
+    /// recoverably), vanished, or is still owed at its give-up time. A task locked by a job is
+    /// left to that job. Returns how many obligations were looked at.
+    pub async fn sweep_resumes(&self) -> Result<usize, LedgerError> {
+        let inner = &self.inner;
+        let due = inner.ledger.due_resumes(RESUMES_PER_SWEEP).await?;
+        let n = due.len();
+        for obligation in due {
+            let Some(locks) = inner
+                .ledger
+                .lock_tasks(std::slice::from_ref(&obligation.task))
+                .await?
+            else {
+                continue;
+            };
+            let result = self.carry_out(&obligation).await;
+            locks.release().await;
+            result?;
+        }
+        inner
+            .metrics
+            .set_resumes_owed(inner.ledger.owed_resume_count().await?);
+        Ok(n)
+    }
+
+    /// One attempt at an owed resume, holding its task's lock.
+    async fn carry_out(&self, o: &ResumeObligation) -> Result<(), LedgerError> {
+        let inner = &self.inner;
+        let retry = inner.config.remediator.resume_retry_interval;
+        let tasks = inner
+            .ctx
+            .tasks()
+            .clone()
+            .with_state_timeout(retry.min(inner.ctx.tasks().state_timeout()));
+        let give_up = chrono::Utc::now() >= o.give_up_at;
+        let since = o.created_at.format("%Y-%m-%d %H:%M:%S UTC");
+        let state = match tasks.describe(&o.task).await {
+            Ok(state) => state,
+            Err(error @ DmsTaskError::NotFound(_)) => {
+                return self
+                    .settle(o, ResumeState::NeedsHuman, &format!("{error}"))
+                    .await
+            }
+            Err(error) if give_up => {
+                return self
+                    .settle(
+                        o,
+                        ResumeState::NeedsHuman,
+                        &format!("resume owed since {since}, still failing: {error}"),
+                    )
+                    .await
+            }
+            Err(error) => {
+                tracing::warn!(obligation = o.id, task = %o.task, %error, "Owed resume: cannot read the task; will retry.");
+                return inner
+                    .ledger
+                    .note_resume_attempt(o.id, None, Some(&error.to_string()), retry)
+                    .await;
+            }
+        };
+        if state.is_running() {
+            return self.settle(o, ResumeState::Resumed, "running again").await;
+        }
+        if state.is_failed() {
+            let why = failure_text(
+                state.stop_reason.as_deref(),
+                state.last_failure_message.as_deref(),
+            );
+            let recoverable = state
+                .stop_reason
+                .as_deref()
+                .is_some_and(|r| r.contains(RECOVERABLE_ERROR));
+            if !recoverable || give_up {
+                return self
+                    .settle(
+                        o,
+                        ResumeState::NeedsHuman,
+                        &format!("the task failed: {why}"),
+                    )
+                    .await;
+            }
+            // DMS retries recoverable errors itself; wait for it (until the give-up time).
+            return inner
+                .ledger
+                .note_resume_attempt(o.id, Some(&state.status), Some(&why), retry)
+                .await;
+        }
+        if state.is_stopped() {
+            tracing::info!(obligation = o.id, job = o.job_id, task = %o.task, "Owed resume: the task is stopped; resuming it.");
+            let (status, error) = match tasks.send_resume(&o.task).await {
+                Ok(sent) => (sent.status, None),
+                Err(error) => (state.status.clone(), Some(error.to_string())),
+            };
+            if give_up && error.is_some() {
+                return self
+                    .settle(
+                        o,
+                        ResumeState::NeedsHuman,
+                        &format!(
+                            "resume owed since {since}; the resume failed: {}",
+                            error.unwrap_or_default()
+                        ),
+                    )
+                    .await;
+            }
+            // Confirmed `running` at a later look.
+            return inner
+                .ledger
+                .note_resume_attempt(o.id, Some(&status), error.as_deref(), retry)
+                .await;
+        }
+        if give_up {
+            return self
+                .settle(
+                    o,
+                    ResumeState::NeedsHuman,
+                    &format!(
+                        "resume owed since {since}; the task is still `{}`",
+                        state.status
+                    ),
+                )
+                .await;
+        }
+        // stopping, starting, modifying, …: look again later.
+        inner
+            .ledger
+            .note_resume_attempt(o.id, Some(&state.status), None, retry)
+            .await
+    }
+
+    async fn settle(
+        &self,
+        o: &ResumeObligation,
+        state: ResumeState,
+        reason: &str,
+    ) -> Result<(), LedgerError> {
+        let inner = &self.inner;
+        if !inner
+            .ledger
+            .settle_resume(o.id, state, reason, &inner.runner)
+            .await?
+        {
+            return Ok(());
+        }
+        match state {
+            ResumeState::Resumed => {
+                tracing::info!(obligation = o.id, job = o.job_id, task = %o.task, reason, "Owed resume done: the task runs again.");
+                inner.metrics.resume_settled(o.fix, ResumeResult::Resumed);
+            }
+            _ => {
+                tracing::error!(obligation = o.id, job = o.job_id, task = %o.task, reason, "Owed resume given up: a human must resume the task.");
+                inner
+                    .metrics
+                    .resume_settled(o.fix, ResumeResult::NeedsHuman);
+            }
+        }
+        Ok(())
     }
 
     /// Takes the locks of `tasks`, retrying each second for up to `wait`.

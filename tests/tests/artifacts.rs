@@ -51,6 +51,8 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_remediator_jobs_total",
     "dmsguard_remediator_jobs_in_flight",
     "dmsguard_remediator_scheduled_steps_pending",
+    "dmsguard_remediator_resumes_owed",
+    "dmsguard_remediator_resumes_total",
 ];
 
 /// Exported histograms: queries use their `_bucket`, `_sum` and `_count` series.

@@ -1,8 +1,12 @@
-//! Exports the seconds until the next Redshift maintenance window and whether one is active,
-//! from `redshift.maintenance_window` or the cluster's `PreferredMaintenanceWindow`.
+//! Exports the Redshift maintenance schedule: seconds until and times of the next maintenance
+//! that is not deferred, whether one is active, whether maintenance is deferred now. From
+//! `redshift.maintenance_window`, or the cluster's `DescribeClusters`:
+//! `NextMaintenanceWindowStartTime`, `DeferredMaintenanceWindows` and the
+//! `PreferredMaintenanceWindow`'s length
+//! (<https://docs.aws.amazon.com/redshift/latest/APIReference/API_Cluster.html>).
 
 use dmsguard_pipeline::config::{Config, MaintenanceWindow};
-use dmsguard_pipeline::maintenance;
+use dmsguard_pipeline::maintenance::{self, Schedule};
 
 use super::{Probe, ProbeError};
 use crate::metrics::{MaintenanceMetrics, ProbeName};
@@ -42,8 +46,8 @@ impl WindowSource {
 /// The maintenance probe.
 pub struct MaintenanceProbe {
     source: WindowSource,
-    /// The last window read: the countdown keeps going while `DescribeClusters` fails.
-    last_window: Option<MaintenanceWindow>,
+    /// The last schedule read: the countdown keeps going while `DescribeClusters` fails.
+    last: Option<Schedule>,
     metrics: MaintenanceMetrics,
 }
 
@@ -51,37 +55,20 @@ impl MaintenanceProbe {
     pub fn new(source: WindowSource, metrics: MaintenanceMetrics) -> Self {
         Self {
             source,
-            last_window: None,
+            last: None,
             metrics,
         }
     }
 
-    async fn window(&self) -> Result<MaintenanceWindow, ProbeError> {
+    async fn schedule(&self) -> Result<Schedule, ProbeError> {
         match &self.source {
-            WindowSource::Configured(w) => Ok(*w),
+            WindowSource::Configured(w) => Ok(Schedule::weekly(*w)),
             WindowSource::Cluster {
                 client,
                 cluster_identifier,
-            } => {
-                let out = client
-                    .describe_clusters()
-                    .cluster_identifier(cluster_identifier)
-                    .send()
-                    .await
-                    .map_err(|e| ProbeError::aws("DescribeClusters", e))?;
-                let text = out
-                    .clusters()
-                    .first()
-                    .and_then(|c| c.preferred_maintenance_window())
-                    .ok_or_else(|| {
-                        ProbeError::Invalid(format!(
-                            "cluster `{cluster_identifier}` has no PreferredMaintenanceWindow"
-                        ))
-                    })?;
-                MaintenanceWindow::parse(text).map_err(|e| {
-                    ProbeError::Invalid(format!("cluster `{cluster_identifier}`: {e}"))
-                })
-            }
+            } => maintenance::describe_schedule(client, cluster_identifier)
+                .await
+                .map_err(|e| ProbeError::Invalid(e.to_string())),
         }
     }
 }
@@ -92,18 +79,36 @@ impl Probe for MaintenanceProbe {
     }
 
     async fn refresh(&mut self) -> Result<(), ProbeError> {
-        let read = self.window().await;
-        if let Ok(window) = &read {
-            self.last_window = Some(*window);
+        let read = self.schedule().await;
+        if let Ok(schedule) = &read {
+            self.last = Some(schedule.clone());
         }
-        if let Some(window) = &self.last_window {
+        if let Some(schedule) = &self.last {
             let now = chrono::Utc::now();
+            let seconds = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis() as f64 / 1000.0;
+            match schedule.next(now) {
+                Some(next) => {
+                    self.metrics
+                        .next_start
+                        .set(((next.start - now).num_milliseconds() as f64 / 1000.0).max(0.0));
+                    self.metrics.next_start_timestamp.set(seconds(next.start));
+                    self.metrics.next_end_timestamp.set(seconds(next.end));
+                }
+                None => {
+                    // Deferred as far as the schedule goes: no maintenance ahead.
+                    self.metrics.next_start.set(f64::INFINITY);
+                    self.metrics.next_start_timestamp.set(f64::INFINITY);
+                    self.metrics.next_end_timestamp.set(f64::INFINITY);
+                }
+            }
+            self.metrics.active.set(if schedule.active(now).is_some() {
+                1.0
+            } else {
+                0.0
+            });
             self.metrics
-                .next_start
-                .set(maintenance::seconds_until_next_start(window, now) as f64);
-            self.metrics
-                .active
-                .set(if maintenance::is_active(window, now) {
+                .deferred
+                .set(if schedule.deferral_at(now).is_some() {
                     1.0
                 } else {
                     0.0

@@ -4,7 +4,7 @@
 use dmsguard_pipeline::config::FixName;
 use serde_json::json;
 
-use super::{Fix, FixContext, FixError, Outcome, Plan};
+use super::{Fix, FixContext, FixError, Outcome, Plan, Restart};
 use crate::ledger::Job;
 
 pub struct MemoryFix;
@@ -73,19 +73,18 @@ impl Fix for MemoryFix {
                 left_alone.push(json!({ "task": task, "status": state.status }));
                 continue;
             }
-            let result = async {
-                ctx.tasks().stop(task).await?;
-                ctx.tasks().resume(task).await
+            // The resume is owed from the stop on (ledger); see FixContext::stop_owing_resume.
+            // One task at a time: a task not running again stops the fix here.
+            match ctx.restart_task(job, task).await? {
+                Restart::Resumed(_) => restarted.push(task.clone()),
+                other => {
+                    return Ok(other.outcome(
+                        task,
+                        &format!("Restarting the tasks on {instance}"),
+                        json!({ "restarted": restarted, "left_alone": left_alone, "failed": task }),
+                    ))
+                }
             }
-            .await;
-            if let Err(error) = result {
-                let error = dmsguard_pipeline::report::error_chain(&error);
-                return Ok(Outcome::failed(
-                    format!("Restarting task {task} on {instance} failed: {error}"),
-                    json!({ "restarted": restarted, "left_alone": left_alone, "failed": task, "error": error }),
-                ));
-            }
-            restarted.push(task.clone());
         }
         Ok(Outcome::succeeded(
             format!(

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::{Config, FixName};
 use dmsguard_pipeline::db::{self, ConnectError};
-use dmsguard_pipeline::dms_tasks::{DmsTaskError, DmsTasks};
+use dmsguard_pipeline::dms_tasks::{DmsTaskError, DmsTasks, TaskState, STOPPED};
 use serde::{Deserialize, Serialize};
 
 pub use maintenance::MaintenanceFix;
@@ -26,7 +26,8 @@ pub use missing_rows::MissingRowsFix;
 pub use one_by_one::OneByOneFix;
 pub use stalled_task::StalledTaskFix;
 
-use crate::ledger::{Job, Ledger, LedgerError, NewStep, ScheduledStep};
+use crate::ledger::{Job, Ledger, LedgerError, NewStep, ResumeState, ScheduledStep};
+use crate::metrics::{Metrics, ResumeResult};
 use crate::progress::{LogProgress, Progress};
 
 /// Why a fix could not plan or execute.
@@ -199,6 +200,7 @@ pub struct FixContext {
     tasks: DmsTasks,
     ledger: Ledger,
     progress: Arc<dyn Progress>,
+    metrics: Option<Metrics>,
 }
 
 impl FixContext {
@@ -210,6 +212,7 @@ impl FixContext {
             tasks,
             ledger,
             progress: Arc::new(LogProgress::default()),
+            metrics: None,
         }
     }
 
@@ -222,6 +225,18 @@ impl FixContext {
     /// Where row-by-row repairs report progress.
     pub fn progress(&self) -> &dyn Progress {
         self.progress.as_ref()
+    }
+
+    /// Counts settled resumes in `metrics` (the worker's).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_resume(&self, fix: FixName, result: ResumeResult) {
+        if let Some(metrics) = &self.metrics {
+            metrics.resume_settled(fix, result);
+        }
     }
 
     /// Replaces the DMS task operations (e.g. a faster poll interval in tests).
@@ -270,6 +285,150 @@ impl FixContext {
     /// The current time, as the ledger records it.
     pub fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    /// The job ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Stops `task` durably: first records in the ledger that it is owed a resume (not before
+    /// `resume_not_before`; a human is told if it is still owed `resume_give_up_after` later),
+    /// then sends StopReplicationTask without waiting. Returns the obligation's id. Whatever
+    /// happens next (a timeout, throttling, a crash), the worker's sweeper resumes the task
+    /// once it is stopped, or marks the job `needs_human`.
+    pub async fn stop_owing_resume(
+        &self,
+        job: &Job,
+        task: &str,
+        resume_not_before: DateTime<Utc>,
+    ) -> Result<i64, FixError> {
+        let give_up = resume_not_before
+            + chrono::Duration::from_std(self.config.remediator.resume_give_up_after)
+                .unwrap_or(chrono::Duration::MAX);
+        let obligation = self
+            .ledger
+            .owe_resume(job.id, job.fix, task, resume_not_before, give_up)
+            .await?;
+        tracing::info!(
+            job = job.id,
+            task,
+            obligation,
+            "Resume owed (recorded before the stop)."
+        );
+        self.tasks.send_stop(task).await?;
+        Ok(obligation)
+    }
+
+    /// Stops `task` (durably, see `stop_owing_resume`) and resumes it: what F1, F2 and F5 do.
+    pub async fn restart_task(&self, job: &Job, task: &str) -> Result<Restart, FixError> {
+        let obligation = self.stop_owing_resume(job, task, self.now()).await?;
+        let result = async {
+            self.tasks.wait_for(task, STOPPED).await?;
+            self.tasks.resume(task).await
+        }
+        .await;
+        self.settle_restart(job, task, obligation, result).await
+    }
+
+    /// Settles obligation `obligation` of `job` on `task` from how its resume ended.
+    pub async fn settle_restart(
+        &self,
+        job: &Job,
+        task: &str,
+        obligation: i64,
+        result: Result<TaskState, DmsTaskError>,
+    ) -> Result<Restart, FixError> {
+        let by = format!("job {}", job.id);
+        match result {
+            Ok(state) => {
+                self.ledger
+                    .settle_resume(obligation, ResumeState::Resumed, "resumed by the fix", &by)
+                    .await?;
+                self.count_resume(job.fix, ResumeResult::Resumed);
+                Ok(Restart::Resumed(state))
+            }
+            Err(error @ (DmsTaskError::Failed { .. } | DmsTaskError::NotFound(_))) => {
+                self.ledger
+                    .settle_resume(obligation, ResumeState::NeedsHuman, &error.to_string(), &by)
+                    .await?;
+                self.count_resume(job.fix, ResumeResult::NeedsHuman);
+                Ok(Restart::NeedsHuman { obligation, error })
+            }
+            Err(error) => {
+                tracing::warn!(job = job.id, task, obligation, %error, "Task not running again yet; its resume stays owed.");
+                Ok(Restart::Owed { obligation, error })
+            }
+        }
+    }
+}
+
+/// How a durable restart ended.
+#[derive(Debug)]
+pub enum Restart {
+    /// The task runs again.
+    Resumed(TaskState),
+    /// Not running yet (still `stopping`, throttled, …): the resume stays owed in the ledger
+    /// and the sweeper carries it out.
+    Owed {
+        obligation: i64,
+        error: DmsTaskError,
+    },
+    /// The task failed (or vanished): a human must look; `error` carries DMS's `StopReason`
+    /// and `LastFailureMessage`.
+    NeedsHuman {
+        obligation: i64,
+        error: DmsTaskError,
+    },
+}
+
+impl Restart {
+    /// The outcome of a fix whose work ended with this restart: `done` describes what the fix
+    /// did before it (e.g. "Restarted task t1"), `details` what the ledger records.
+    pub fn outcome(self, task: &str, done: &str, mut details: serde_json::Value) -> Outcome {
+        let merge = |details: &mut serde_json::Value, extra: serde_json::Value| {
+            if let (Some(d), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra) {
+                d.extend(extra);
+            }
+        };
+        match self {
+            Restart::Resumed(state) => {
+                merge(
+                    &mut details,
+                    serde_json::json!({ "restarted": true, "status": state.status }),
+                );
+                Outcome::succeeded(format!("{done}: task {task} stopped and resumed."), details)
+            }
+            Restart::Owed { obligation, error } => {
+                merge(
+                    &mut details,
+                    serde_json::json!({
+                        "restarted": false,
+                        "resume_owed": [task],
+                        "obligation": obligation,
+                        "error": error.to_string(),
+                    }),
+                );
+                Outcome::failed(
+                    format!("{done}: task {task} stopped but not running yet ({error}); its resume is owed (obligation {obligation}) and the remediator resumes it once it is stopped."),
+                    details,
+                )
+            }
+            Restart::NeedsHuman { obligation, error } => {
+                merge(
+                    &mut details,
+                    serde_json::json!({
+                        "restarted": false,
+                        "obligation": obligation,
+                        "error": error.to_string(),
+                    }),
+                );
+                Outcome::needs_human(
+                    format!("{done}: task {task} was stopped and cannot be resumed by dmsguard: {error}"),
+                    details,
+                )
+            }
+        }
     }
 }
 

@@ -566,10 +566,31 @@ impl Fix for OneByOneFix {
             ));
         }
         let state = ctx.tasks().describe(task).await?;
-        let stopped = if state.is_running() {
-            ctx.tasks().stop(task).await?;
-            true
-        } else if state.is_stopped() {
+        if state.is_running() {
+            // The resume is owed from the stop on (ledger); see FixContext::stop_owing_resume.
+            let restart = ctx.restart_task(job, task).await?;
+            if let super::Restart::Resumed(resumed) = restart {
+                merge(
+                    &mut details,
+                    json!({ "restarted": true, "stopped": true, "status": resumed.status }),
+                );
+                return Ok(Outcome::succeeded(
+                    format!(
+                        "{}: {}; task {task} stopped and resumed.",
+                        update.target,
+                        copied.summary()
+                    ),
+                    details,
+                ));
+            }
+            merge(&mut details, json!({ "stopped": true }));
+            return Ok(restart.outcome(
+                task,
+                &format!("{}: {}", update.target, copied.summary()),
+                details,
+            ));
+        }
+        let stopped = if state.is_stopped() {
             false
         } else {
             merge(

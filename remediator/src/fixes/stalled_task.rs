@@ -1,10 +1,15 @@
 //! F5: restart (stop, then resume) a task that says running but applies nothing; a second
-//! stall within the cooldown goes to a human instead of looping.
+//! stall within the cooldown goes to a human instead of looping. The resume is owed in the
+//! ledger from the moment the stop is sent; a task that failed (DMS `failed`, with its
+//! `StopReason` and `LastFailureMessage`) is left to a human.
 
 use dmsguard_pipeline::config::FixName;
+use dmsguard_pipeline::dms_tasks::failure_text;
 use serde_json::json;
 
-use super::{configured_task, job_task, CooldownPolicy, Fix, FixContext, FixError, Outcome, Plan};
+use super::{
+    configured_task, job_task, CooldownPolicy, Fix, FixContext, FixError, Outcome, Plan, Restart,
+};
 use crate::ledger::Job;
 
 pub struct StalledTaskFix;
@@ -31,6 +36,14 @@ impl Fix for StalledTaskFix {
             plan.step(format!(
                 "Resume task {task} (resume-processing) and wait until it is running."
             ));
+        } else if state.is_failed() {
+            plan.summary = format!(
+                "Task {task} failed: {}; not restarted, a human should look.",
+                failure_text(
+                    state.stop_reason.as_deref(),
+                    state.last_failure_message.as_deref()
+                )
+            );
         } else {
             plan.summary = format!(
                 "Task {task} is {}, not running: nothing to restart; a human should look.",
@@ -49,6 +62,26 @@ impl Fix for StalledTaskFix {
         let task = job_task(job)?;
         // Re-read under the lock: the plan may be stale.
         let state = ctx.tasks().describe(task).await?;
+        if state.is_failed() {
+            // A failed task does not apply: DMS says why (StopReason, LastFailureMessage,
+            // https://docs.aws.amazon.com/dms/latest/APIReference/API_ReplicationTask.html).
+            // A restart would not fix what failed it; a human must look, told the reason.
+            return Ok(Outcome::needs_human(
+                format!(
+                    "Task {task} failed: {}; not restarted, left as it is.",
+                    failure_text(
+                        state.stop_reason.as_deref(),
+                        state.last_failure_message.as_deref()
+                    )
+                ),
+                json!({
+                    "task": task,
+                    "status": state.status,
+                    "stop_reason": state.stop_reason,
+                    "last_failure_message": state.last_failure_message,
+                }),
+            ));
+        }
         if !state.is_running() {
             return Ok(Outcome::needs_human(
                 format!(
@@ -58,11 +91,13 @@ impl Fix for StalledTaskFix {
                 json!({ "task": task, "status": state.status }),
             ));
         }
-        ctx.tasks().stop(task).await?;
-        let resumed = ctx.tasks().resume(task).await?;
-        Ok(Outcome::succeeded(
-            format!("Restarted task {task}."),
-            json!({ "task": task, "restarted": true, "status": resumed.status }),
-        ))
+        // The resume is owed from the stop on (ledger); see FixContext::stop_owing_resume.
+        match ctx.restart_task(job, task).await? {
+            Restart::Resumed(resumed) => Ok(Outcome::succeeded(
+                format!("Restarted task {task}."),
+                json!({ "task": task, "restarted": true, "status": resumed.status }),
+            )),
+            other => Ok(other.outcome(task, "Restart", json!({ "task": task }))),
+        }
     }
 }

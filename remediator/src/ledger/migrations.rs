@@ -15,10 +15,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Never edit an applied one: add a new version.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "jobs, scheduled steps, alert resolutions",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "jobs, scheduled steps, alert resolutions",
+        sql: r#"
 CREATE TABLE dmsguard.jobs (
     id                   bigserial PRIMARY KEY,
     alert_fingerprint    text,
@@ -86,7 +87,37 @@ CREATE TABLE dmsguard.alert_resolutions (
     PRIMARY KEY (fingerprint, starts_at)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "resume obligations",
+        sql: r#"
+-- A task a fix stopped is owed a resume from the moment the stop is sent, until it runs again
+-- (state resumed) or a human is told (state needs_human).
+CREATE TABLE dmsguard.resume_obligations (
+    id          bigserial PRIMARY KEY,
+    job_id      bigint NOT NULL REFERENCES dmsguard.jobs (id),
+    fix         text NOT NULL,
+    task        text NOT NULL,
+    state       text NOT NULL DEFAULT 'owed'
+        CHECK (state IN ('owed', 'resumed', 'needs_human')),
+    -- Not resumed before this (F3: the end of the maintenance hold); then the next attempt.
+    not_before  timestamptz NOT NULL DEFAULT now(),
+    give_up_at  timestamptz NOT NULL,
+    attempts    integer NOT NULL DEFAULT 0,
+    last_status text,
+    last_error  text,
+    -- How it was settled: the resume, or why a human is needed.
+    reason      text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    settled_at  timestamptz,
+    settled_by  text
+);
+CREATE INDEX resume_obligations_owed ON dmsguard.resume_obligations (not_before) WHERE state = 'owed';
+CREATE INDEX resume_obligations_job ON dmsguard.resume_obligations (job_id);
+"#,
+    },
+];
 
 /// Applies the migrations not yet recorded in `dmsguard.schema_migrations`; returns how many.
 pub async fn apply(client: &mut Client) -> Result<usize, LedgerError> {

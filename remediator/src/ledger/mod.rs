@@ -2,6 +2,7 @@
 
 pub mod locks;
 pub mod migrations;
+pub mod resumes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 pub use locks::TaskLocks;
+pub use resumes::{ResumeObligation, ResumeState, ResumeSummary};
 
 use crate::routing::JobTarget;
 

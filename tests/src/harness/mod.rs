@@ -4,6 +4,7 @@
 //! PostgreSQL and installed the other services' binaries.
 
 mod dms;
+mod lab_control;
 mod processes;
 mod proxy;
 
@@ -15,6 +16,10 @@ use dmsguard_pipeline::secret::Secret;
 use tokio_postgres::Client;
 
 pub use dms::{create_dms_task, start_dms_task};
+pub use lab_control::{
+    Burst, DeferredWindow, FailWhen, LabControl, LabControlState, DESCRIBE_CLUSTERS,
+    DESCRIBE_REPLICATION_TASKS, GET_METRIC_DATA, STOP_REASON_FATAL, STOP_REASON_RECOVERABLE,
+};
 pub use processes::{Alertmanager, Moto, Prometheus};
 pub use proxy::TcpProxy;
 
