@@ -155,7 +155,9 @@ impl RedshiftConfig {
     }
 }
 
-/// AWS API access. Credentials come from the standard AWS chain (environment, profile, IMDS).
+/// AWS API access. Credentials come from the standard AWS chain (environment variables, shared
+/// profile, web identity token / IRSA, ECS container or EC2 instance role), optionally used
+/// only to assume `role_arn`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
@@ -170,6 +172,15 @@ pub struct AwsConfig {
     /// Timeout of one API call attempt.
     #[serde(default = "defaults::api_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// An IAM role to assume with STS `AssumeRole` (e.g. a role in the production account when
+    /// dmsguard runs in a monitoring account); the credential chain's identity only assumes it.
+    /// Used for the DMS, CloudWatch and Redshift APIs. The temporary credentials are refreshed
+    /// before they expire.
+    pub role_arn: Option<String>,
+    /// The external ID the role's trust policy requires (`sts:ExternalId`), if any.
+    pub external_id: Option<String>,
+    /// The role session name, shown in CloudTrail; default `dmsguard`.
+    pub session_name: Option<String>,
 }
 
 impl Default for AwsConfig {
@@ -179,7 +190,71 @@ impl Default for AwsConfig {
             endpoint_url: None,
             max_attempts: defaults::max_attempts(),
             timeout: defaults::api_timeout(),
+            role_arn: None,
+            external_id: None,
+            session_name: None,
         }
+    }
+}
+
+impl AwsConfig {
+    /// The role session name used when assuming `role_arn`.
+    pub fn session_name(&self) -> &str {
+        self.session_name.as_deref().unwrap_or("dmsguard")
+    }
+
+    // Limits from the AssumeRole API reference:
+    // https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(arn) = &self.role_arn {
+            let parts: Vec<&str> = arn.splitn(6, ':').collect();
+            if parts.len() != 6
+                || parts[0] != "arn"
+                || parts[2] != "iam"
+                || !parts[5].starts_with("role/")
+            {
+                return Err(ConfigError::key(
+                    "aws.role_arn",
+                    format!("`{arn}` is not an IAM role ARN (arn:aws:iam::123456789012:role/name)"),
+                ));
+            }
+        } else {
+            for (key, set) in [
+                ("external_id", self.external_id.is_some()),
+                ("session_name", self.session_name.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::key(
+                        format!("aws.{key}"),
+                        "only used with `role_arn`, which is not set",
+                    ));
+                }
+            }
+        }
+        let name = self.session_name();
+        let name_ok = (2..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+        if !name_ok {
+            return Err(ConfigError::key(
+                "aws.session_name",
+                "2 to 64 characters of letters, digits and _+=,.@-",
+            ));
+        }
+        if let Some(id) = &self.external_id {
+            let id_ok = (2..=1224).contains(&id.len())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
+            if !id_ok {
+                return Err(ConfigError::key(
+                    "aws.external_id",
+                    "2 to 1224 characters of letters, digits and _+=,.@:/-",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -604,6 +679,7 @@ impl Config {
         if let Some(ledger) = &self.remediator.ledger {
             check_secret_pair("remediator.ledger", &ledger.password, &ledger.password_file)?;
         }
+        self.aws.validate()?;
         check_tls("source", &self.source)?;
         check_tls("redshift", &self.redshift.database())?;
         if let Some(ledger) = &self.remediator.ledger {
@@ -1094,6 +1170,32 @@ mod tests {
         let text =
             format!("{MINIMAL}\n[remediator.ledger]\nurl = \"postgresql://u@localhost/source\"\n");
         assert!(Config::from_toml(&text, &env).unwrap().ledger_is_source());
+    }
+
+    #[test]
+    fn assumed_role_keys_are_checked() {
+        let with = |aws: &str| format!("{MINIMAL}\n[aws]\n{aws}\n");
+        let c = Config::from_toml(
+            &with(
+                "role_arn = \"arn:aws:iam::123456789012:role/dmsguard\"\nexternal_id = \"ext-1\"",
+            ),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.aws.session_name(), "dmsguard");
+        assert_eq!(c.aws.external_id.as_deref(), Some("ext-1"));
+        for (aws, key) in [
+            ("role_arn = \"dmsguard\"", "aws.role_arn"),
+            ("role_arn = \"arn:aws:iam::1:user/x\"", "aws.role_arn"),
+            ("external_id = \"ext-1\"", "aws.external_id"),
+            (
+                "role_arn = \"arn:aws:iam::1:role/x\"\nsession_name = \"has space\"",
+                "aws.session_name",
+            ),
+        ] {
+            let err = Config::from_toml(&with(aws), &env).unwrap_err().to_string();
+            assert!(err.contains(key), "{aws}: {err}");
+        }
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //! <https://s3.amazonaws.com/redshift-downloads/amazon-trust-ca-bundle.crt>
 //! (<https://docs.aws.amazon.com/redshift/latest/mgmt/connecting-ssl-support.html>). The value
 //! `system` uses the operating system's trust store instead (as libpq 16 does).
+//! Plaintext is not an option against AWS by default: RDS for PostgreSQL 15 and later sets
+//! `rds.force_ssl = 1`
+//! (<https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/ssl-certificate-rotation-postgresql.html>),
+//! and a Redshift cluster whose parameter group sets `require_ssl` refuses it
+//! (<https://docs.aws.amazon.com/redshift/latest/mgmt/connecting-ssl-support.html>).
 //! Differences from libpq: `allow` is not supported (use `prefer`); the default root file
 //! `~/.postgresql/root.crt` is not read (set `sslrootcert`); a failed certificate check under
 //! `prefer` is an error, never a silent retry in plaintext.

@@ -193,6 +193,7 @@ pub fn aws_config(endpoint: &str) -> AwsConfig {
         endpoint_url: Some(endpoint.to_owned()),
         max_attempts: 1,
         timeout: Duration::from_secs(10),
+        ..AwsConfig::default()
     }
 }
 
