@@ -80,6 +80,15 @@ pub struct DatabaseConfig {
     pub password: Option<Secret>,
     /// A file whose content (trailing newline stripped) is the password.
     pub password_file: Option<PathBuf>,
+    /// TLS: `disable`, `prefer` (default: TLS when the server offers it, unverified),
+    /// `require` (TLS, unverified unless `sslrootcert` is set), `verify-ca` (certificate signed
+    /// by a CA in `sslrootcert`) or `verify-full` (and naming the host); libpq's meanings. May be
+    /// given in `url` instead (`?sslmode=verify-full`), not in both with different values.
+    pub sslmode: Option<crate::tls::SslMode>,
+    /// PEM file of the CA certificates that sign the server's certificate (for RDS/Aurora
+    /// Amazon's `global-bundle.pem`, for Redshift `amazon-trust-ca-bundle.crt`), or `system`
+    /// for the operating system's trust store. May be given in `url` instead.
+    pub sslrootcert: Option<String>,
     /// How long to wait for a connection.
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -109,6 +118,15 @@ pub struct RedshiftConfig {
     pub password: Option<Secret>,
     /// A file whose content (trailing newline stripped) is the password.
     pub password_file: Option<PathBuf>,
+    /// TLS: `disable`, `prefer` (default: TLS when the server offers it, unverified),
+    /// `require` (TLS, unverified unless `sslrootcert` is set), `verify-ca` (certificate signed
+    /// by a CA in `sslrootcert`) or `verify-full` (and naming the host); libpq's meanings. May be
+    /// given in `url` instead (`?sslmode=verify-full`), not in both with different values.
+    pub sslmode: Option<crate::tls::SslMode>,
+    /// PEM file of the CA certificates that sign the server's certificate (for RDS/Aurora
+    /// Amazon's `global-bundle.pem`, for Redshift `amazon-trust-ca-bundle.crt`), or `system`
+    /// for the operating system's trust store. May be given in `url` instead.
+    pub sslrootcert: Option<String>,
     /// How long to wait for a connection.
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -140,13 +158,17 @@ impl RedshiftConfig {
             url: self.url.clone(),
             password: self.password.clone(),
             password_file: self.password_file.clone(),
+            sslmode: self.sslmode,
+            sslrootcert: self.sslrootcert.clone(),
             connect_timeout: self.connect_timeout,
             statement_timeout: self.statement_timeout,
         }
     }
 }
 
-/// AWS API access. Credentials come from the standard AWS chain (environment, profile, IMDS).
+/// AWS API access. Credentials come from the standard AWS chain (environment variables, shared
+/// profile, web identity token / IRSA, ECS container or EC2 instance role), optionally used
+/// only to assume `role_arn`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
@@ -161,6 +183,15 @@ pub struct AwsConfig {
     /// Timeout of one API call attempt.
     #[serde(default = "defaults::api_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// An IAM role to assume with STS `AssumeRole` (e.g. a role in the production account when
+    /// dmsguard runs in a monitoring account); the credential chain's identity only assumes it.
+    /// Used for the DMS, CloudWatch and Redshift APIs. The temporary credentials are refreshed
+    /// before they expire.
+    pub role_arn: Option<String>,
+    /// The external ID the role's trust policy requires (`sts:ExternalId`), if any.
+    pub external_id: Option<String>,
+    /// The role session name, shown in CloudTrail; default `dmsguard`.
+    pub session_name: Option<String>,
 }
 
 impl Default for AwsConfig {
@@ -170,7 +201,71 @@ impl Default for AwsConfig {
             endpoint_url: None,
             max_attempts: defaults::max_attempts(),
             timeout: defaults::api_timeout(),
+            role_arn: None,
+            external_id: None,
+            session_name: None,
         }
+    }
+}
+
+impl AwsConfig {
+    /// The role session name used when assuming `role_arn`.
+    pub fn session_name(&self) -> &str {
+        self.session_name.as_deref().unwrap_or("dmsguard")
+    }
+
+    // Limits from the AssumeRole API reference:
+    // https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(arn) = &self.role_arn {
+            let parts: Vec<&str> = arn.splitn(6, ':').collect();
+            if parts.len() != 6
+                || parts[0] != "arn"
+                || parts[2] != "iam"
+                || !parts[5].starts_with("role/")
+            {
+                return Err(ConfigError::key(
+                    "aws.role_arn",
+                    format!("`{arn}` is not an IAM role ARN (arn:aws:iam::123456789012:role/name)"),
+                ));
+            }
+        } else {
+            for (key, set) in [
+                ("external_id", self.external_id.is_some()),
+                ("session_name", self.session_name.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::key(
+                        format!("aws.{key}"),
+                        "only used with `role_arn`, which is not set",
+                    ));
+                }
+            }
+        }
+        let name = self.session_name();
+        let name_ok = (2..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+        if !name_ok {
+            return Err(ConfigError::key(
+                "aws.session_name",
+                "2 to 64 characters of letters, digits and _+=,.@-",
+            ));
+        }
+        if let Some(id) = &self.external_id {
+            let id_ok = (2..=1224).contains(&id.len())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
+            if !id_ok {
+                return Err(ConfigError::key(
+                    "aws.external_id",
+                    "2 to 1224 characters of letters, digits and _+=,.@:/-",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -420,7 +515,10 @@ pub struct RemediatorConfig {
     /// Largest webhook body accepted, in bytes.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
-    /// The PostgreSQL database holding the job ledger (schema `dmsguard`); defaults to `[source]`.
+    /// The PostgreSQL database holding the job ledger (schema `dmsguard`, created at start).
+    /// Required by `dmsguard-remediator`; give it a small database of its own, never the
+    /// production source (that needs CREATE there, and a wildcard DMS table mapping would
+    /// replicate the ledger into Redshift).
     pub ledger: Option<DatabaseConfig>,
     /// Alert name -> fix. Defaults route each fix's own alert (`DMSOneByOneMode` -> `one_by_one`, …).
     #[serde(default = "defaults::routes")]
@@ -639,6 +737,12 @@ impl Config {
         if let Some(ledger) = &self.remediator.ledger {
             check_secret_pair("remediator.ledger", &ledger.password, &ledger.password_file)?;
         }
+        self.aws.validate()?;
+        check_tls("source", &self.source)?;
+        check_tls("redshift", &self.redshift.database())?;
+        if let Some(ledger) = &self.remediator.ledger {
+            check_tls("remediator.ledger", ledger)?;
+        }
         check_pair(
             "remediator",
             "token",
@@ -731,9 +835,27 @@ impl Config {
         Ok(())
     }
 
-    /// The ledger database: `[remediator.ledger]`, or `[source]` when unset.
-    pub fn ledger_database(&self) -> &DatabaseConfig {
-        self.remediator.ledger.as_ref().unwrap_or(&self.source)
+    /// The ledger database, `[remediator.ledger]`; an error naming the key when it is unset
+    /// (the remediator needs it; the exporter does not).
+    pub fn ledger_database(&self) -> Result<&DatabaseConfig, ConfigError> {
+        self.remediator.ledger.as_ref().ok_or_else(|| {
+            ConfigError::key(
+                "remediator.ledger",
+                "missing: dmsguard-remediator keeps its job ledger (schema `dmsguard`) in a \
+                 PostgreSQL database of its own; add a [remediator.ledger] section with `url` \
+                 and `password` or `password_file`, e.g. url = \"postgresql://dmsguard@ops-db:5432/dmsguard\". \
+                 It no longer defaults to [source]: that needed CREATE on the production \
+                 database, and a wildcard DMS table mapping replicated the ledger into Redshift",
+            )
+        })
+    }
+
+    /// Whether the ledger is the same database as `[source]` (same host, port and database).
+    pub fn ledger_is_source(&self) -> bool {
+        self.remediator
+            .ledger
+            .as_ref()
+            .is_some_and(|l| crate::db::describe(l) == crate::db::describe(&self.source))
     }
 
     /// The configured table whose source or target name is `name`, compared as PostgreSQL
@@ -750,6 +872,25 @@ impl Config {
     pub fn task(&self, name: &str) -> Option<&TaskConfig> {
         self.tasks.iter().find(|t| t.name == name)
     }
+}
+
+/// `sslmode`/`sslrootcert` of a database are valid and agree between its URL and its keys.
+fn check_tls(section: &str, db: &DatabaseConfig) -> Result<(), ConfigError> {
+    use crate::tls::TlsError;
+    let settings = crate::db::tls_settings(db).map_err(|e| {
+        let key = match &e {
+            TlsError::Conflict { key, .. } => key,
+            _ => "url",
+        };
+        ConfigError::key(format!("{section}.{key}"), e.to_string())
+    })?;
+    if settings.mode.verifies() && settings.root_cert.is_none() {
+        return Err(ConfigError::key(
+            format!("{section}.sslrootcert"),
+            TlsError::RootCertMissing(settings.mode).to_string(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_secret_pair(
@@ -1089,6 +1230,94 @@ mod tests {
         );
         let err = Config::from_toml(&text, &env).unwrap_err().to_string();
         assert!(err.contains("source.password"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_are_read_checked_and_merged_with_the_url() {
+        let text = MINIMAL.replace(
+            "[redshift]",
+            "sslmode = \"verify-full\"\nsslrootcert = \"/etc/ca.pem\"\n[redshift]",
+        );
+        let c = Config::from_toml(&text, &env).unwrap();
+        let s = crate::db::tls_settings(&c.source).unwrap();
+        assert_eq!(s.mode, crate::tls::SslMode::VerifyFull);
+        assert_eq!(
+            s.root_cert,
+            Some(crate::tls::RootCert::File("/etc/ca.pem".into()))
+        );
+        // The default is libpq's: prefer.
+        let r = crate::db::tls_settings(&c.redshift.database()).unwrap();
+        assert_eq!(r.mode, crate::tls::SslMode::Prefer);
+
+        let text = MINIMAL.replace("[redshift]", "sslmode = \"verify-ca\"\n[redshift]");
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("source.sslrootcert"), "{err}");
+
+        let text = MINIMAL.replace(
+            "localhost/redshift\"",
+            "localhost/redshift?sslmode=require\"\nsslmode = \"disable\"",
+        );
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("redshift.sslmode") && err.contains("require"),
+            "{err}"
+        );
+
+        let text = MINIMAL.replace("localhost/source\"", "localhost/source?sslmode=allow\"");
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("source.url") && err.contains("allow"), "{err}");
+
+        let text = MINIMAL.replace("[redshift]", "sslmode = \"strict\"\n[redshift]");
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("source.sslmode"), "{err}");
+    }
+
+    #[test]
+    fn the_ledger_is_required_and_never_defaults_to_the_source() {
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        let err = c.ledger_database().unwrap_err().to_string();
+        assert!(
+            err.contains("remediator.ledger") && err.contains("missing"),
+            "{err}"
+        );
+        assert!(!c.ledger_is_source());
+        let text =
+            format!("{MINIMAL}\n[remediator.ledger]\nurl = \"postgresql://u@ops/dmsguard\"\n");
+        let c = Config::from_toml(&text, &env).unwrap();
+        assert_eq!(
+            c.ledger_database().unwrap().url,
+            "postgresql://u@ops/dmsguard"
+        );
+        assert!(!c.ledger_is_source());
+        let text =
+            format!("{MINIMAL}\n[remediator.ledger]\nurl = \"postgresql://u@localhost/source\"\n");
+        assert!(Config::from_toml(&text, &env).unwrap().ledger_is_source());
+    }
+
+    #[test]
+    fn assumed_role_keys_are_checked() {
+        let with = |aws: &str| format!("{MINIMAL}\n[aws]\n{aws}\n");
+        let c = Config::from_toml(
+            &with(
+                "role_arn = \"arn:aws:iam::123456789012:role/dmsguard\"\nexternal_id = \"ext-1\"",
+            ),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.aws.session_name(), "dmsguard");
+        assert_eq!(c.aws.external_id.as_deref(), Some("ext-1"));
+        for (aws, key) in [
+            ("role_arn = \"dmsguard\"", "aws.role_arn"),
+            ("role_arn = \"arn:aws:iam::1:user/x\"", "aws.role_arn"),
+            ("external_id = \"ext-1\"", "aws.external_id"),
+            (
+                "role_arn = \"arn:aws:iam::1:role/x\"\nsession_name = \"has space\"",
+                "aws.session_name",
+            ),
+        ] {
+            let err = Config::from_toml(&with(aws), &env).unwrap_err().to_string();
+            assert!(err.contains(key), "{aws}: {err}");
+        }
     }
 
     #[test]

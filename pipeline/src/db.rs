@@ -1,11 +1,14 @@
-//! Connections to the PostgreSQL-protocol databases (source, Redshift, ledger).
+//! Connections to the PostgreSQL-protocol databases (source, Redshift, ledger), with TLS as
+//! `sslmode`/`sslrootcert` ask (see [`crate::tls`]).
 
 use std::str::FromStr;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{resolve_secret, DatabaseConfig};
 use crate::report::ErrorChain;
+use crate::tls::{self, RootCert, SslMode, TlsError, TlsSettings, TlsState};
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -14,13 +17,26 @@ pub enum ConnectError {
     Url(#[source] tokio_postgres::Error),
     #[error("cannot read password file: {0}")]
     PasswordFile(#[source] std::io::Error),
-    #[error("cannot connect to {target}: {source}")]
+    #[error("TLS settings of {target}: {source}")]
+    Tls {
+        target: String,
+        #[source]
+        source: TlsError,
+    },
+    #[error(
+        "cannot connect to {target} ({tls}): {}",
+        crate::db::error_chain(source)
+    )]
     Connect {
         target: String,
+        tls: TlsSettings,
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("cannot set up session on {target}: {source}")]
+    #[error(
+        "cannot set up session on {target}: {}",
+        crate::db::error_chain(source)
+    )]
     Session {
         target: String,
         #[source]
@@ -28,9 +44,41 @@ pub enum ConnectError {
     },
 }
 
+/// A tokio-postgres error with its whole cause chain, and for server errors the SQLSTATE,
+/// detail and hint (`Display` alone says only "db error" or "error performing TLS handshake").
+pub fn error_chain(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut s = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(detail) = db.detail() {
+            s.push_str(&format!("; detail: {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            s.push_str(&format!("; hint: {hint}"));
+        }
+        return s;
+    }
+    let mut s = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}
+
 /// Host, port and database of a config, for messages (never the password).
 pub fn describe(config: &DatabaseConfig) -> String {
-    match tokio_postgres::Config::from_str(&config.url) {
+    let url = tls::split_tls_params(&config.url).rest;
+    match tokio_postgres::Config::from_str(&url) {
         Ok(c) => {
             let host = c
                 .get_hosts()
@@ -47,9 +95,45 @@ pub fn describe(config: &DatabaseConfig) -> String {
     }
 }
 
-/// Builds the driver config: URL, password from the config or its file, connect timeout.
+/// The TLS settings of a database: `sslmode`/`sslrootcert` from its URL or its config keys
+/// (giving one in both places with different values is an error); `prefer` when neither says.
+pub fn tls_settings(config: &DatabaseConfig) -> Result<TlsSettings, TlsError> {
+    let split = tls::split_tls_params(&config.url);
+    let url_mode = split
+        .sslmode
+        .as_deref()
+        .map(SslMode::from_str)
+        .transpose()?;
+    let mode = match (url_mode, config.sslmode) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(TlsError::Conflict {
+                key: "sslmode",
+                url: a.to_string(),
+                config: b.to_string(),
+            })
+        }
+        (a, b) => a.or(b).unwrap_or_default(),
+    };
+    let url_root = split.sslrootcert.as_deref().map(RootCert::parse);
+    let config_root = config.sslrootcert.as_deref().map(RootCert::parse);
+    let root_cert = match (url_root, config_root) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(TlsError::Conflict {
+                key: "sslrootcert",
+                url: a.to_string(),
+                config: b.to_string(),
+            })
+        }
+        (a, b) => a.or(b),
+    };
+    Ok(TlsSettings { mode, root_cert })
+}
+
+/// Builds the driver config: URL (without the TLS keys), password from the config or its
+/// file, connect timeout, and the driver's own sslmode for `settings`.
 pub fn client_config(config: &DatabaseConfig) -> Result<tokio_postgres::Config, ConnectError> {
-    let mut pg = tokio_postgres::Config::from_str(&config.url).map_err(ConnectError::Url)?;
+    let url = tls::split_tls_params(&config.url).rest;
+    let mut pg = tokio_postgres::Config::from_str(&url).map_err(ConnectError::Url)?;
     if let Some(password) = resolve_secret(&config.password, &config.password_file)
         .map_err(ConnectError::PasswordFile)?
     {
@@ -59,25 +143,57 @@ pub fn client_config(config: &DatabaseConfig) -> Result<tokio_postgres::Config, 
     if pg.get_application_name().is_none() {
         pg.application_name("dmsguard");
     }
+    let mode = tls_settings(config)
+        .map(|s| s.mode)
+        .unwrap_or(SslMode::Require);
+    pg.ssl_mode(match mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
     Ok(pg)
 }
 
 /// Connects, spawns the connection task and applies the session's statement timeout.
 pub async fn connect(config: &DatabaseConfig) -> Result<Client, ConnectError> {
+    Ok(connect_with_tls_state(config).await?.0)
+}
+
+/// As [`connect`], and says whether the session is encrypted (protocol, cipher, certificate).
+pub async fn connect_with_tls_state(
+    config: &DatabaseConfig,
+) -> Result<(Client, TlsState), ConnectError> {
     let target = describe(config);
+    let settings = tls_settings(config).map_err(|source| ConnectError::Tls {
+        target: target.clone(),
+        source,
+    })?;
     let pg = client_config(config)?;
-    let (client, connection) = pg
-        .connect(NoTls)
-        .await
-        .map_err(|source| ConnectError::Connect {
-            target: target.clone(),
-            source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(error = %ErrorChain(&error), "Database connection closed.");
+    let rustls = tls::client_config(&settings).map_err(|source| ConnectError::Tls {
+        target: target.clone(),
+        source,
+    })?;
+    let connect_error = |source| ConnectError::Connect {
+        target: target.clone(),
+        tls: settings.clone(),
+        source,
+    };
+    let (client, state) = match rustls {
+        None => {
+            let (client, connection) = pg.connect(NoTls).await.map_err(connect_error)?;
+            spawn_connection(connection);
+            (client, TlsState::Plaintext)
         }
-    });
+        Some(rustls) => {
+            let make = tls::MakeRustlsConnect::new(rustls);
+            let (client, connection) = pg.connect(make.clone()).await.map_err(connect_error)?;
+            spawn_connection(connection);
+            (client, make.state())
+        }
+    };
+    tracing::debug!(%target, tls = %state, "Connected.");
     if !config.statement_timeout.is_zero() {
         let ms = config.statement_timeout.as_millis();
         client
@@ -85,5 +201,17 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Client, ConnectError> {
             .await
             .map_err(|source| ConnectError::Session { target, source })?;
     }
-    Ok(client)
+    Ok((client, state))
+}
+
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %ErrorChain(&error), "Database connection closed.");
+        }
+    });
 }

@@ -15,4 +15,5 @@ pub mod secret;
 pub mod service;
 pub mod statement_parser;
 pub mod system_views;
+pub mod tls;
 pub mod type_translator;

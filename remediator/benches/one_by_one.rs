@@ -128,8 +128,8 @@ fn config_text(dbs: &TestDatabases, moto_url: &str) -> String {
          [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{moto_url}\"\nmax_attempts = 2\ntimeout = \"10s\"\n\n\
          [[tasks]]\nname = \"{TASK}\"\nreplication_instance = \"lab-instance\"\n\n\
          [[tables]]\nsource = \"{TABLE}\"\ntask = \"{TASK}\"\n\n\
-         [remediator]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntask_state_timeout = \"20s\"\n",
-        dbs.source.url, dbs.redshift.url,
+         [remediator]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntask_state_timeout = \"20s\"\n{}",
+        dbs.source.url, dbs.redshift.url, dbs.ledger_section(),
     )
 }
 

@@ -122,10 +122,11 @@ async fn main() -> anyhow::Result<()> {
              [aws]\nendpoint_url = \"{}\"\nmax_attempts = 1\n\
              [[tasks]]\nname = \"orders-cdc\"\nreplication_instance = \"dms-1\"\n\
              [remediator]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-             [remediator.fixes.stalled_task]\ndry_run = true\n",
+             [remediator.fixes.stalled_task]\ndry_run = true\n{}",
             dbs.source.url,
             dbs.redshift.url,
-            moto.url()
+            moto.url(),
+            dbs.ledger_section()
         ),
         &|_| None,
     )?;

@@ -48,7 +48,14 @@ impl Core {
         progress: Option<Arc<dyn progress::Progress>>,
     ) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        let ledger_db = config.ledger_database();
+        let ledger_db = config.ledger_database()?;
+        if config.ledger_is_source() {
+            tracing::warn!(
+                ledger = %dmsguard_pipeline::db::describe(ledger_db),
+                "The job ledger is the [source] database: that needs CREATE there, and a \
+                 wildcard DMS table mapping replicates it into Redshift; give it a database of its own."
+            );
+        }
         let ledger = Ledger::open(ledger_db).await.with_context(|| {
             format!(
                 "opening the job ledger on {}",

@@ -14,6 +14,17 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     service::init_telemetry(cli.log_format);
     let config = service::load_config_or_exit(&cli.config);
+    let needs_ledger = cli.check_config
+        || matches!(
+            cli.command,
+            None | Some(Command::Serve | Command::Run { .. } | Command::Jobs { .. })
+        );
+    if needs_ledger {
+        if let Err(e) = config.ledger_database() {
+            eprintln!("error: invalid configuration: {e}");
+            std::process::exit(dmsguard_pipeline::config::EXIT_CONFIG);
+        }
+    }
     if cli.check_config {
         println!("config ok: {}", cli.config.display());
         return Ok(());

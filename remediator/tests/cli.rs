@@ -21,6 +21,8 @@ url = "postgresql://u@127.0.0.1:1/source"
 password = "${SRC_PW}"
 [redshift]
 url = "postgresql://u@127.0.0.1:1/redshift"
+[remediator.ledger]
+url = "postgresql://u@127.0.0.1:1/dmsguard"
 "#;
 
 #[test]
@@ -30,6 +32,22 @@ fn valid_config_passes() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_missing_ledger_exits_64_naming_the_key() {
+    let without = VALID.replace(
+        "[remediator.ledger]\nurl = \"postgresql://u@127.0.0.1:1/dmsguard\"\n",
+        "",
+    );
+    assert_ne!(without, VALID);
+    let out = run(&without);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("remediator.ledger") && err.contains("[source]"),
+        "{err}"
     );
 }
 

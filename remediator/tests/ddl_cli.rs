@@ -27,6 +27,8 @@ fn database(name: &str) -> DatabaseConfig {
         url: url(name),
         password: Some(Secret::new(env_or("DMSGUARD_PG_PASSWORD", "lab"))),
         password_file: None,
+        sslmode: None,
+        sslrootcert: None,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(60),
     }

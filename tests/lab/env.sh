@@ -27,6 +27,9 @@ _dmsguard_pg_base="postgresql://${DMSGUARD_PG_USER}:${DMSGUARD_PG_PASSWORD}@${DM
 export DMSGUARD_PG_ADMIN_URL="${_dmsguard_pg_base}/postgres"
 export DMSGUARD_SOURCE_URL="${_dmsguard_pg_base}/source"
 export DMSGUARD_REDSHIFT_URL="${_dmsguard_pg_base}/redshift"
+# TLS: the lab CA (tests/lab/up creates it) signs the PostgreSQL server's certificate.
+export DMSGUARD_LAB_TLS_DIR="${DMSGUARD_LAB_DIR}/tls"
+export DMSGUARD_LAB_CA="${DMSGUARD_LAB_TLS_DIR}/ca.crt"
 export DMSGUARD_MOTO_URL="http://127.0.0.1:${DMSGUARD_MOTO_PORT}"
 export DMSGUARD_PROMETHEUS_URL="http://127.0.0.1:${DMSGUARD_PROMETHEUS_PORT}"
 export DMSGUARD_ALERTMANAGER_URL="http://127.0.0.1:${DMSGUARD_ALERTMANAGER_PORT}"

@@ -72,10 +72,11 @@ timeout = "5s"
 [remediator]
 listen = "127.0.0.1:0"
 token = "coverage-token"
-"#,
+{ledger}"#,
         source = dbs.source.url,
         redshift = dbs.redshift.url,
         pw = dbs.env.pg_password,
+        ledger = dbs.ledger_section(),
     );
     Config::from_toml(&text, &|_| None).expect("test config parses")
 }

@@ -267,9 +267,10 @@ pub fn config_text(
         })
         .unwrap_or_default();
     format!(
-        "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n{redshift_extra}\n{aws}{FRONTIER}{extra}",
+        "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n{redshift_extra}\n{aws}{FRONTIER}{extra}{}",
         dbs.source.url,
         dbs.redshift.url,
+        dbs.ledger_section(),
     )
 }
 

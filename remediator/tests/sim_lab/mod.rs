@@ -121,6 +121,7 @@ impl SimLab {
         text.push_str(&format!(
             "[remediator]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntask_state_timeout = \"20s\"\n{extra}"
         ));
+        text.push_str(&self.dbs.ledger_section());
         text
     }
 

@@ -60,6 +60,7 @@ impl Lab {
             ));
         }
         text.push_str(remediator);
+        text.push_str(&self.dbs.ledger_section());
         text
     }
 
@@ -89,7 +90,7 @@ impl Lab {
             .is_some())
     }
 
-    /// Rows of the ledger's job table (the ledger is the source database by default).
+    /// Rows of the ledger's job table (the tests' ledger is their source database).
     pub async fn jobs(&self) -> anyhow::Result<Vec<tokio_postgres::Row>> {
         let client = self.dbs.source_client().await?;
         Ok(client

@@ -69,6 +69,8 @@ impl LabEnv {
             ),
             password: Some(Secret::new(self.pg_password.clone())),
             password_file: None,
+            sslmode: None,
+            sslrootcert: None,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(120),
         }
@@ -84,6 +86,8 @@ pub fn database_config(url: &str) -> DatabaseConfig {
             &env_or("DMSGUARD_PG_PASSWORD", "lab"),
         ))),
         password_file: None,
+        sslmode: None,
+        sslrootcert: None,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(0),
     }
@@ -229,6 +233,16 @@ impl TestDatabases {
         })
     }
 
+    /// A `[remediator.ledger]` section keeping the job ledger in this pair's source database
+    /// (one database pair per test; production gives the ledger a database of its own). Put it
+    /// last in a config file, so that no `[remediator]` key lands in it.
+    pub fn ledger_section(&self) -> String {
+        format!(
+            "\n[remediator.ledger]\nurl = \"{}\"\npassword = \"{}\"\n",
+            self.source.url, self.env.pg_password
+        )
+    }
+
     pub async fn source_client(&self) -> anyhow::Result<Client> {
         Ok(dmsguard_pipeline::db::connect(&self.source).await?)
     }
@@ -255,6 +269,7 @@ pub fn aws_config(endpoint: &str) -> AwsConfig {
         // moto answers its first call of a service only once it has imported it: seconds on a
         // busy machine.
         timeout: Duration::from_secs(30),
+        ..AwsConfig::default()
     }
 }
 

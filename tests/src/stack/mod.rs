@@ -151,6 +151,7 @@ impl StackSpec {
              task_state_timeout = \"30s\"\n{}\n{}\n",
             self.remediator_settings, self.extra_sections
         ));
+        text.push_str(&self.dbs.ledger_section());
         text
     }
 }
@@ -255,7 +256,10 @@ impl Stack {
         std::fs::write(&config_path, &config_text)?;
         let config = Config::from_toml(&config_text, &|_| None)
             .map_err(|e| anyhow::anyhow!("the stack's dmsguard config: {e}"))?;
-        let ledger = config.ledger_database().clone();
+        let ledger = config
+            .ledger_database()
+            .map_err(|e| anyhow::anyhow!("the stack's dmsguard config: {e}"))?
+            .clone();
 
         let (stop, _) = watch::channel(false);
         let exporter = dmsguard_exporter::Exporter::build(config.clone())
