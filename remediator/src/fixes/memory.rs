@@ -1,7 +1,15 @@
 //! F2: stop and resume, one at a time, every task on a replication instance low on memory.
-//! Never reboots the instance (a reboot lost data).
+//! Never reboots the instance (a reboot lost data). The fix reads the instance's freeable
+//! memory again and acts only below `remediator.memory_threshold_bytes`, the threshold the
+//! alert rule reads too (the exporter exports it): an alert that outlived the leak, or a
+//! threshold changed since, restarts nothing.
 
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_cloudwatch::primitives::DateTime as AwsDateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy};
 use dmsguard_pipeline::config::FixName;
+use dmsguard_pipeline::frontier::{INSTANCE_DIMENSION, NAMESPACE};
 use serde_json::json;
 
 use super::{Fix, FixContext, FixError, Outcome, Plan, Restart};
@@ -32,6 +40,56 @@ impl MemoryFix {
             )));
         }
         Ok(tasks)
+    }
+
+    /// The instance's latest `FreeableMemory` (CloudWatch, `Minimum` over the frontier's
+    /// period, within the last 15 minutes), if CloudWatch has a datapoint.
+    async fn freeable_memory(ctx: &FixContext, instance: &str) -> Result<Option<f64>, FixError> {
+        let now = SystemTime::now();
+        let metric = Metric::builder()
+            .namespace(NAMESPACE)
+            .metric_name("FreeableMemory")
+            .dimensions(
+                Dimension::builder()
+                    .name(INSTANCE_DIMENSION)
+                    .value(instance)
+                    .build(),
+            )
+            .build();
+        let out = ctx
+            .aws()
+            .cloudwatch
+            .get_metric_data()
+            .start_time(AwsDateTime::from(now - Duration::from_secs(15 * 60)))
+            .end_time(AwsDateTime::from(now + Duration::from_secs(60)))
+            .scan_by(ScanBy::TimestampDescending)
+            .metric_data_queries(
+                MetricDataQuery::builder()
+                    .id("freeable")
+                    .metric_stat(
+                        MetricStat::builder()
+                            .metric(metric)
+                            .period(ctx.config().frontier.period_seconds())
+                            .stat("Minimum")
+                            .build(),
+                    )
+                    .return_data(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                FixError::Input(format!(
+                    "GetMetricData for FreeableMemory of {instance} failed: {}",
+                    dmsguard_pipeline::report::error_chain(&e)
+                ))
+            })?;
+        Ok(out
+            .metric_data_results()
+            .iter()
+            .flat_map(|r| r.timestamps().iter().zip(r.values()))
+            .max_by_key(|(t, _)| (t.secs(), t.subsec_nanos()))
+            .map(|(_, v)| *v))
     }
 }
 
@@ -65,6 +123,16 @@ impl Fix for MemoryFix {
 
     async fn execute(&self, ctx: &FixContext, job: &Job, plan: &Plan) -> Result<Outcome, FixError> {
         let instance = Self::instance(job)?;
+        let threshold = ctx.config().remediator.memory_threshold_bytes as f64;
+        let freeable = Self::freeable_memory(ctx, instance).await?;
+        if let Some(freeable) = freeable.filter(|f| *f >= threshold) {
+            return Ok(Outcome::succeeded(
+                format!(
+                    "Freeable memory on {instance} is {freeable:.0} B, not below the threshold {threshold:.0} B: nothing restarted."
+                ),
+                json!({ "restarted": [], "freeable_bytes": freeable, "threshold_bytes": threshold }),
+            ));
+        }
         let mut restarted = Vec::new();
         let mut left_alone = Vec::new();
         for task in &plan.tasks {
@@ -96,7 +164,12 @@ impl Fix for MemoryFix {
                     restarted.join(", ")
                 }
             ),
-            json!({ "restarted": restarted, "left_alone": left_alone }),
+            json!({
+                "restarted": restarted,
+                "left_alone": left_alone,
+                "freeable_bytes": freeable,
+                "threshold_bytes": threshold,
+            }),
         ))
     }
 }
