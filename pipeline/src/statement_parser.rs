@@ -114,7 +114,7 @@ pub struct DmsStatement {
 
 /// A parsed statement plus how its table names were written.
 ///
-/// Fixes accept identifiers parsed from query text only if they were quoted (DESIGN.md section 6):
+/// Fixes accept identifiers parsed from query text only if they were quoted (docs/architecture.md):
 /// DMS always quotes, so an unquoted name hints at a statement DMS did not write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedDmsStatement {

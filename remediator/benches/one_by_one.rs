@@ -1,4 +1,4 @@
-//! F1 repair time on the lab (DESIGN.md section 5: from webhook to task resumed under 10 s at
+//! F1 repair time on the lab (docs/architecture.md: from webhook to task resumed under 10 s at
 //! 1M-row tables; SQL cost proportional to the seq range, not the table).
 //!
 //! For each table size: source and Redshift stand-in filled with the same rows (the target as

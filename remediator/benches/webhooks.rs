@@ -1,4 +1,4 @@
-//! Webhook acknowledgement latency at a fixed request rate on loopback (DESIGN.md section 5:
+//! Webhook acknowledgement latency at a fixed request rate on loopback (docs/architecture.md:
 //! p99 under 20 ms at 500 req/s).
 //!
 //! Open-loop load: request `i` is due at `start + i / rate` and its latency counts from that

@@ -58,7 +58,7 @@ const EXPORTED_METRICS: &[&str] = &[
 /// Exported histograms: queries use their `_bucket`, `_sum` and `_count` series.
 const EXPORTED_HISTOGRAMS: &[&str] = &["dmsguard_remediator_job_duration_seconds"];
 
-/// The alerts of DESIGN.md section 3: name, whether the remediator fixes it, and the label its
+/// The alerts of docs/architecture.md: name, whether the remediator fixes it, and the label its
 /// fix acts on (the Alertmanager group key).
 const ALERTS: &[(&str, bool, Option<&str>)] = &[
     ("DMSOneByOneMode", true, Some("table")),
@@ -336,7 +336,7 @@ fn alerts_are_the_designed_set_with_for_severity_annotations_and_runbooks() {
     let designed: BTreeSet<&str> = ALERTS.iter().map(|(n, _, _)| *n).collect();
     assert_eq!(
         names, designed,
-        "the rules define exactly DESIGN.md's alerts"
+        "the rules define exactly the alerts of docs/architecture.md"
     );
 
     for (name, rule) in &alerts {

@@ -4,7 +4,7 @@
 //! exceptions for each in the Redshift stand-in, and tasks with CloudWatch datapoints in a moto
 //! of its own; starts the real exporter binary on that config, waits until every probe has
 //! filled its metrics, then scrapes `/metrics` sequentially and prints a comparison table with
-//! the bars of DESIGN.md section 5.
+//! the bars of docs/architecture.md.
 //!
 //! `cargo build --release -p dmsguard-exporter && cargo run --release -p dmsguard-lab --bin bench_exporter`
 
@@ -17,7 +17,7 @@ use clap::Parser;
 use dmsguard_lab::harness::{self, eventually, Moto, TestDatabases};
 use dmsguard_pipeline::aws::AwsClients;
 
-/// Bars from DESIGN.md section 5.
+/// Bars from docs/architecture.md.
 const P99_BAR_MS: f64 = 10.0;
 const RSS_BAR_MB: f64 = 50.0;
 const COMMENT: &str = "/* Applied by AWS DMS 3.5.3 */ ";

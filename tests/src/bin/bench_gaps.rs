@@ -19,7 +19,7 @@ use dmsguard_pipeline::gap_finder::{
 use futures::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
-/// Benchmark of the gap finder (DESIGN.md section 5).
+/// Benchmark of the gap finder (docs/architecture.md).
 #[derive(Debug, Parser)]
 #[command(name = "bench-gaps")]
 struct Args {
@@ -538,7 +538,7 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// DESIGN.md section 5, on the largest table with the smallest missing fraction.
+/// docs/architecture.md, on the largest table with the smallest missing fraction.
 fn check_bars(rows: &[Row]) {
     let Some((size, pct, _, ms)) = rows
         .iter()
