@@ -288,6 +288,11 @@ pub struct TableConfig {
     /// unquoted parts fold to lower case). Normalised on load to its canonical form.
     pub source: String,
     /// Target table in Redshift as `schema.table` (quoted like `source`); defaults to `source`.
+    /// Redshift folds even quoted names to lower case unless `enable_case_sensitive_identifier`
+    /// is on (<https://docs.aws.amazon.com/redshift/latest/dg/r_names.html>,
+    /// <https://docs.aws.amazon.com/redshift/latest/dg/r_enable_case_sensitive_identifier.html>):
+    /// SQL names the table quoted as written, and its columns are looked up as written, then in
+    /// lower case.
     pub target: Option<String>,
     /// The monotonically increasing bigint key column.
     #[serde(default = "defaults::id_column")]

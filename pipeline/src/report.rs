@@ -22,9 +22,9 @@ pub fn error_chain(error: &(dyn Error + 'static)) -> String {
     };
     let rest = error_chain(cause);
     let plain = cause.to_string();
-    if !plain.is_empty() && own.contains(&plain) {
-        let replaced = own.replacen(&plain, &rest, 1);
-        return replaced;
+    // Wrappers put their cause last (`"… failed: {source}"`): replace the last occurrence.
+    if let Some(at) = own.rfind(&plain).filter(|_| !plain.is_empty()) {
+        return format!("{}{rest}{}", &own[..at], &own[at + plain.len()..]);
     }
     if own.is_empty() || rest.contains(&own) {
         return rest;
@@ -112,6 +112,18 @@ mod tests {
         assert_eq!(
             ErrorChain(&Outer::Separate(Inner::Fire)).to_string(),
             "saving failed: disk on fire"
+        );
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("saving failed twice; last: {0}")]
+    struct Repeats(#[source] Outer);
+
+    #[test]
+    fn the_embedded_cause_is_the_last_occurrence() {
+        assert_eq!(
+            error_chain(&Repeats(Outer::Separate(Inner::Fire))),
+            "saving failed twice; last: saving failed: disk on fire"
         );
     }
 

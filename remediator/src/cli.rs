@@ -41,7 +41,8 @@ pub enum Command {
         /// The DMS task (one_by_one, stalled_task).
         #[arg(long)]
         task: Option<String>,
-        /// The table as `schema.table` (missing_rows).
+        /// The table as `schema.table` (missing_rows); quote a part as PostgreSQL does:
+        /// `'public."Subscriber Events"'`.
         #[arg(long)]
         table: Option<String>,
         /// The replication instance identifier (memory).
@@ -76,7 +77,8 @@ pub enum Command {
 /// Options of `dmsguard-remediator ddl`.
 #[derive(Debug, clap::Args)]
 pub struct DdlArgs {
-    /// Only this configured table (source `schema.table`); repeatable. Default: every table.
+    /// Only this configured table (source `schema.table`, parts quoted as PostgreSQL does);
+    /// repeatable. Default: every table.
     #[arg(long = "table", value_name = "SCHEMA.TABLE")]
     pub tables: Vec<String>,
     /// Reproduce the types DMS creates (booleans and json as VARCHAR, …) to match existing tables.

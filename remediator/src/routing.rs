@@ -131,6 +131,16 @@ impl Router {
                 }
             }
         }
+        if fix == FixName::OneByOne && alert.label("task").is_none() {
+            if let Some(table) = alert.label("table").and_then(|t| config.table(t)) {
+                if table.task.is_none() {
+                    return Some(format!(
+                        "alert `{name}` names table `{}`, which has no `task` in [[tables]]",
+                        table.source
+                    ));
+                }
+            }
+        }
         if uses_task {
             if let Some(task) = alert.label("task") {
                 if config.task(task).is_none() {
@@ -204,10 +214,15 @@ mod tests {
             router.route(&alert("SomethingElse", &[])).unwrap(),
             Route::Unknown
         );
-        let err = router
-            .route(&alert("DMSOneByOneMode", &[("table", "public.orders")]))
-            .unwrap_err();
+        let err = router.route(&alert("DMSOneByOneMode", &[])).unwrap_err();
         assert!(err.contains("`task`"), "{err}");
+        let no_task = router
+            .route(&alert("DMSOneByOneMode", &[("table", "public.orders")]))
+            .unwrap();
+        assert!(
+            matches!(no_task, Route::UnknownTarget { ref reason, .. } if reason.contains("has no `task`")),
+            "{no_task:?}"
+        );
         let maintenance = router
             .route(&alert("RedshiftMaintenanceImminent", &[]))
             .unwrap();

@@ -151,7 +151,9 @@ fn config(dbs: &TestDatabases, moto_url: &str, redshift_extra: &str) -> String {
     )
 }
 
-fn alert_payload(task: &str) -> serde_json::Value {
+/// What the real DMSOneByOneMode rule sends: a `table` label, no `task` (the remediator finds
+/// the table's task in the config).
+fn alert_payload(table: &str) -> serde_json::Value {
     json!({
         "version": "4",
         "groupKey": "{}:{alertname=\"DMSOneByOneMode\"}",
@@ -164,7 +166,7 @@ fn alert_payload(task: &str) -> serde_json::Value {
         "externalURL": "http://alertmanager",
         "alerts": [{
             "status": "firing",
-            "labels": {"alertname": "DMSOneByOneMode", "task": task},
+            "labels": alert_rules::rule_labels_json("DMSOneByOneMode", &[("table", table)]),
             "annotations": {"summary": "one-by-one"},
             "startsAt": "2026-11-25T01:00:00Z",
             "endsAt": "0001-01-01T00:00:00Z",
@@ -232,7 +234,7 @@ async fn webhook_repairs_the_row_behind_one_by_one_mode_and_restarts_the_task() 
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/alerts"))
         .bearer_auth(TOKEN)
-        .json(&alert_payload(TASK))
+        .json(&alert_payload("public.orders"))
         .send()
         .await?;
     assert!(

@@ -22,7 +22,7 @@ fn series(result: &str) -> String {
 async fn wrong_or_missing_token_is_refused() -> anyhow::Result<()> {
     let lab = Lab::start("rem_token", &[("t1", "i1")]).await?;
     let app = Running::spawn(lab.config(&remediator_section("127.0.0.1:0", ""))).await?;
-    let valid = body(&payload(vec![alert(
+    let valid = body(&payload(vec![rule_alert(
         "DMSTaskStalled",
         &[("task", "t1")],
         "f1",
@@ -58,7 +58,7 @@ async fn wrong_or_missing_token_is_refused() -> anyhow::Result<()> {
 
 /// 50 malformed payloads, each a 4xx with a reason; the server keeps serving.
 fn malformed_payloads() -> Vec<(String, Vec<u8>, u16)> {
-    let good = payload(vec![alert(
+    let good = payload(vec![rule_alert(
         "DMSTaskStalled",
         &[("task", "t1")],
         "f1",
@@ -230,7 +230,7 @@ async fn fifty_malformed_payloads_get_4xx_and_the_server_keeps_serving() -> anyh
         lab.jobs().await?.is_empty(),
         "no job from a malformed payload"
     );
-    let good = body(&payload(vec![alert(
+    let good = body(&payload(vec![rule_alert(
         "DMSTaskStalled",
         &[("task", "t1")],
         "f1",
@@ -245,7 +245,7 @@ async fn fifty_malformed_payloads_get_4xx_and_the_server_keeps_serving() -> anyh
 async fn same_alert_delivered_20_times_concurrently_runs_one_job() -> anyhow::Result<()> {
     let lab = Lab::start("rem_dedup", &[("t1", "i1")]).await?;
     let app = Running::spawn(lab.config(&remediator_section("127.0.0.1:0", ""))).await?;
-    let one = body(&payload(vec![alert(
+    let one = body(&payload(vec![rule_alert(
         "DMSTaskStalled",
         &[("task", "t1")],
         "fp-1",
@@ -291,7 +291,7 @@ async fn alertmanager_repeats_make_one_job_and_resolution_is_recorded() -> anyho
     let am_wrong = Alertmanager::spawn(&am_config("not-the-token")).await?;
     let starts_at = chrono::Utc::now() - chrono::Duration::seconds(5);
     let firing = json!([{
-        "labels": {"alertname": "DMSTaskStalled", "task": "t1", "severity": "critical"},
+        "labels": support::alert_rules::rule_labels_json("DMSTaskStalled", &[("task", "t1")]),
         "annotations": {"summary": "t1 stalled"},
         "startsAt": starts_at.to_rfc3339(),
     }]);
@@ -312,7 +312,7 @@ async fn alertmanager_repeats_make_one_job_and_resolution_is_recorded() -> anyho
     assert_eq!(app.metric(&series("accepted")).await?, 1.0);
 
     let resolved = json!([{
-        "labels": {"alertname": "DMSTaskStalled", "task": "t1", "severity": "critical"},
+        "labels": support::alert_rules::rule_labels_json("DMSTaskStalled", &[("task", "t1")]),
         "annotations": {"summary": "t1 stalled"},
         "startsAt": starts_at.to_rfc3339(),
         "endsAt": chrono::Utc::now().to_rfc3339(),
@@ -341,7 +341,7 @@ async fn stalled_task_restarts_once_then_escalates_and_status_page_shows_it() ->
     let lab = Lab::start("rem_stall", &[("t1", "i1")]).await?;
     let app = Running::spawn(lab.config(&remediator_section("127.0.0.1:0", ""))).await?;
     let first = body(&payload(vec![
-        alert(
+        rule_alert(
             "DMSTaskStalled",
             &[("task", "t1")],
             "fp-a",
@@ -361,7 +361,7 @@ async fn stalled_task_restarts_once_then_escalates_and_status_page_shows_it() ->
     assert_eq!(app.metric(&series("unknown_alert")).await?, 1.0);
 
     // It stalls again within the cooldown: no second restart, a human is needed.
-    let again = body(&payload(vec![alert(
+    let again = body(&payload(vec![rule_alert(
         "DMSTaskStalled",
         &[("task", "t1")],
         "fp-a",
@@ -422,7 +422,7 @@ async fn memory_fix_restarts_each_running_task_on_the_instance_only() -> anyhow:
     .await?;
     lab.tasks_api().stop("t3").await?; // stopped by someone else: stays stopped
     let app = Running::spawn(lab.config(&remediator_section("127.0.0.1:0", ""))).await?;
-    let alert = body(&payload(vec![alert(
+    let alert = body(&payload(vec![rule_alert(
         "DMSInstanceMemoryLow",
         &[("replication_instance", "i1")],
         "fp-m",
@@ -492,7 +492,7 @@ async fn two_instances_on_one_ledger_never_act_on_one_task_at_once() -> anyhow::
     let n = 16;
     let posts = (0..n).map(|i| {
         let app = if i % 2 == 0 { &a } else { &b };
-        let bytes = body(&payload(vec![alert(
+        let bytes = body(&payload(vec![rule_alert(
             "DMSTaskStalled",
             &[("task", "t1")],
             &format!("fp-{i}"),
@@ -576,7 +576,7 @@ async fn maintenance_resume_runs_after_sigkill_and_restart() -> anyhow::Result<(
     let port = harness::free_port();
     let mut first = start(port, "first")?;
     healthy(port).await?;
-    let alert = body(&payload(vec![alert(
+    let alert = body(&payload(vec![rule_alert(
         "RedshiftMaintenanceImminent",
         &[],
         "fp-maint",
@@ -754,7 +754,7 @@ async fn disabled_dry_run_and_cooldown_record_jobs_that_change_nothing() -> anyh
         async move { support::post_alerts(&url, Some(TOKEN), bytes).await }
     };
     assert_eq!(
-        post(alert(
+        post(rule_alert(
             "DMSTaskStalled",
             &[("task", "t1")],
             "fp-s",
@@ -765,7 +765,7 @@ async fn disabled_dry_run_and_cooldown_record_jobs_that_change_nothing() -> anyh
         202
     );
     assert_eq!(
-        post(alert(
+        post(rule_alert(
             "DMSInstanceMemoryLow",
             &[("replication_instance", "i1")],
             "fp-m",
@@ -816,7 +816,7 @@ async fn disabled_dry_run_and_cooldown_record_jobs_that_change_nothing() -> anyh
 
     // Maintenance acts once; a second alert within the cooldown is skipped.
     assert_eq!(
-        post(alert(
+        post(rule_alert(
             "RedshiftMaintenanceImminent",
             &[],
             "fp-r",
@@ -828,7 +828,7 @@ async fn disabled_dry_run_and_cooldown_record_jobs_that_change_nothing() -> anyh
     );
     lab.finished_jobs(3).await?;
     assert_eq!(
-        post(alert(
+        post(rule_alert(
             "RedshiftMaintenanceImminent",
             &[],
             "fp-r",
@@ -947,4 +947,37 @@ async fn alerts_naming_nothing_configured_are_ignored_with_a_reason_not_failed_j
     assert_eq!(app.metric(&series("unknown_target")).await?, 4.0);
     app.stop().await?;
     lab.dbs.drop().await
+}
+
+#[test]
+fn webhook_labels_come_from_the_real_rules() {
+    use support::alert_rules::rule_labels;
+    let labels = rule_labels("RedshiftMissingRows", &[("table", "public.t")]);
+    for pair in [
+        ("table", "public.t"),
+        ("window", "yesterday"),
+        ("severity", "warning"),
+    ] {
+        assert!(
+            labels.iter().any(|(k, v)| (k.as_str(), v.as_str()) == pair),
+            "{pair:?} in {labels:?}"
+        );
+    }
+    let stalled = rule_labels("DMSTaskStalled", &[("task", "t1")]);
+    assert!(stalled.iter().any(|(k, v)| k == "status" && v == "running"));
+    let one_by_one = rule_labels("DMSOneByOneMode", &[("table", "public.t")]);
+    assert!(
+        one_by_one.iter().all(|(k, _)| k != "task"),
+        "{one_by_one:?}"
+    );
+    // What no rule sends is refused before it reaches a webhook.
+    for (name, values) in [
+        ("DMSOneByOneMode", vec![("task", "t1")]),
+        ("RedshiftMissingRows", vec![("window", "today")]),
+        ("DMSTaskStalled", vec![("status", "stopped")]),
+        ("NoSuchRule", vec![]),
+    ] {
+        let refused = std::panic::catch_unwind(|| rule_labels(name, &values));
+        assert!(refused.is_err(), "{name} {values:?} was accepted");
+    }
 }

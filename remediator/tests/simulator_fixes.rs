@@ -16,7 +16,7 @@ use dmsguard_pipeline::config::quote_ident;
 use dmsguard_pipeline::statement_parser::is_valid_redshift_sql;
 use serde_json::{json, Value};
 use sim_lab::*;
-use support::{alert, body, payload, Running};
+use support::{body, payload, rule_alert, Running};
 
 const JOBS_TOTAL: &str = "dmsguard_remediator_jobs_total";
 
@@ -24,7 +24,8 @@ fn jobs_series(fix: &str, outcome: &str) -> String {
     format!("{JOBS_TOTAL}{{fix=\"{fix}\",outcome=\"{outcome}\"}}")
 }
 
-/// Posts one firing alert to the remediator; asserts it was accepted.
+/// Posts one firing alert with the labels the real rule gives it (`labels` set the values of
+/// the ones naming things); asserts it was accepted.
 async fn fire(
     app: &Running,
     name: &str,
@@ -35,7 +36,12 @@ async fn fire(
     let (status, text) = app
         .post(
             Some(TOKEN),
-            body(&payload(vec![alert(name, labels, fingerprint, &starts_at)])),
+            body(&payload(vec![rule_alert(
+                name,
+                labels,
+                fingerprint,
+                &starts_at,
+            )])),
         )
         .await?;
     assert_eq!(status, 202, "{name}: {text}");
@@ -234,7 +240,7 @@ async fn f1(lab: &SimLab) -> anyhow::Result<()> {
 
     // The alert, through the webhook.
     let app = Running::spawn(lab.config("")).await?;
-    fire(&app, "DMSOneByOneMode", &[("task", TASK)], "f1-first").await?;
+    fire(&app, "DMSOneByOneMode", &[("table", ORDERS)], "f1-first").await?;
     let jobs = lab.finished_jobs(2).await?;
     let job = &jobs[1];
     assert_eq!(job.outcome(), "succeeded", "{job:?}");
@@ -416,7 +422,7 @@ async fn f2(lab: &SimLab) -> anyhow::Result<()> {
     let (status, text) = app
         .post(
             Some(TOKEN),
-            body(&payload(vec![alert(
+            body(&payload(vec![rule_alert(
                 "DMSInstanceMemoryLow",
                 &[("replication_instance", INSTANCE)],
                 "f2-second",
@@ -622,15 +628,13 @@ async fn f4(lab: &SimLab) -> anyhow::Result<()> {
         "dry run inserts nothing"
     );
 
-    // The alert the exporter raises for today's window, while DMS keeps applying.
-    let app = Running::spawn(lab.config("")).await?;
-    fire(
-        &app,
-        "RedshiftMissingRows",
-        &[("table", ORDERS), ("window", "today")],
-        "f4-first",
+    // Today's window by hand, while DMS keeps applying (the alert only ever names yesterday).
+    let (code, out, err) = run_cli(
+        &config,
+        &["run", "missing_rows", "--table", ORDERS, "--day", &today],
     )
     .await?;
+    assert_eq!(code, 0, "{out}\n{err}");
     let jobs = lab.finished_jobs(2).await?;
     let job = &jobs[1];
     assert_eq!(job.outcome(), "succeeded", "{job:?}");
@@ -675,7 +679,6 @@ async fn f4(lab: &SimLab) -> anyhow::Result<()> {
         "{:?}\n{out}",
         jobs[2]
     );
-    app.stop().await?;
     lab.assert_converges().await
 }
 
@@ -692,14 +695,16 @@ async fn redshift_down(lab: &SimLab) -> anyhow::Result<()> {
     let total = missing.len() as i64;
     // One row per transaction: the fill takes long enough to be cut.
     let extra = "insert_batch_rows = 1\n";
-    let app = Running::spawn(lab.config(extra)).await?;
-    fire(
-        &app,
-        "RedshiftMissingRows",
-        &[("table", ORDERS), ("window", "today")],
-        "f4-down",
-    )
-    .await?;
+    // Today's window by hand (the alert only ever names yesterday), cut while it fills.
+    let today = Utc::now().date_naive().to_string();
+    let config = lab.config_text(extra);
+    let fill = tokio::spawn(async move {
+        run_cli(
+            &config,
+            &["run", "missing_rows", "--table", ORDERS, "--day", &today],
+        )
+        .await
+    });
     let at_cut = eventually("the fill to start", Duration::from_secs(30), || async {
         let n = lab.target_count(ORDERS, &missing).await?;
         Ok((n > 0).then_some(n))
@@ -715,7 +720,12 @@ async fn redshift_down(lab: &SimLab) -> anyhow::Result<()> {
         error.contains("public.orders") && error.contains("failed"),
         "the failure says what and why: {job:?}"
     );
-    app.stop().await?;
+    let (code, out, err) = fill.await??;
+    assert_eq!(code, 1, "the failed fill fails the run:\n{out}\n{err}");
+    assert!(
+        out.contains(&error),
+        "the CLI shows the ledger's error:\n{out}"
+    );
     assert!(at_cut < total, "cut mid-fill: {at_cut} of {total}");
 
     eventually("Redshift back", Duration::from_secs(30), || async {

@@ -96,7 +96,13 @@ async fn awkward_types_translate_and_insert_once() -> anyhow::Result<()> {
         (Some(12), Some(2))
     );
     let target_table = Catalogue::load(&target, &table).await?;
-    let folded = Catalogue::load(&target, &QualifiedName::parse("Public.AWKWARD").unwrap()).await?;
+    // Quoted `"Public"."AWKWARD"` (parsing folds unquoted names already): Redshift folds even
+    // quoted names unless case sensitivity is on, so the catalogue looks again in lower case.
+    let quoted = QualifiedName {
+        schema: "Public".to_owned(),
+        table: "AWKWARD".to_owned(),
+    };
+    let folded = Catalogue::load(&target, &quoted).await?;
     assert_eq!(
         folded.columns, target_table.columns,
         "names fold as on Redshift"

@@ -10,7 +10,8 @@ use dmsguard_pipeline::gap_finder::{
 /// Which ids to compare.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GapsArgs {
-    /// The configured table, by source or target name (`schema.table`).
+    /// The configured table, by source or target name (`schema.table`, parts quoted as
+    /// PostgreSQL does: `public."Subscriber Events"`).
     #[arg(long)]
     pub table: String,
     /// First id to compare (with `--to`); without a range the tables' whole id span is compared.

@@ -11,6 +11,9 @@ use dmsguard_lab::harness::{self, eventually, Moto, TestDatabases};
 use dmsguard_pipeline::aws::AwsClients;
 use tokio_postgres::Client;
 
+#[path = "../alert_rules/mod.rs"]
+pub mod alert_rules;
+
 pub const TOKEN: &str = "repair-tests-token-0123456789abcdef";
 
 /// Extra wide columns `pad_01..` make DMS's UPDATE longer than the 4000 characters the

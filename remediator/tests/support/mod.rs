@@ -13,6 +13,9 @@ use dmsguard_pipeline::dms_tasks::{DmsTasks, TaskState};
 use dmsguard_remediator::Remediator;
 use serde_json::{json, Value};
 
+#[path = "../alert_rules/mod.rs"]
+pub mod alert_rules;
+
 pub const TOKEN: &str = "webhook-token-for-tests-0123456789";
 
 /// A test's databases and moto, with DMS tasks created and running.
@@ -241,83 +244,14 @@ pub fn body(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap()
 }
 
-/// The labels the real rule `alertname` of `alerts/dmsguard.rules.yml` gives its alerts, as
-/// promtool's tests of that file (`alerts/tests/*.yml`, run by `scripts/test`) expect them,
-/// with `values` replacing the values of the labels that name things (task, table, …).
-/// Panics when `values` names a label the rule's alerts never carry: a webhook test then sends
-/// only what the real rule can produce.
-pub fn rule_labels(alertname: &str, values: &[(&str, &str)]) -> Vec<(String, String)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../alerts");
-    let rules = std::fs::read_to_string(root.join("dmsguard.rules.yml")).expect("rules file");
-    assert!(
-        rules
-            .lines()
-            .any(|l| l.trim() == format!("- alert: {alertname}")),
-        "no rule `{alertname}` in alerts/dmsguard.rules.yml"
-    );
-    let mut files: Vec<_> = std::fs::read_dir(root.join("tests"))
-        .expect("alerts/tests")
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    let labels = files
-        .iter()
-        .find_map(|path| expected_labels(&std::fs::read_to_string(path).ok()?, alertname))
-        .unwrap_or_else(|| panic!("no promtool test expects an `{alertname}` alert"));
-    for (key, _) in values {
-        assert!(
-            labels.iter().any(|(k, _)| k == key),
-            "rule `{alertname}` never sets label `{key}`; it sets {labels:?}"
-        );
-    }
-    labels
-        .into_iter()
-        .map(|(k, v)| {
-            let v = values
-                .iter()
-                .find(|(key, _)| *key == k)
-                .map_or(v, |(_, value)| value.to_string());
-            (k, v)
-        })
-        .collect()
-}
-
-/// The first `exp_labels` of an expected `alertname` alert in a promtool test file.
-fn expected_labels(text: &str, alertname: &str) -> Option<Vec<(String, String)>> {
-    let mut current = None;
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        let trimmed = line.trim().trim_start_matches("- ");
-        if let Some(name) = trimmed.strip_prefix("alertname:") {
-            current = Some(name.trim().to_owned());
-        }
-        if trimmed != "exp_labels:" || current.as_deref() != Some(alertname) {
-            continue;
-        }
-        let indent = line.len() - line.trim_start().len();
-        let mut labels = Vec::new();
-        while let Some(next) = lines.peek() {
-            let next_indent = next.len() - next.trim_start().len();
-            if next.trim().is_empty() || next_indent <= indent {
-                break;
-            }
-            let (k, v) = next.trim().split_once(':')?;
-            labels.push((k.trim().to_owned(), v.trim().trim_matches('"').to_owned()));
-            lines.next();
-        }
-        return Some(labels);
-    }
-    None
-}
-
-/// A firing alert with the labels the real rule gives it (see [`rule_labels`]).
+/// A firing alert with the labels the real rule gives it (see [`alert_rules::rule_labels`]).
 pub fn rule_alert(
     alertname: &str,
     values: &[(&str, &str)],
     fingerprint: &str,
     starts_at: &str,
 ) -> Value {
-    let labels = rule_labels(alertname, values);
+    let labels = alert_rules::rule_labels(alertname, values);
     let pairs: Vec<(&str, &str)> = labels
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
