@@ -43,6 +43,8 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_table_max_id_lag",
     "dmsguard_redshift_maintenance_next_start_seconds",
     "dmsguard_redshift_maintenance_active",
+    "dmsguard_config_memory_threshold_bytes",
+    "dmsguard_config_maintenance_stop_before_seconds",
     "dmsguard_probe_success",
     "dmsguard_probe_duration_seconds",
     "dmsguard_probe_last_success_timestamp_seconds",

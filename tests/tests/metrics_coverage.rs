@@ -52,6 +52,9 @@ replication_instance = "lab-instance"
 source = "public.orders"
 day_column = "created_at"
 task = "lab-task"
+[frontier]
+margin = "2s"
+cloudwatch_period = "5s"
 [exporter]
 listen = "127.0.0.1:0"
 [exporter.redshift_statements]
