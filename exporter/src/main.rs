@@ -13,6 +13,11 @@ async fn main() -> anyhow::Result<()> {
         println!("config ok: {}", cli.config.display());
         return Ok(());
     }
+    if cli.preflight {
+        let report = dmsguard_pipeline::preflight::run(&config, false).await;
+        print!("{}", report.render());
+        std::process::exit(if report.ok() { 0 } else { 1 });
+    }
     let exporter = Exporter::build(config).await?;
     exporter.run_until(service::shutdown_signal()).await
 }

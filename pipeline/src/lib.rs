@@ -8,6 +8,7 @@ pub mod ddl;
 pub mod dms_tasks;
 pub mod gap_finder;
 pub mod maintenance;
+pub mod preflight;
 pub mod secret;
 pub mod service;
 pub mod statement_parser;
