@@ -38,6 +38,10 @@ pub struct Cli {
     /// Validate the config and exit (0 if valid, 64 if not).
     #[arg(long)]
     pub check_config: bool,
+    /// Check every connection (TLS state, certificate), table grant, system view and AWS call
+    /// the config needs, print a checklist with a fix per failure, and exit (0 if all pass, 1 if not).
+    #[arg(long)]
+    pub preflight: bool,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: LogFormat,

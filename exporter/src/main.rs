@@ -17,6 +17,11 @@ async fn run() -> anyhow::Result<()> {
         println!("config ok: {}", cli.config.display());
         return Ok(());
     }
+    if cli.preflight {
+        let report = dmsguard_pipeline::preflight::run(&config, false).await;
+        print!("{}", report.render());
+        std::process::exit(if report.ok() { 0 } else { 1 });
+    }
     let exporter = Exporter::build(config).await?;
     exporter.run_until(service::shutdown_signal()).await
 }

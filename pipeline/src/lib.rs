@@ -10,6 +10,7 @@ pub mod dms_tasks;
 pub mod frontier;
 pub mod gap_finder;
 pub mod maintenance;
+pub mod preflight;
 pub mod report;
 pub mod secret;
 pub mod service;

@@ -72,6 +72,9 @@ pub enum Command {
     Ddl(DdlArgs),
     /// Print the ids missing from (and extra in) a table's target; changes nothing.
     Gaps(crate::commands::gaps::GapsArgs),
+    /// Check every connection (ledger included), table grant, system view and AWS call the
+    /// config needs; print a checklist with a fix per failure (exit 0 if all pass, 1 if not).
+    Preflight,
 }
 
 /// Options of `dmsguard-remediator ddl`.

@@ -55,6 +55,11 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Jobs { limit } => commands::list_jobs(config, limit).await,
         Command::Ddl(args) => args.run(&config).await,
+        Command::Preflight => {
+            let report = dmsguard_pipeline::preflight::run(&config, true).await;
+            print!("{}", report.render());
+            std::process::exit(if report.ok() { 0 } else { 1 });
+        }
         Command::Gaps(args) => {
             dmsguard_remediator::commands::gaps::run(&config, &args, &mut std::io::stdout())
                 .await

@@ -535,12 +535,22 @@ async fn f3(lab: &SimLab) -> anyhow::Result<()> {
         "resumed {:.1}s after the stop, hold {HOLD_SECS}s",
         start - stop
     );
-    let step = source
-        .query_one(
-            "SELECT state, runner, result FROM dmsguard.scheduled_steps",
-            &[],
-        )
-        .await?;
+    // The task runs as soon as StartReplicationTask returns; the step is recorded done after the
+    // remediator has seen it running, so wait for that record.
+    let step = eventually(
+        "the resume step recorded done",
+        Duration::from_secs(30),
+        || async {
+            let step = source
+                .query_one(
+                    "SELECT state, runner, result FROM dmsguard.scheduled_steps",
+                    &[],
+                )
+                .await?;
+            Ok((step.get::<_, String>(0) == "done").then_some(step))
+        },
+    )
+    .await?;
     assert_eq!(step.get::<_, String>(0), "done");
     assert_eq!(
         step.get::<_, Option<String>>(1).as_deref(),

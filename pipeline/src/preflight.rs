@@ -1,0 +1,421 @@
+//! The preflight check: for a config, can dmsguard reach and read what it needs? Each database
+//! connection (with its TLS state and the server certificate's subject), each configured table
+//! on the source and the target, the Redshift system views, the AWS identity, and that each
+//! configured task, replication instance and cluster exists. Prints a checklist with a fix per
+//! failure.
+
+use std::fmt::Write as _;
+
+use aws_sdk_databasemigration::error::DisplayErrorContext;
+use aws_sdk_databasemigration::types::Filter;
+
+use crate::aws::{caller_identity, AwsClients};
+use crate::config::{Config, DatabaseConfig, QualifiedName, SystemViews};
+use crate::db;
+use crate::tls::TlsState;
+
+/// One line of the checklist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked, e.g. `source connection`.
+    pub name: String,
+    pub ok: bool,
+    /// What was found (or the error).
+    pub detail: String,
+    /// What to do about a failure.
+    pub fix: Option<String>,
+}
+
+/// The whole checklist.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    fn pass(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            ok: true,
+            detail: detail.into(),
+            fix: None,
+        });
+    }
+
+    fn fail(&mut self, name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            ok: false,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        });
+    }
+
+    /// The checklist as text: `[ok]`/`[FAIL]` lines, each failure followed by its fix.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            let mark = if c.ok { "ok" } else { "FAIL" };
+            let _ = writeln!(out, "[{mark}] {}: {}", c.name, c.detail);
+            if let Some(fix) = &c.fix {
+                let _ = writeln!(out, "       fix: {fix}");
+            }
+        }
+        let failed = self.checks.iter().filter(|c| !c.ok).count();
+        let _ = writeln!(out, "{} checks, {failed} failed", self.checks.len());
+        out
+    }
+}
+
+/// The user a database config connects as (for GRANT suggestions).
+fn user_of(config: &DatabaseConfig) -> String {
+    let url = crate::tls::split_tls_params(&config.url).rest;
+    url.parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|c| c.get_user().map(str::to_owned))
+        .unwrap_or_else(|| "<user>".to_owned())
+}
+
+/// Connects and records the connection check; returns the client when it worked.
+async fn connection(
+    report: &mut Report,
+    name: &str,
+    config: &DatabaseConfig,
+) -> Option<tokio_postgres::Client> {
+    let check = format!("{name} connection");
+    match db::connect_with_tls_state(config).await {
+        Ok((client, state)) => {
+            let tls = match &state {
+                TlsState::Plaintext => "plaintext (no TLS)".to_owned(),
+                TlsState::Tls {
+                    peer_certificate, ..
+                } => {
+                    let subject = peer_certificate
+                        .as_deref()
+                        .and_then(subject_common_name)
+                        .map(|cn| format!(", server certificate CN={cn}"))
+                        .unwrap_or_default();
+                    format!("{state}{subject}")
+                }
+            };
+            let settings = db::tls_settings(config)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            report.pass(
+                check,
+                format!("{}: {tls} ({settings})", db::describe(config)),
+            );
+            Some(client)
+        }
+        Err(e) => {
+            report.fail(
+                check,
+                e.to_string(),
+                format!(
+                    "check `{name}` url, password and network; for TLS errors sslmode and \
+                     sslrootcert (e.g. Amazon's CA bundle)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `SELECT` on a table: works, or the error with a GRANT to run.
+async fn readable(
+    report: &mut Report,
+    client: &tokio_postgres::Client,
+    name: String,
+    table: &QualifiedName,
+    user: &str,
+) {
+    let sql = format!("SELECT 1 FROM {} LIMIT 0", table.quoted());
+    match client.query(&sql, &[]).await {
+        Ok(_) => report.pass(name, "SELECT works"),
+        Err(e) => {
+            let code = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
+            let fix = match code.as_str() {
+                // 42P01 undefined_table, 3F000 invalid_schema_name.
+                "42P01" | "3F000" => format!("create {table}, or fix the table name in the config"),
+                _ => format!(
+                    "GRANT USAGE ON SCHEMA {} TO {user}; GRANT SELECT ON {} TO {user};",
+                    crate::config::quote_ident(&table.schema),
+                    table.quoted()
+                ),
+            };
+            report.fail(name, db::error_chain(&e), fix);
+        }
+    }
+}
+
+/// Runs every check that applies to `config`; `ledger` adds the remediator's ledger database.
+pub async fn run(config: &Config, ledger: bool) -> Report {
+    let mut report = Report::default();
+    let source = connection(&mut report, "source", &config.source).await;
+    let redshift_db = config.redshift.database();
+    let redshift = connection(&mut report, "redshift", &redshift_db).await;
+    if ledger {
+        match config.ledger_database() {
+            Ok(l) => {
+                let _ = connection(&mut report, "ledger", l).await;
+            }
+            Err(e) => report.fail(
+                "ledger connection",
+                e.to_string(),
+                "add [remediator.ledger]",
+            ),
+        }
+    }
+    for table in &config.tables {
+        let (Some(src), Some(dst)) = (
+            QualifiedName::parse(&table.source),
+            QualifiedName::parse(table.target_name()),
+        ) else {
+            continue;
+        };
+        if let Some(client) = &source {
+            let user = user_of(&config.source);
+            readable(
+                &mut report,
+                client,
+                format!("source table {src}"),
+                &src,
+                &user,
+            )
+            .await;
+        }
+        if let Some(client) = &redshift {
+            let user = user_of(&redshift_db);
+            readable(
+                &mut report,
+                client,
+                format!("target table {dst}"),
+                &dst,
+                &user,
+            )
+            .await;
+        }
+    }
+    if let Some(client) = &redshift {
+        // SYS views show a regular user only their own queries: DMS's need sys:monitor
+        // (https://docs.aws.amazon.com/redshift/latest/dg/SYS_QUERY_HISTORY.html).
+        let view = match config.redshift.system_views {
+            SystemViews::Sys => "sys_query_history",
+            SystemViews::Stl => "stl_query",
+        };
+        let name = format!("redshift system view {view}");
+        match client
+            .query(&format!("SELECT 1 FROM {view} LIMIT 0"), &[])
+            .await
+        {
+            Ok(_) => report.pass(name, "readable"),
+            Err(e) => report.fail(
+                name,
+                db::error_chain(&e),
+                format!(
+                    "GRANT ROLE sys:monitor TO {} (to see DMS's statements, not only its own)",
+                    user_of(&redshift_db)
+                ),
+            ),
+        }
+    }
+    aws_checks(&mut report, config).await;
+    report
+}
+
+async fn aws_checks(report: &mut Report, config: &Config) {
+    let sdk = crate::aws::sdk_config(&config.aws).await;
+    match caller_identity(&sdk).await {
+        Ok(arn) => report.pass("AWS identity", arn),
+        Err(e) => {
+            report.fail(
+                "AWS identity",
+                e.to_string(),
+                "set credentials for the default chain (env, profile, IRSA, instance role); with \
+                 [aws] role_arn, allow sts:AssumeRole on it and check its trust policy",
+            );
+            return;
+        }
+    }
+    let aws = AwsClients::from_sdk(&sdk);
+    let policy = "see docs/iam-policy.md for the policy";
+    for task in &config.tasks {
+        let name = format!("DMS task {}", task.name);
+        let filter = Filter::builder()
+            .name("replication-task-id")
+            .values(&task.name)
+            .build();
+        let Ok(filter) = filter else { continue };
+        match aws
+            .dms
+            .describe_replication_tasks()
+            .filters(filter)
+            .without_settings(true)
+            .send()
+            .await
+        {
+            Ok(out) => match out
+                .replication_tasks()
+                .iter()
+                .find(|t| t.replication_task_identifier() == Some(task.name.as_str()))
+            {
+                Some(t) => report.pass(name, t.status().unwrap_or("exists").to_owned()),
+                None => report.fail(
+                    name,
+                    "not found",
+                    "fix [[tasks]].name (the task identifier)",
+                ),
+            },
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_fault()) =>
+            {
+                report.fail(
+                    name,
+                    "not found",
+                    "fix [[tasks]].name (the task identifier)",
+                )
+            }
+            Err(e) => report.fail(
+                name,
+                format!("dms:DescribeReplicationTasks: {}", DisplayErrorContext(&e)),
+                policy,
+            ),
+        }
+    }
+    let mut instances: Vec<&str> = config
+        .tasks
+        .iter()
+        .map(|t| t.replication_instance.as_str())
+        .collect();
+    instances.sort_unstable();
+    instances.dedup();
+    for instance in instances {
+        let name = format!("DMS replication instance {instance}");
+        let Ok(filter) = Filter::builder()
+            .name("replication-instance-id")
+            .values(instance)
+            .build()
+        else {
+            continue;
+        };
+        match aws
+            .dms
+            .describe_replication_instances()
+            .filters(filter)
+            .send()
+            .await
+        {
+            Ok(out) => match out
+                .replication_instances()
+                .iter()
+                .find(|i| i.replication_instance_identifier() == Some(instance))
+            {
+                Some(i) => report.pass(
+                    name,
+                    i.replication_instance_status()
+                        .unwrap_or("exists")
+                        .to_owned(),
+                ),
+                None => report.fail(
+                    name,
+                    "not found",
+                    "fix [[tasks]].replication_instance (the instance identifier)",
+                ),
+            },
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_fault()) =>
+            {
+                report.fail(
+                    name,
+                    "not found",
+                    "fix [[tasks]].replication_instance (the instance identifier)",
+                )
+            }
+            Err(e) => report.fail(
+                name,
+                format!(
+                    "dms:DescribeReplicationInstances: {}",
+                    DisplayErrorContext(&e)
+                ),
+                policy,
+            ),
+        }
+    }
+    if let Some(cluster) = &config.redshift.cluster_identifier {
+        let name = format!("Redshift cluster {cluster}");
+        match aws
+            .redshift
+            .describe_clusters()
+            .cluster_identifier(cluster)
+            .send()
+            .await
+        {
+            Ok(out) => report.pass(
+                name,
+                out.clusters()
+                    .first()
+                    .and_then(|c| c.preferred_maintenance_window())
+                    .map(|w| format!("maintenance window {w}"))
+                    .unwrap_or_else(|| "exists".to_owned()),
+            ),
+            Err(e) => report.fail(
+                name,
+                format!(
+                    "redshift:DescribeClusters: {}",
+                    aws_sdk_redshift::error::DisplayErrorContext(&e)
+                ),
+                format!("fix redshift.cluster_identifier, or {policy}"),
+            ),
+        }
+    }
+}
+
+/// The subject's common name of a DER certificate (enough DER to walk to it).
+pub fn subject_common_name(der: &[u8]) -> Option<String> {
+    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version?, serial, signature,
+    // issuer, validity, subject, ... }, ... } (RFC 5280, section 4.1).
+    let (_, cert, _) = tlv(der)?;
+    let (_, mut tbs, _) = tlv(cert)?;
+    let (tag, _, rest) = tlv(tbs)?;
+    if tag == 0xa0 {
+        tbs = rest;
+    }
+    for _ in 0..4 {
+        // serial, signature, issuer, validity
+        tbs = tlv(tbs)?.2;
+    }
+    let (_, subject, _) = tlv(tbs)?;
+    // OID 2.5.4.3 (commonName) then its string.
+    let oid = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let at = subject.windows(oid.len()).position(|w| w == oid)?;
+    let (_, value, _) = tlv(&subject[at + oid.len()..])?;
+    String::from_utf8(value.to_vec()).ok()
+}
+
+/// One DER TLV: (tag, contents, rest).
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)? as usize;
+    let (len, header) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((tag, b.get(header..end)?, b.get(end..)?))
+}

@@ -1,0 +1,107 @@
+//! The preflight checklist against the lab: everything right (TLS verified against the lab CA,
+//! tables readable, moto's DMS task and instance found), then a source user without SELECT and a
+//! task that does not exist, each reported with its fix.
+
+use dmsguard_lab::harness::{self, create_dms_task, Moto, TestDatabases};
+use dmsguard_pipeline::aws::AwsClients;
+use dmsguard_pipeline::config::Config;
+use dmsguard_pipeline::preflight;
+
+fn config_text(
+    dbs: &TestDatabases,
+    moto: &str,
+    source_url: &str,
+    source_pw: &str,
+    task: &str,
+) -> String {
+    let pw = &dbs.env.pg_password;
+    format!(
+        "[source]\nurl = \"{source_url}\"\npassword = \"{source_pw}\"\n\n\
+         [redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n\n\
+         [aws]\nendpoint_url = \"{moto}\"\nmax_attempts = 1\ntimeout = \"10s\"\n\n\
+         [[tasks]]\nname = \"{task}\"\nreplication_instance = \"pf-instance\"\n\n\
+         [[tables]]\nsource = \"public.orders\"\ntask = \"{task}\"\n{}",
+        dbs.redshift.url,
+        dbs.ledger_section()
+    )
+}
+
+#[tokio::test]
+async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("preflight").await?;
+    let moto = Moto::spawn().await?;
+    let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
+    create_dms_task(&aws, "pf-instance", "pf-task").await?;
+    dbs.source_client()
+        .await?
+        .batch_execute("CREATE TABLE public.orders (id bigint PRIMARY KEY, created_at timestamptz)")
+        .await?;
+    dbs.redshift_client()
+        .await?
+        .batch_execute("CREATE TABLE public.orders (id bigint)")
+        .await?;
+    let ca = dbs.env.dir.join("tls").join("ca.crt");
+    let verified = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        dbs.source.url,
+        ca.display()
+    );
+
+    let text = config_text(
+        &dbs,
+        &moto.url(),
+        &verified,
+        &dbs.env.pg_password,
+        "pf-task",
+    );
+    let report = preflight::run(&Config::from_toml(&text, &|_| None)?, true).await;
+    let out = report.render();
+    println!("{out}");
+    assert!(report.ok(), "{out}");
+    for line in [
+        "[ok] source connection: ",
+        "TLSv1.3",
+        "server certificate CN=127.0.0.1",
+        "sslmode=verify-full",
+        "[ok] redshift connection: ",
+        "[ok] ledger connection: ",
+        "[ok] source table public.orders: SELECT works",
+        "[ok] target table public.orders: SELECT works",
+        "[ok] redshift system view sys_query_history: readable",
+        "[ok] AWS identity: arn:aws:",
+        "[ok] DMS task pf-task: ",
+        "[ok] DMS replication instance pf-instance: ",
+        "0 failed",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+
+    // A source user without SELECT on the table, and a task name DMS does not know.
+    let role = format!("pf_ro_{}", std::process::id());
+    let admin = dmsguard_pipeline::db::connect(&dbs.env.database("postgres")).await?;
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pf-secret'"))
+        .await?;
+    let url = verified.replacen(&format!("//{}@", dbs.env.pg_user), &format!("//{role}@"), 1);
+    assert_ne!(url, verified);
+    let text = config_text(&dbs, &moto.url(), &url, "pf-secret", "no-such-task");
+    let report = preflight::run(&Config::from_toml(&text, &|_| None)?, true).await;
+    let out = report.render();
+    println!("{out}");
+    admin.batch_execute(&format!("DROP ROLE {role}")).await.ok();
+    assert!(!report.ok());
+    for line in [
+        "[ok] source connection: ",
+        "[FAIL] source table public.orders: ERROR: permission denied for table orders (SQLSTATE 42501)",
+        &format!("fix: GRANT USAGE ON SCHEMA \"public\" TO {role}; GRANT SELECT ON \"public\".\"orders\" TO {role};"),
+        "[ok] target table public.orders",
+        "[FAIL] DMS task no-such-task: not found",
+        "fix: fix [[tasks]].name",
+        "2 failed",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    assert!(!out.contains("pf-secret"), "{out}");
+    dbs.drop().await?;
+    Ok(())
+}
