@@ -10,6 +10,15 @@
 //!
 //! Reading is by query id: the first read starts at a time, later reads continue after the
 //! last settled query id, so a refresh reads only rows newer than the last one counted.
+//!
+//! Most text columns of these views are `character(n)`: `SYS_QUERY_HISTORY.status` is
+//! `character(10)`, `query_type` `character(32)`, `query_text` `character(4000)`;
+//! `SYS_QUERY_TEXT.text` `character(4000)`; `STL_QUERY.querytxt` `character(4000)`;
+//! `STL_QUERYTEXT.text` `character(200)` (each view's page in the Amazon Redshift Database
+//! Developer Guide, e.g. <https://docs.aws.amazon.com/redshift/latest/dg/SYS_QUERY_HISTORY.html>,
+//! whose own example reads `TRIM(query_text)`). Their values come back blank-padded
+//! (`"success   "`), so every value read from them is trimmed before it is compared or
+//! parsed, and text pieces are joined with their padding taken off the last piece only.
 
 use chrono::NaiveDateTime;
 use tokio_postgres::types::ToSql;
@@ -19,8 +28,10 @@ use crate::config::SystemViews;
 
 /// Characters `SYS_QUERY_HISTORY.query_text` and `STL_QUERY.querytxt` keep.
 pub const TRUNCATED_TEXT_CHARS: usize = 4000;
-/// Characters per `STL_QUERYTEXT` piece.
+/// Characters per `STL_QUERYTEXT` piece (`character(200)`).
 pub const STL_PIECE_CHARS: usize = 200;
+/// Characters per `SYS_QUERY_TEXT` piece (`character(4000)`).
+pub const SYS_PIECE_CHARS: usize = 4000;
 /// Query ids per `IN (...)` list when fetching full texts.
 const TEXT_IDS_PER_QUERY: usize = 100;
 
@@ -183,7 +194,7 @@ impl StatementReader {
                             txn.as_deref(),
                             ended_long_ago == 1,
                         ),
-                        text: row.get::<_, Option<String>>(3).unwrap_or_default(),
+                        text: char_value(row.get(3)),
                     }
                 })
                 .collect(),
@@ -202,11 +213,7 @@ impl StatementReader {
                         } else {
                             Outcome::Committed
                         }),
-                        text: row
-                            .get::<_, Option<String>>(2)
-                            .unwrap_or_default()
-                            .trim_end()
-                            .to_owned(),
+                        text: char_value(row.get(2)),
                     }
                 })
                 .collect(),
@@ -300,8 +307,8 @@ impl StatementReader {
                 parts.sort_by_key(|(seq, _)| *seq);
                 let texts: Vec<String> = parts.into_iter().map(|(_, t)| t).collect();
                 let text = match self.family {
-                    SystemViews::Sys => texts.concat(),
-                    SystemViews::Stl => join_stl_pieces(&texts),
+                    SystemViews::Sys => join_pieces(&texts, SYS_PIECE_CHARS),
+                    SystemViews::Stl => join_pieces(&texts, STL_PIECE_CHARS),
                 };
                 (id, text)
             })
@@ -309,11 +316,23 @@ impl StatementReader {
     }
 }
 
+/// A `character(n)` value as text: NULL as empty, the blank padding taken off.
+pub fn char_value(value: Option<String>) -> String {
+    let mut value = value.unwrap_or_default();
+    value.truncate(value.trim_end().len());
+    value
+}
+
+/// A status word from a `character(n)` (or text) column, for comparing: trimmed, lower case.
+fn status_word(value: Option<&str>) -> Option<String> {
+    value.map(|v| v.trim().to_ascii_lowercase())
+}
+
 /// The outcome of a `SYS_QUERY_HISTORY` row, or `None` while it is not settled.
 fn sys_outcome(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) -> Option<Outcome> {
-    match status.map(str::to_ascii_lowercase).as_deref() {
+    match status_word(status).as_deref() {
         Some("failed") | Some("canceled") | Some("cancelled") => Some(Outcome::RolledBack),
-        Some("success") => match txn.map(str::to_ascii_lowercase).as_deref() {
+        Some("success") => match status_word(txn).as_deref() {
             Some("rolledback") | Some("rolled back") | Some("aborted") => Some(Outcome::RolledBack),
             Some(_) => Some(Outcome::Committed),
             None if ended_long_ago => Some(Outcome::Committed),
@@ -324,21 +343,27 @@ fn sys_outcome(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) ->
     }
 }
 
-/// Joins `STL_QUERYTEXT` pieces: each is a `char(200)`, so every piece but the last is exactly
-/// 200 characters of text (padding restored when the driver trimmed it), the last one is
-/// right-trimmed.
-pub fn join_stl_pieces(pieces: &[String]) -> String {
+/// Joins text pieces of `character(piece_chars)` (`STL_QUERYTEXT`: 200, `SYS_QUERY_TEXT`:
+/// 4000): every piece but the last is exactly `piece_chars` characters of text (padding
+/// restored when the driver trimmed it), the last one is right-trimmed.
+pub fn join_pieces(pieces: &[String], piece_chars: usize) -> String {
     let mut out = String::new();
     for (i, piece) in pieces.iter().enumerate() {
         if i + 1 == pieces.len() {
             out.push_str(piece.trim_end());
         } else {
+            let piece = piece.trim_end();
             out.push_str(piece);
             let n = piece.chars().count();
-            out.extend(std::iter::repeat_n(' ', STL_PIECE_CHARS.saturating_sub(n)));
+            out.extend(std::iter::repeat_n(' ', piece_chars.saturating_sub(n)));
         }
     }
     out
+}
+
+/// Joins `STL_QUERYTEXT` pieces (see [`join_pieces`]).
+pub fn join_stl_pieces(pieces: &[String]) -> String {
+    join_pieces(pieces, STL_PIECE_CHARS)
 }
 
 /// New rows of DMS's `awsdms_apply_exceptions` table for one target table.
@@ -418,6 +443,30 @@ mod tests {
         assert_eq!(
             sys_outcome(Some("failed"), None, false),
             Some(Outcome::RolledBack)
+        );
+    }
+
+    /// `character(n)` values come back blank-padded: `status` is `character(10)`.
+    #[test]
+    fn padded_char_values_settle_like_trimmed_ones() {
+        assert_eq!(
+            sys_outcome(Some("success   "), Some("committed"), false),
+            Some(Outcome::Committed)
+        );
+        assert_eq!(
+            sys_outcome(Some("failed    "), None, false),
+            Some(Outcome::RolledBack)
+        );
+        assert_eq!(
+            char_value(Some(format!("{:<4000}", "/* x */ UPDATE t"))),
+            "/* x */ UPDATE t"
+        );
+        assert_eq!(char_value(None), "");
+        let sys = vec![format!("{:<4000}", "a "), format!("{:<4000}", "b")];
+        assert_eq!(join_pieces(&sys, 4).len(), 5);
+        assert_eq!(
+            join_pieces(&[format!("{:<4000}", "ab"), "c".into()], 4000).len(),
+            4001
         );
     }
 

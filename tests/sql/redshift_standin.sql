@@ -1,28 +1,30 @@
 -- Redshift system views modelled as plain tables in the lab's `redshift` database.
 -- Columns, names and types follow the Redshift documentation; see tests/REDSHIFT-STANDIN.md.
+-- `character(n)` columns are declared as Redshift documents them: their values come back
+-- blank-padded to n characters, as on Redshift.
 -- Idempotent: safe to run on a database that already has them.
 
 -- SYS_QUERY_HISTORY: one row per query (current monitoring views).
 CREATE TABLE IF NOT EXISTS sys_query_history (
     user_id            integer,
     query_id           bigint PRIMARY KEY,
-    query_label        varchar(320),
+    query_label        char(320),
     transaction_id     bigint,
     session_id         integer,
-    database_name      varchar(128),
-    query_type         varchar(32),       -- SELECT, INSERT, UPDATE, DELETE, COPY, DDL, UTILITY, ...
-    status             varchar(10),       -- planning, queued, running, returning, failed, canceled, success
+    database_name      char(128),
+    query_type         char(32),          -- SELECT, INSERT, UPDATE, DELETE, COPY, DDL, UTILITY, ...
+    status             char(10),          -- planning, queued, running, returning, failed, canceled, success
     result_cache_hit   boolean,
     start_time         timestamp,
     end_time           timestamp,
     elapsed_time       bigint,            -- microseconds
     queue_time         bigint,
     execution_time     bigint,
-    error_message      varchar(512),
+    error_message      char(512),
     returned_rows      bigint,
     returned_bytes     bigint,
-    query_text         varchar(4000),     -- truncated at 4000 characters
-    redshift_version   varchar(256),
+    query_text         char(4000),        -- truncated at 4000 characters
+    redshift_version   char(256),
     usage_limit        varchar(150),
     compute_type       varchar(32),
     compile_time       bigint,
@@ -52,7 +54,7 @@ CREATE TABLE IF NOT EXISTS sys_query_text (
     session_id     integer,
     start_time     timestamp,
     sequence       integer,
-    text           varchar(4000),
+    text           char(4000),
     PRIMARY KEY (query_id, sequence)
 );
 

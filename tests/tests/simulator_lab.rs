@@ -250,16 +250,17 @@ async fn scenario_healthy_replication_converges_and_logs_like_redshift(
         let (id, kind, status, txn, text): (i64, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         assert!(text.starts_with(DMS_COMMENT), "{text}");
-        assert_eq!((status.as_str(), txn.as_str()), ("success", "committed"));
-        kinds.insert(kind);
+        // `status` is `character(10)`: blank-padded, as on Redshift.
+        assert_eq!((status.as_str(), txn.as_str()), ("success   ", "committed"));
+        kinds.insert(kind.trim_end().to_owned());
         let full: String = rs
             .query_one(
-                "SELECT string_agg(text, '' ORDER BY sequence) FROM sys_query_text WHERE query_id = $1",
+                "SELECT rtrim(string_agg(rpad(text, 4000), '' ORDER BY sequence)) FROM sys_query_text WHERE query_id = $1",
                 &[&id],
             )
             .await?
             .get(0);
-        assert_eq!(full.chars().take(4000).collect::<String>(), text);
+        assert_eq!(full.chars().take(4000).collect::<String>(), text.trim_end());
         Parser::parse_sql(&RedshiftSqlDialect {}, &full)
             .map_err(|e| anyhow::anyhow!("{e}: {full}"))?;
         // Seq ranges never overlap and only grow, across tables and batches.
@@ -287,7 +288,7 @@ async fn scenario_healthy_replication_converges_and_logs_like_redshift(
     assert_eq!(truncated.chars().count(), 4000);
     let sys_full: String = rs
         .query_one(
-            "SELECT string_agg(text, '' ORDER BY sequence) FROM sys_query_text WHERE query_id = $1",
+            "SELECT rtrim(string_agg(rpad(text, 4000), '' ORDER BY sequence)) FROM sys_query_text WHERE query_id = $1",
             &[&wide_id],
         )
         .await?
@@ -486,7 +487,8 @@ async fn scenario_missing_then_update_stays_one_by_one_until_the_row_exists(
             &[],
         )
         .await?;
-    let text: String = latest.get(0);
+    // `query_text` is `character(4000)`: blank-padded.
+    let text = latest.get::<_, String>(0).trim_end().to_owned();
     let (a, b) = seq_range(&text).expect("seq range");
     let ct = lab.sim.changes_table(TASK).unwrap();
     assert!(text.contains(&ct.quoted()), "{text}");

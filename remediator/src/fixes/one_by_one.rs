@@ -18,7 +18,9 @@ use dmsguard_pipeline::gap_finder::TableSpec;
 use dmsguard_pipeline::statement_parser::{
     parse_dms_statement_detailed, StatementKind, CHANGES_TABLE_PREFIX,
 };
-use dmsguard_pipeline::system_views::{StatementReader, STL_PIECE_CHARS, TRUNCATED_TEXT_CHARS};
+use dmsguard_pipeline::system_views::{
+    char_value, StatementReader, STL_PIECE_CHARS, TRUNCATED_TEXT_CHARS,
+};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
@@ -362,10 +364,8 @@ async fn find_update_once(
         })?;
     let candidates: Vec<(i64, String)> = rows
         .iter()
-        .map(|r| {
-            let text: Option<String> = r.get(1);
-            (r.get(0), text.unwrap_or_default().trim_end().to_owned())
-        })
+        // `query_text`/`querytxt` are `character(4000)`: blank-padded.
+        .map(|r| (r.get(0), char_value(r.get(1))))
         .collect();
     // Texts cut at the view's limit are reassembled from their pieces.
     let cut: Vec<i64> = candidates
