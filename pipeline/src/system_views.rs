@@ -310,6 +310,9 @@ impl StatementReader {
                     SystemViews::Sys => join_pieces(&texts, SYS_PIECE_CHARS),
                     SystemViews::Stl => join_pieces(&texts, STL_PIECE_CHARS),
                 };
+                // Both views store newlines and backslashes escaped; pieces are cut from the
+                // escaped text, so an escape may span two pieces: unescape the whole.
+                let text = unescape_query_text(&text);
                 (id, text)
             })
             .collect())
@@ -356,6 +359,35 @@ pub fn join_pieces(pieces: &[String], piece_chars: usize) -> String {
             out.push_str(piece);
             let n = piece.chars().count();
             out.extend(std::iter::repeat_n(' ', piece_chars.saturating_sub(n)));
+        }
+    }
+    out
+}
+
+/// The statement text of `SYS_QUERY_TEXT.text` / `STL_QUERYTEXT.text`, which "might contain
+/// special characters such as backslash (`\\`) and newline (`\n`)" (the SYS_QUERY_TEXT and
+/// STL_QUERYTEXT pages of the Amazon Redshift Database Developer Guide,
+/// <https://docs.aws.amazon.com/redshift/latest/dg/SYS_QUERY_TEXT.html>,
+/// <https://docs.aws.amazon.com/redshift/latest/dg/r_STL_QUERYTEXT.html>): a newline is stored
+/// as the two characters `\n` and a backslash as `\\`. Any other backslash is kept as it is.
+pub fn unescape_query_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('n') => {
+                chars.next();
+                out.push('\n');
+            }
+            Some('\\') => {
+                chars.next();
+                out.push('\\');
+            }
+            _ => out.push('\\'),
         }
     }
     out
@@ -444,6 +476,16 @@ mod tests {
             sys_outcome(Some("failed"), None, false),
             Some(Outcome::RolledBack)
         );
+    }
+
+    #[test]
+    fn query_text_pieces_are_unescaped() {
+        assert_eq!(unescape_query_text("a\\nb"), "a\nb");
+        assert_eq!(unescape_query_text("c:\\\\x"), "c:\\x");
+        // An escaped backslash followed by n is a backslash and an n.
+        assert_eq!(unescape_query_text("\\\\n"), "\\n");
+        assert_eq!(unescape_query_text("\\t"), "\\t");
+        assert_eq!(unescape_query_text("end\\"), "end\\");
     }
 
     /// `character(n)` values come back blank-padded: `status` is `character(10)`.

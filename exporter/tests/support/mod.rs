@@ -10,6 +10,7 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
 use chrono::NaiveDateTime;
 use dmsguard_exporter::Exporter;
 use dmsguard_lab::harness::{self, TestDatabases};
+pub use dmsguard_lab::simulator::replication::escape_query_text;
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::Config;
 use tokio_postgres::Client;
@@ -207,7 +208,8 @@ pub async fn record_sys(redshift: &Client, sql: &str, how: Recorded) -> anyhow::
             ],
         )
         .await?;
-    let chars: Vec<char> = sql.chars().collect();
+    // SYS_QUERY_TEXT stores newlines and backslashes escaped.
+    let chars: Vec<char> = escape_query_text(sql).chars().collect();
     for (i, piece) in chars.chunks(4000).enumerate() {
         let piece: String = piece.iter().collect();
         redshift
@@ -267,7 +269,8 @@ pub async fn record_stl(redshift: &Client, sql: &str, aborted: bool) -> anyhow::
             &[&(qid as i32), &xid, &truncated, &now, &i32::from(aborted)],
         )
         .await?;
-    let chars: Vec<char> = sql.chars().collect();
+    // STL_QUERYTEXT stores newlines and backslashes escaped.
+    let chars: Vec<char> = escape_query_text(sql).chars().collect();
     for (i, piece) in chars.chunks(200).enumerate() {
         let piece: String = piece.iter().collect();
         redshift

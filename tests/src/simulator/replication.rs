@@ -1180,6 +1180,13 @@ fn single_statement(info: &TableInfo, op: Op, id: i64, values: &[Option<String>]
     format!("{DMS_COMMENT} {body}")
 }
 
+/// A statement as `SYS_QUERY_TEXT.text` and `STL_QUERYTEXT.text` store it: newlines and
+/// backslashes escaped as `\n` and `\\` (their pages in the Amazon Redshift Database Developer
+/// Guide); the pieces are cut from the escaped text.
+pub fn escape_query_text(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
 /// Splits text into pieces of at most `n` characters.
 pub fn pieces(text: &str, n: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
@@ -1273,14 +1280,15 @@ async fn write_records(
             let (mut sq, mut st, mut ss, mut sseq, mut stext) = (vec![], vec![], vec![], vec![], vec![]);
             let (mut lq, mut lx, mut lseq, mut ltext) = (vec![], vec![], vec![], vec![]);
             for (i, s) in p.stmts.iter().enumerate() {
-                for (k, piece) in pieces(&s.sql, SYS_TEXT_PIECE).into_iter().enumerate() {
+                let escaped = escape_query_text(&s.sql);
+                for (k, piece) in pieces(&escaped, SYS_TEXT_PIECE).into_iter().enumerate() {
                     sq.push(sys_q[i]);
                     st.push(sys_txn[s.txn]);
                     ss.push(s.start);
                     sseq.push(k as i32);
                     stext.push(piece);
                 }
-                for (k, piece) in pieces(&s.sql, STL_TEXT_PIECE).into_iter().enumerate() {
+                for (k, piece) in pieces(&escaped, STL_TEXT_PIECE).into_iter().enumerate() {
                     lq.push(stl_q32[i]);
                     lx.push(stl_xid[s.txn]);
                     lseq.push(k as i32);
@@ -1448,6 +1456,7 @@ mod tests {
         out.push(b'|');
         copy_field(&mut out, None);
         assert_eq!(String::from_utf8(out).unwrap(), "a\\tb\\nc\\\\d|\\N");
+        assert_eq!(escape_query_text("a\nb\\c"), "a\\nb\\\\c");
         let p = pieces(&"é".repeat(450), 200);
         assert_eq!(p.len(), 3);
         assert_eq!(p[2].chars().count(), 50);
