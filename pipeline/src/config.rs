@@ -115,6 +115,10 @@ pub struct RedshiftConfig {
     /// SQL `LIKE` pattern matching the comment DMS puts in its statements.
     #[serde(default = "defaults::dms_comment_like")]
     pub dms_comment_like: String,
+    /// The database user of the DMS target endpoint (e.g. `dms_user`). When set, a statement
+    /// counts as DMS's only if that user ran it as well as carrying the comment: no AWS
+    /// document gives the comment's exact form, the endpoint's user is a firmer signal.
+    pub dms_user: Option<String>,
     /// The Redshift cluster identifier, used to read the maintenance window with `DescribeClusters`.
     pub cluster_identifier: Option<String>,
     /// The maintenance window as `ddd:hh24:mi-ddd:hh24:mi` in UTC (e.g. `sun:05:00-sun:05:30`);

@@ -93,8 +93,10 @@ pub struct StatementPage {
 pub struct StatementReader {
     family: SystemViews,
     comment_like: String,
+    /// The DMS endpoint's database user (`redshift.dms_user`): when set, only its statements.
+    dms_user: Option<String>,
     page_rows: i64,
-    /// A successful SYS statement whose transaction row has not appeared after this long is
+    /// A successful statement whose transaction end has not appeared after this long is
     /// taken as committed (autocommit statements may never get one).
     settle_after: chrono::Duration,
 }
@@ -102,9 +104,66 @@ pub struct StatementReader {
 /// A row before its outcome is known.
 struct RawRow {
     query_id: i64,
-    /// `None` while the query or its transaction is still open.
-    outcome: Option<Outcome>,
+    /// The transaction id (`transaction_id` / `xid`).
+    transaction: i64,
+    state: RowState,
     text: String,
+}
+
+/// What a statement's own row says about how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowState {
+    /// Failed, cancelled or stopped: its changes are gone whatever the transaction did.
+    Stopped,
+    /// Still planning, queued or running.
+    Open,
+    /// Completed; the transaction decides. `txn` is SYS_TRANSACTION_HISTORY's status (visible
+    /// only to superusers), `ended_long_ago` whether it finished before the settle time.
+    Completed {
+        txn: Option<Outcome>,
+        ended_long_ago: bool,
+    },
+}
+
+/// How a transaction ended, from its COMMIT/END or ROLLBACK/ABORT statement.
+fn end_statement_outcome(text: &str) -> Option<Outcome> {
+    let first = text
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?
+        .to_ascii_uppercase();
+    match first.as_str() {
+        "ROLLBACK" | "ABORT" => Some(Outcome::RolledBack),
+        "COMMIT" | "END" => Some(Outcome::Committed),
+        _ => None,
+    }
+}
+
+/// SQL condition: `column` (a text column) holds a transaction-ending statement.
+fn ends_transaction(column: &str) -> String {
+    ["COMMIT", "END", "ROLLBACK", "ABORT"]
+        .iter()
+        .map(|w| format!("UPPER(TRIM({column})) LIKE '{w}%'"))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// SQL condition: `column` holds a ROLLBACK or ABORT statement.
+pub fn rolls_back(column: &str) -> String {
+    format!("(UPPER(TRIM({column})) LIKE 'ROLLBACK%' OR UPPER(TRIM({column})) LIKE 'ABORT%')")
+}
+
+impl RowState {
+    fn outcome(self, end: Option<Outcome>) -> Option<Outcome> {
+        match self {
+            RowState::Stopped => Some(Outcome::RolledBack),
+            RowState::Open => None,
+            RowState::Completed {
+                txn,
+                ended_long_ago,
+            } => txn.or(end).or(ended_long_ago.then_some(Outcome::Committed)),
+        }
+    }
 }
 
 impl StatementReader {
@@ -113,13 +172,31 @@ impl StatementReader {
         Self {
             family,
             comment_like: comment_like.into(),
+            dms_user: None,
             page_rows: 5000,
             settle_after: chrono::Duration::minutes(5),
         }
     }
 
-    /// The SQL of a read from `cursor`; `$1` is the cursor, `$2` the pattern, `$3` (SYS) the
-    /// settle time.
+    /// Only statements of this database user (the DMS endpoint's, `redshift.dms_user`).
+    pub fn with_dms_user(mut self, dms_user: Option<String>) -> Self {
+        self.dms_user = dms_user;
+        self
+    }
+
+    /// `AND <user column> IN (the DMS user's id)` when a DMS user is set, as parameter `$n`.
+    /// `PG_USER.usesysid` is the id `user_id`/`userid` hold.
+    pub fn user_filter(&self, column: &str, n: usize) -> String {
+        match self.dms_user {
+            Some(_) => {
+                format!(" AND {column} IN (SELECT usesysid FROM pg_user WHERE usename = ${n})")
+            }
+            None => String::new(),
+        }
+    }
+
+    /// The SQL of a read from `cursor`; `$1` is the cursor, `$2` the pattern, `$3` the settle
+    /// time, `$4` the DMS user (when set).
     pub fn statements_sql(&self, cursor: &Cursor) -> String {
         match self.family {
             SystemViews::Sys => {
@@ -127,16 +204,17 @@ impl StatementReader {
                     Cursor::Since(_) => "q.start_time >= $1",
                     Cursor::After(_) => "q.query_id > $1",
                 };
-                // A query is settled when it finished and its transaction ended, or when it
-                // succeeded long enough ago that no transaction row is coming.
+                // SYS_TRANSACTION_HISTORY is visible only to superusers: for anyone else the
+                // join finds nothing and the transaction's COMMIT or ROLLBACK statement decides.
                 format!(
                     "SELECT q.query_id, q.status, t.status, q.query_text, \
-                     CASE WHEN q.end_time < $3 THEN 1 ELSE 0 END \
+                     CASE WHEN q.end_time < $3 THEN 1 ELSE 0 END, q.transaction_id \
                      FROM sys_query_history q \
                      LEFT JOIN sys_transaction_history t ON t.transaction_id = q.transaction_id \
-                     WHERE {from} AND q.query_text LIKE $2 \
+                     WHERE {from} AND q.query_text LIKE $2{user} \
                      ORDER BY q.query_id LIMIT {}",
-                    self.page_rows
+                    self.page_rows,
+                    user = self.user_filter("q.user_id", 4),
                 )
             }
             SystemViews::Stl => {
@@ -145,14 +223,72 @@ impl StatementReader {
                     Cursor::After(_) => "q.query > CAST($1 AS bigint)",
                 };
                 format!(
-                    "SELECT CAST(q.query AS bigint), q.aborted, q.querytxt \
+                    "SELECT CAST(q.query AS bigint), q.aborted, q.querytxt, \
+                     CASE WHEN q.endtime < $3 THEN 1 ELSE 0 END, q.xid \
                      FROM stl_query q \
-                     WHERE {from} AND q.querytxt LIKE $2 \
+                     WHERE {from} AND q.querytxt LIKE $2{user} \
                      ORDER BY q.query LIMIT {}",
-                    self.page_rows
+                    self.page_rows,
+                    user = self.user_filter("q.userid", 4),
                 )
             }
         }
+    }
+
+    /// The SQL listing the transaction-ending statements (COMMIT, END, ROLLBACK, ABORT) of
+    /// `n` transactions (`$1`..`$n`): `SYS_QUERY_HISTORY` rows, or `STL_UTILITYTEXT`, which
+    /// captures ABORT, BEGIN, COMMIT, END and ROLLBACK (its page in the Amazon Redshift Database
+    /// Developer Guide, <https://docs.aws.amazon.com/redshift/latest/dg/r_STL_UTILITYTEXT.html>).
+    /// Both are visible to a user with `SYSLOG ACCESS UNRESTRICTED`.
+    pub fn transaction_ends_sql(&self, n: usize) -> String {
+        let list = (1..=n.max(1))
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self.family {
+            SystemViews::Sys => format!(
+                "SELECT transaction_id, query_text FROM sys_query_history \
+                 WHERE transaction_id IN ({list}) AND ({})",
+                ends_transaction("query_text")
+            ),
+            SystemViews::Stl => format!(
+                "SELECT xid, text FROM stl_utilitytext \
+                 WHERE xid IN ({list}) AND sequence = 0 AND ({})",
+                ends_transaction("text")
+            ),
+        }
+    }
+
+    /// How each of `transactions` ended, as far as its end statement is logged.
+    async fn transaction_ends(
+        &self,
+        client: &Client,
+        transactions: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Outcome>, SystemViewError> {
+        let mut ends = std::collections::HashMap::new();
+        let view = match self.family {
+            SystemViews::Sys => "SYS_QUERY_HISTORY",
+            SystemViews::Stl => "STL_UTILITYTEXT",
+        };
+        for chunk in transactions.chunks(TEXT_IDS_PER_QUERY) {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                chunk.iter().map(|id| id as &(dyn ToSql + Sync)).collect();
+            let rows = client
+                .query(&self.transaction_ends_sql(chunk.len()), &params)
+                .await
+                .map_err(query_error(view))?;
+            for row in rows {
+                let text = char_value(row.get(1));
+                if let Some(outcome) = end_statement_outcome(&text) {
+                    // A ROLLBACK wins over anything else logged for the transaction.
+                    let e = ends.entry(row.get::<_, i64>(0)).or_insert(outcome);
+                    if outcome == Outcome::RolledBack {
+                        *e = outcome;
+                    }
+                }
+            }
+        }
+        Ok(ends)
     }
 
     /// Reads the next page of settled DMS statements after `cursor`; `now` is the current UTC
@@ -177,9 +313,14 @@ impl StatementReader {
             }
         };
         let settle_before = now - self.settle_after;
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![cursor_param, &self.comment_like, &settle_before];
+        if let Some(user) = &self.dms_user {
+            params.push(user);
+        }
         let raw: Vec<RawRow> = match self.family {
             SystemViews::Sys => client
-                .query(&sql, &[cursor_param, &self.comment_like, &settle_before])
+                .query(&sql, &params)
                 .await
                 .map_err(query_error("SYS_QUERY_HISTORY"))?
                 .iter()
@@ -189,54 +330,72 @@ impl StatementReader {
                     let ended_long_ago: i32 = row.get(4);
                     RawRow {
                         query_id: row.get(0),
-                        outcome: sys_outcome(
-                            status.as_deref(),
-                            txn.as_deref(),
-                            ended_long_ago == 1,
-                        ),
+                        transaction: row.get::<_, Option<i64>>(5).unwrap_or_default(),
+                        state: sys_state(status.as_deref(), txn.as_deref(), ended_long_ago == 1),
                         text: char_value(row.get(3)),
                     }
                 })
                 .collect(),
             SystemViews::Stl => client
-                .query(&sql, &[cursor_param, &self.comment_like])
+                .query(&sql, &params)
                 .await
                 .map_err(query_error("STL_QUERY"))?
                 .iter()
                 .map(|row| {
                     let aborted: Option<i32> = row.get(1);
+                    let ended_long_ago: i32 = row.get(3);
                     RawRow {
                         query_id: row.get(0),
-                        // STL_QUERY logs only finished queries.
-                        outcome: Some(if aborted.unwrap_or(0) != 0 {
-                            Outcome::RolledBack
+                        transaction: row.get::<_, Option<i64>>(4).unwrap_or_default(),
+                        // STL_QUERY logs only finished queries; `aborted` is 1 when the system
+                        // stopped the query or a user cancelled it, 0 when it ran to completion,
+                        // even in a transaction that then rolled back (STL_QUERY's page in the
+                        // Amazon Redshift Database Developer Guide).
+                        state: if aborted.unwrap_or(0) != 0 {
+                            RowState::Stopped
                         } else {
-                            Outcome::Committed
-                        }),
+                            RowState::Completed {
+                                txn: None,
+                                ended_long_ago: ended_long_ago == 1,
+                            }
+                        },
                         text: char_value(row.get(2)),
                     }
                 })
                 .collect(),
         };
         let full = raw.len() as i64 >= self.page_rows;
-        // Stop at the first unsettled query: the cursor must never pass it.
-        let settled: Vec<RawRow> = raw
+        let undecided: Vec<i64> = raw
+            .iter()
+            .filter(|r| matches!(r.state, RowState::Completed { txn: None, .. }))
+            .map(|r| r.transaction)
+            .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
-            .take_while(|r| r.outcome.is_some())
+            .collect();
+        let ends = self.transaction_ends(client, &undecided).await?;
+        // Stop at the first unsettled query: the cursor must never pass it.
+        let settled: Vec<(RawRow, Outcome)> = raw
+            .into_iter()
+            .map_while(|r| {
+                let outcome = r.state.outcome(ends.get(&r.transaction).copied())?;
+                Some((r, outcome))
+            })
             .collect();
         let truncated: Vec<i64> = settled
             .iter()
-            .filter(|r| r.text.chars().count() >= TRUNCATED_TEXT_CHARS - STL_PIECE_CHARS)
-            .map(|r| r.query_id)
+            .filter(|(r, _)| r.text.chars().count() >= TRUNCATED_TEXT_CHARS - STL_PIECE_CHARS)
+            .map(|(r, _)| r.query_id)
             .collect();
         let mut full_texts = self.full_texts(client, &truncated).await?;
-        let next = settled.last().map_or(cursor, |r| Cursor::After(r.query_id));
+        let next = settled
+            .last()
+            .map_or(cursor, |(r, _)| Cursor::After(r.query_id));
         let queries = settled
             .into_iter()
-            .map(|r| DmsQuery {
+            .map(|(r, outcome)| DmsQuery {
                 query_id: r.query_id,
                 text: full_texts.remove(&r.query_id).unwrap_or(r.text),
-                outcome: r.outcome.unwrap_or(Outcome::Committed),
+                outcome,
             })
             .collect();
         Ok(StatementPage {
@@ -331,19 +490,30 @@ fn status_word(value: Option<&str>) -> Option<String> {
     value.map(|v| v.trim().to_ascii_lowercase())
 }
 
-/// The outcome of a `SYS_QUERY_HISTORY` row, or `None` while it is not settled.
-fn sys_outcome(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) -> Option<Outcome> {
+/// What a `SYS_QUERY_HISTORY` row says (with its SYS_TRANSACTION_HISTORY status, if visible).
+fn sys_state(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) -> RowState {
     match status_word(status).as_deref() {
-        Some("failed") | Some("canceled") | Some("cancelled") => Some(Outcome::RolledBack),
-        Some("success") => match status_word(txn).as_deref() {
-            Some("rolledback") | Some("rolled back") | Some("aborted") => Some(Outcome::RolledBack),
-            Some(_) => Some(Outcome::Committed),
-            None if ended_long_ago => Some(Outcome::Committed),
-            None => None,
+        Some("failed") | Some("canceled") | Some("cancelled") => RowState::Stopped,
+        Some("success") => RowState::Completed {
+            txn: match status_word(txn).as_deref() {
+                Some("rolledback") | Some("rolled back") | Some("aborted") => {
+                    Some(Outcome::RolledBack)
+                }
+                Some(_) => Some(Outcome::Committed),
+                None => None,
+            },
+            ended_long_ago,
         },
         // planning, queued, running, returning, or unknown: still open.
-        _ => None,
+        _ => RowState::Open,
     }
+}
+
+/// The outcome of a `SYS_QUERY_HISTORY` row without a logged end statement, or `None` while
+/// it is not settled.
+#[cfg(test)]
+fn sys_outcome(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) -> Option<Outcome> {
+    sys_state(status, txn, ended_long_ago).outcome(None)
 }
 
 /// Joins text pieces of `character(piece_chars)` (`STL_QUERYTEXT`: 200, `SYS_QUERY_TEXT`:
@@ -488,6 +658,37 @@ mod tests {
         assert_eq!(unescape_query_text("end\\"), "end\\");
     }
 
+    /// A regular user does not see SYS_TRANSACTION_HISTORY: the COMMIT or ROLLBACK statement
+    /// of the transaction settles a completed statement.
+    #[test]
+    fn end_statements_settle_without_the_transaction_view() {
+        let completed = sys_state(Some("success   "), None, false);
+        assert_eq!(completed.outcome(None), None);
+        for (text, outcome) in [
+            ("ROLLBACK", Outcome::RolledBack),
+            ("abort;", Outcome::RolledBack),
+            ("rollback work", Outcome::RolledBack),
+            ("COMMIT", Outcome::Committed),
+            ("END TRANSACTION", Outcome::Committed),
+        ] {
+            let end = end_statement_outcome(text);
+            assert_eq!(end, Some(outcome), "{text}");
+            assert_eq!(completed.outcome(end), Some(outcome), "{text}");
+        }
+        assert_eq!(end_statement_outcome("ENDLESS"), None);
+        assert_eq!(end_statement_outcome("SELECT 1"), None);
+        // A statement the system stopped is rolled back whatever else is logged.
+        assert_eq!(
+            sys_state(Some("canceled"), None, false).outcome(Some(Outcome::Committed)),
+            Some(Outcome::RolledBack)
+        );
+        // The transaction view, when visible, decides over a missing end statement.
+        assert_eq!(
+            sys_state(Some("success"), Some("rolledback"), false).outcome(None),
+            Some(Outcome::RolledBack)
+        );
+    }
+
     /// `character(n)` values come back blank-padded: `status` is `character(10)`.
     #[test]
     fn padded_char_values_settle_like_trimmed_ones() {
@@ -519,9 +720,12 @@ mod tests {
         use sqlparser::parser::Parser;
         let mut sqls = vec![APPLY_EXCEPTIONS_SQL.to_owned()];
         for family in [SystemViews::Sys, SystemViews::Stl] {
-            let r = StatementReader::new(family, "%AWS DMS%");
-            sqls.push(r.statements_sql(&Cursor::After(1)));
-            sqls.push(r.statements_sql(&Cursor::Since(NaiveDateTime::default())));
+            for user in [None, Some("dms".to_owned())] {
+                let r = StatementReader::new(family, "%AWS DMS%").with_dms_user(user);
+                sqls.push(r.statements_sql(&Cursor::After(1)));
+                sqls.push(r.statements_sql(&Cursor::Since(NaiveDateTime::default())));
+                sqls.push(r.transaction_ends_sql(3));
+            }
         }
         sqls.push(
             "SELECT query_id, sequence, text FROM sys_query_text WHERE query_id IN ($1, $2) \

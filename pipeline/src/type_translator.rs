@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, IsolationLevel, Row};
+use tokio_postgres::{Client, GenericClient, Row};
 
 use crate::catalogue::{SourceColumn, SourceTable, SourceTypeKind, TargetColumn, TargetTable};
 use crate::config::{quote_ident, QualifiedName};
@@ -613,14 +613,20 @@ impl Translator {
             .collect()
     }
 
-    /// Inserts the rows still absent, one `SERIALIZABLE` transaction per batch, and returns how
-    /// many were inserted.
+    /// Inserts the rows still absent, one transaction per batch that first locks the table, and
+    /// returns how many were inserted.
     ///
-    /// The absence check and the insert are one statement; serializable isolation (Redshift's
-    /// only kind, and PostgreSQL's SSI in the lab) makes a concurrent writer of the same id —
-    /// DMS or a second run — fail one side with a serialization error instead of both inserting.
-    /// That side is retried (at most `max_attempts` times in all), finds the row present and
-    /// inserts nothing.
+    /// Redshift enforces no primary key, and new clusters and Serverless run at snapshot
+    /// isolation, which `START TRANSACTION ISOLATION LEVEL SERIALIZABLE` does not change: an
+    /// `INSERT … WHERE NOT EXISTS` racing DMS's own INSERT of the same id would not see DMS's
+    /// uncommitted row and both would commit. AWS's remedy is to force serialization by locking
+    /// the table first in the transaction ("LOCK"; "Troubleshooting serializable isolation
+    /// errors" in the Amazon Redshift Database Developer Guide): `LOCK` waits for DMS's
+    /// transaction, and the check runs on a snapshot taken after it. A transaction Redshift
+    /// still cannot serialize (SQLSTATE `XX000`, "1023 … Serializable isolation violation", or
+    /// under snapshot isolation "could not complete because of conflict with concurrent
+    /// transaction"; PostgreSQL's `40001`) is retried, at most `max_attempts` times in all; a
+    /// retry finds the rows present and inserts nothing.
     pub async fn insert_absent(
         &self,
         client: &mut Client,
@@ -633,7 +639,7 @@ impl Translator {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match run_serializable(client, &statement).await {
+                match run_locked(client, &self.table, &statement).await {
                     Ok(n) => {
                         inserted += n;
                         break;
@@ -781,26 +787,40 @@ impl Translator {
     }
 }
 
-async fn run_serializable(
+/// Runs `statement` in its own transaction that first takes `LOCK table`.
+async fn run_locked(
     client: &mut Client,
+    table: &QualifiedName,
     statement: &InsertStatement,
 ) -> Result<u64, tokio_postgres::Error> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::Serializable)
-        .start()
-        .await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(&lock_sql(table)).await?;
     let n = statement.execute(&tx).await?;
     tx.commit().await?;
     Ok(n)
 }
 
-/// PostgreSQL's `40001`, or Redshift's "Serializable isolation violation" (error 1023).
-fn is_serialization_failure(error: &tokio_postgres::Error) -> bool {
-    error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
-        || error
-            .as_db_error()
-            .is_some_and(|db| db.message().contains("Serializable isolation violation"))
+/// `LOCK table`: Redshift's only lock mode, ACCESS EXCLUSIVE (PostgreSQL's default mode too).
+pub fn lock_sql(table: &QualifiedName) -> String {
+    format!("LOCK {}", table.quoted())
+}
+
+/// A conflict with a concurrent transaction, worth retrying: PostgreSQL's `40001`; Redshift's
+/// serializable isolation violation, `XX000` with `1023` and "Serializable isolation violation"
+/// in the message or detail; or, under snapshot isolation, "could not complete because of
+/// conflict with concurrent transaction" ("Troubleshooting serializable isolation errors" and
+/// "Isolation levels in Amazon Redshift", Amazon Redshift Database Developer Guide).
+pub fn is_serialization_failure(error: &tokio_postgres::Error) -> bool {
+    if error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
+        return true;
+    }
+    let Some(db) = error.as_db_error() else {
+        return false;
+    };
+    let text = format!("{} {}", db.message(), db.detail().unwrap_or_default());
+    text.contains("Serializable isolation violation")
+        || text.contains("conflict with concurrent transaction")
+        || (db.code() == &SqlState::INTERNAL_ERROR && db.message().trim() == "1023")
 }
 
 fn describe_type(column: &TargetColumn) -> String {

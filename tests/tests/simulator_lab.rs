@@ -525,12 +525,13 @@ async fn scenario_missing_then_update_stays_one_by_one_until_the_row_exists(
     );
     // A batch's statements reach the system views right after the batch.
     eventually(
-        "three aborted UPDATEs in STL_QUERY",
+        "three rolled-back UPDATEs in STL_QUERY (completed, so aborted = 0; ROLLBACK in STL_UTILITYTEXT)",
         Duration::from_secs(20),
         || async {
             let n = lab
                 .count(
-                    "SELECT count(*) FROM stl_query WHERE aborted = 1 AND querytxt LIKE '%UPDATE%'",
+                    "SELECT count(*) FROM stl_query q JOIN stl_utilitytext u ON u.xid = q.xid \
+                     WHERE q.aborted = 0 AND TRIM(u.text) = 'ROLLBACK' AND q.querytxt LIKE '%UPDATE%'",
                 )
                 .await?;
             Ok((n >= 3).then_some(()))

@@ -61,7 +61,8 @@ impl RedshiftStatementsProbe {
         let reader = StatementReader::new(
             config.redshift.system_views,
             config.redshift.dms_comment_like.clone(),
-        );
+        )
+        .with_dms_user(config.redshift.dms_user.clone());
         Self {
             database: config.redshift.database(),
             lookback: chrono::Duration::from_std(config.exporter.statements_lookback)

@@ -19,7 +19,7 @@ use dmsguard_pipeline::statement_parser::{
     parse_dms_statement_detailed, StatementKind, CHANGES_TABLE_PREFIX,
 };
 use dmsguard_pipeline::system_views::{
-    char_value, StatementReader, STL_PIECE_CHARS, TRUNCATED_TEXT_CHARS,
+    char_value, rolls_back, StatementReader, STL_PIECE_CHARS, TRUNCATED_TEXT_CHARS,
 };
 use serde_json::{json, Value};
 use tokio_postgres::Client;
@@ -40,21 +40,49 @@ const FIND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct OneByOneFix;
 
 /// The SQL listing the newest rolled-back DMS statements: `$1` is the earliest start time,
-/// `$2` the DMS comment's `LIKE` pattern.
-pub fn candidates_sql(family: SystemViews) -> String {
+/// `$2` the DMS comment's `LIKE` pattern, `$3` the DMS user (when `reader` has one).
+///
+/// A statement is rolled back when its transaction logged a ROLLBACK or ABORT statement
+/// (`SYS_QUERY_HISTORY`, or `STL_UTILITYTEXT`, which captures ABORT, BEGIN, COMMIT, END and
+/// ROLLBACK), which a user with `SYSLOG ACCESS UNRESTRICTED` sees; or when
+/// `SYS_TRANSACTION_HISTORY` says `rolledback` (visible only to superusers); or (STL) when the
+/// query itself was stopped (`aborted` = 1). A DMS UPDATE that ran to completion in a
+/// transaction DMS then rolled back has `aborted` = 0 (the STL_QUERY, STL_UTILITYTEXT,
+/// SYS_QUERY_HISTORY and SYS_TRANSACTION_HISTORY pages of the Amazon Redshift Database
+/// Developer Guide).
+pub fn candidates_sql(family: SystemViews, reader: &StatementReader) -> String {
     match family {
         SystemViews::Sys => format!(
             "SELECT q.query_id, q.query_text FROM sys_query_history q \
-             JOIN sys_transaction_history t ON t.transaction_id = q.transaction_id \
-             WHERE t.status = 'rolledback' AND q.start_time >= $1 AND q.query_text LIKE $2 \
-             ORDER BY q.query_id DESC LIMIT {CANDIDATES}"
+             LEFT JOIN sys_transaction_history t ON t.transaction_id = q.transaction_id \
+             LEFT JOIN (SELECT DISTINCT transaction_id FROM sys_query_history \
+               WHERE start_time >= $1 AND {rollback}) r ON r.transaction_id = q.transaction_id \
+             WHERE (t.status = 'rolledback' OR r.transaction_id IS NOT NULL) \
+             AND q.start_time >= $1 AND q.query_text LIKE $2{user} \
+             ORDER BY q.query_id DESC LIMIT {CANDIDATES}",
+            rollback = rolls_back("query_text"),
+            user = reader.user_filter("q.user_id", 3),
         ),
         SystemViews::Stl => format!(
             "SELECT CAST(q.query AS bigint), q.querytxt FROM stl_query q \
-             WHERE q.aborted = 1 AND q.starttime >= $1 AND q.querytxt LIKE $2 \
-             ORDER BY q.query DESC LIMIT {CANDIDATES}"
+             LEFT JOIN (SELECT DISTINCT xid FROM stl_utilitytext \
+               WHERE starttime >= $1 AND sequence = 0 AND {rollback}) r ON r.xid = q.xid \
+             WHERE (q.aborted = 1 OR r.xid IS NOT NULL) \
+             AND q.starttime >= $1 AND q.querytxt LIKE $2{user} \
+             ORDER BY q.query DESC LIMIT {CANDIDATES}",
+            rollback = rolls_back("text"),
+            user = reader.user_filter("q.userid", 3),
         ),
     }
+}
+
+/// The system-view reader of `config` (family, DMS comment, DMS user).
+fn statement_reader(config: &Config) -> StatementReader {
+    StatementReader::new(
+        config.redshift.system_views,
+        config.redshift.dms_comment_like.clone(),
+    )
+    .with_dms_user(config.redshift.dms_user.clone())
 }
 
 /// The rolled-back DMS UPDATE the fix repairs.
@@ -352,11 +380,14 @@ async fn find_update_once(
     let lookback = chrono::Duration::from_std(config.remediator.one_by_one_lookback)
         .unwrap_or(chrono::Duration::hours(2));
     let since = (Utc::now() - lookback).naive_utc();
+    let reader = statement_reader(config);
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&since, &config.redshift.dms_comment_like];
+    if let Some(user) = &config.redshift.dms_user {
+        params.push(user);
+    }
     let rows = redshift
-        .query(
-            &candidates_sql(family),
-            &[&since, &config.redshift.dms_comment_like],
-        )
+        .query(&candidates_sql(family, &reader), &params)
         .await
         .map_err(|source| FixError::Query {
             what: "reading rolled-back DMS statements".to_owned(),
@@ -373,9 +404,7 @@ async fn find_update_once(
         .filter(|(_, t)| t.chars().count() >= TRUNCATED_TEXT_CHARS - STL_PIECE_CHARS)
         .map(|(id, _)| *id)
         .collect();
-    let mut full = StatementReader::new(family, config.redshift.dms_comment_like.clone())
-        .full_texts(redshift, &cut)
-        .await?;
+    let mut full = reader.full_texts(redshift, &cut).await?;
     let mut rejected = Vec::new();
     for (query_id, text) in candidates {
         let text = full.remove(&query_id).unwrap_or(text);
@@ -428,7 +457,10 @@ impl Fix for OneByOneFix {
                     SystemViews::Stl => "STL",
                 }
             ),
-            candidates_sql(ctx.config().redshift.system_views),
+            candidates_sql(
+                ctx.config().redshift.system_views,
+                &statement_reader(ctx.config()),
+            ),
         );
         let (update, absent) = match update {
             Found::Update(update, absent) => (*update, absent),
@@ -486,7 +518,7 @@ impl Fix for OneByOneFix {
             update.table.source
         ));
         plan.sql_step(
-            "Insert the rows whose id is still absent, in one serializable transaction (shown for one row).",
+            "Insert the rows whose id is still absent, in one transaction that first takes LOCK on the table (shown for one row).",
             copier.insert_sql(),
         );
         plan.step(format!("Stop task {task} and wait until it is stopped."));
@@ -680,13 +712,25 @@ task = "t2"
         );
     }
 
+    fn reader(family: SystemViews, user: Option<String>) -> StatementReader {
+        StatementReader::new(family, "%AWS DMS%").with_dms_user(user)
+    }
+
     /// Every statement this fix sends to Redshift parses in the Redshift dialect.
     #[test]
     fn sql_is_redshift_sql() {
         let update = accept(&config(), "t1", 7, UPDATE).unwrap();
         for sql in [
-            candidates_sql(SystemViews::Sys),
-            candidates_sql(SystemViews::Stl),
+            candidates_sql(SystemViews::Sys, &reader(SystemViews::Sys, None)),
+            candidates_sql(SystemViews::Stl, &reader(SystemViews::Stl, None)),
+            candidates_sql(
+                SystemViews::Sys,
+                &reader(SystemViews::Sys, Some("dms".into())),
+            ),
+            candidates_sql(
+                SystemViews::Stl,
+                &reader(SystemViews::Stl, Some("dms".into())),
+            ),
             update.id_span_sql(),
             update.missing_ids_sql(),
             update.present_ids_sql(3),
