@@ -577,38 +577,41 @@ pub struct ExceptionCount {
     pub rows: i64,
 }
 
-/// SQL counting `awsdms_apply_exceptions` rows at or after `$1`, by table and error time.
-pub const APPLY_EXCEPTIONS_SQL: &str = "SELECT \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\", \
-     count(*) FROM awsdms_apply_exceptions WHERE \"ERROR_TIME\" >= $1 \
-     GROUP BY \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\" ORDER BY \"ERROR_TIME\"";
+/// SQL counting the rows of `awsdms_apply_exceptions` in DMS's control schema `schema` at or
+/// after `$1`, by table and error time.
+pub fn apply_exceptions_sql(schema: &str) -> String {
+    format!(
+        "SELECT \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\", count(*) \
+         FROM {}.awsdms_apply_exceptions WHERE \"ERROR_TIME\" >= $1 \
+         GROUP BY \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\" ORDER BY \"ERROR_TIME\"",
+        crate::config::quote_ident(schema)
+    )
+}
 
-/// Counts apply exceptions at or after `since`. A missing table (DMS creates it on its first
-/// exception) reads as none.
+/// Counts apply exceptions at or after `since` in DMS's control schema `schema`. DMS always
+/// creates the table on database targets ("Control table task settings", AWS DMS User Guide):
+/// a missing table means a wrong `redshift.control_schema` (or missing grants), an error, not 0.
 pub async fn read_apply_exceptions(
     client: &Client,
+    schema: &str,
     since: NaiveDateTime,
 ) -> Result<Vec<ExceptionCount>, SystemViewError> {
-    match client.query(APPLY_EXCEPTIONS_SQL, &[&since]).await {
-        Ok(rows) => Ok(rows
-            .iter()
-            .map(|row| ExceptionCount {
-                table: format!(
-                    "{}.{}",
-                    row.get::<_, String>(0).trim_end(),
-                    row.get::<_, String>(1).trim_end()
-                ),
-                error_time: row.get(2),
-                rows: row.get(3),
-            })
-            .collect()),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            Ok(Vec::new())
-        }
-        Err(source) => Err(SystemViewError::Query {
-            view: "awsdms_apply_exceptions",
-            source,
-        }),
-    }
+    let rows = client
+        .query(&apply_exceptions_sql(schema), &[&since])
+        .await
+        .map_err(query_error("awsdms_apply_exceptions"))?;
+    Ok(rows
+        .iter()
+        .map(|row| ExceptionCount {
+            table: format!(
+                "{}.{}",
+                row.get::<_, String>(0).trim_end(),
+                row.get::<_, String>(1).trim_end()
+            ),
+            error_time: row.get(2),
+            rows: row.get(3),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -718,7 +721,7 @@ mod tests {
     fn sql_parses_in_the_redshift_dialect() {
         use sqlparser::dialect::RedshiftSqlDialect;
         use sqlparser::parser::Parser;
-        let mut sqls = vec![APPLY_EXCEPTIONS_SQL.to_owned()];
+        let mut sqls = vec![apply_exceptions_sql("dmslogs")];
         for family in [SystemViews::Sys, SystemViews::Stl] {
             for user in [None, Some("dms".to_owned())] {
                 let r = StatementReader::new(family, "%AWS DMS%").with_dms_user(user);

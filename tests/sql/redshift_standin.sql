@@ -173,9 +173,9 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 
--- Isolation: new provisioned clusters and Serverless default to SNAPSHOT isolation, and
--- `START TRANSACTION ISOLATION LEVEL SERIALIZABLE` does not change a database's level (CREATE
--- DATABASE / ALTER DATABASE, "Isolation levels in Amazon Redshift"). Modelled as PostgreSQL's
+-- Isolation: new provisioned clusters and Serverless default to SNAPSHOT isolation ("Isolation
+-- levels in Amazon Redshift"), a database's level is set by CREATE DATABASE … ISOLATION LEVEL,
+-- and BEGIN's isolation levels have no operational impact (BEGIN). Modelled as PostgreSQL's
 -- REPEATABLE READ (snapshot isolation) for every new session. Target tables have no enforced key
 -- (Redshift does not enforce PRIMARY KEY or UNIQUE).
 DO $$ BEGIN
@@ -202,4 +202,14 @@ BEGIN
                       TG_RELID, txid_current(), txid_current() - 1, pg_backend_pid());
   END IF;
   RETURN NULL;
+END $$;
+
+-- version() answers as Redshift does ("VERSION": "PostgreSQL 8.0.2 on i686-pc-linux-gnu, compiled
+-- by GCC gcc (GCC) 3.4.2 20041017 (Red Hat 3.4.2-6.fc3), Redshift 1.0.12103"), so code that
+-- branches on it takes its Redshift path against the stand-in. pg_catalog is searched after
+-- public in this database so that public.version() answers unqualified calls.
+CREATE OR REPLACE FUNCTION public.version() RETURNS text LANGUAGE sql STABLE AS
+  $$ SELECT 'PostgreSQL 8.0.2 on i686-pc-linux-gnu, compiled by GCC gcc (GCC) 3.4.2 20041017 (Red Hat 3.4.2-6.fc3), Redshift 1.0.78881'::text $$;
+DO $$ BEGIN
+  EXECUTE format('ALTER DATABASE %I SET search_path = "$user", public, pg_catalog', current_database());
 END $$;

@@ -239,7 +239,7 @@ async fn scenario_healthy_replication_converges_and_logs_like_redshift(
         .query(
             "SELECT h.query_id, h.query_type, h.status, t.status, h.query_text, h.returned_rows
              FROM sys_query_history h JOIN sys_transaction_history t USING (transaction_id)
-             ORDER BY h.query_id",
+             WHERE h.query_type <> 'UTILITY' ORDER BY h.query_id",
             &[],
         )
         .await?;
@@ -467,7 +467,11 @@ async fn scenario_missing_then_update_stays_one_by_one_until_the_row_exists(
     eventually(
         "three one-by-one batches",
         Duration::from_secs(30),
-        || async { Ok((lab.sim.stats().one_by_one_batches() >= 3).then_some(())) },
+        || async {
+            let s = lab.sim.stats();
+            anyhow::ensure!(s.one_by_one_batches() >= 3, "{s:?}");
+            Ok(Some(()))
+        },
     )
     .await?;
     let s = lab.sim.stats();

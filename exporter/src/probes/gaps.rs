@@ -73,7 +73,8 @@ impl GapsProbe {
         let today = Utc::now().date_naive();
         for table in &self.tables {
             let id = quote_ident(&table.spec.id_column);
-            let max_sql = |name: String| format!("SELECT max({id}) FROM {name}");
+            // BIGINT whatever the id's type: a source `int4` id is `INTEGER` on the target.
+            let max_sql = |name: String| format!("SELECT CAST(MAX({id}) AS BIGINT) FROM {name}");
             let source_sql = max_sql(table.spec.source.quoted());
             let target_sql = max_sql(table.spec.target.quoted());
             let (s, t) = tokio::join!(

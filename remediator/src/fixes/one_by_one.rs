@@ -139,7 +139,8 @@ impl RolledBackUpdate {
         let id = quote_ident(&self.table.id_column);
         format!(
             "SELECT DISTINCT {seg} FROM {changes} changes \
-             LEFT JOIN (SELECT {id} FROM {target} WHERE {id} >= $4 AND {id} <= $5) existing \
+             LEFT JOIN (SELECT CAST({id} AS BIGINT) AS {id} FROM {target} \
+             WHERE {id} >= CAST($4 AS BIGINT) AND {id} <= CAST($5 AS BIGINT)) existing \
              ON existing.{id} = {seg} \
              WHERE {filter} AND existing.{id} IS NULL ORDER BY 1",
             seg = self.segment_id(),
@@ -161,12 +162,15 @@ impl RolledBackUpdate {
         Ok((kept, deleted))
     }
 
-    /// Which of `n` ids (`$1`..`$n`) the target has.
+    /// Which of `n` ids (`$1`..`$n`) the target has. Ids are bound and read as BIGINT whatever
+    /// the column's type (a source `int4` id is `INTEGER` on the target).
     pub fn present_ids_sql(&self, n: usize) -> String {
         let id = quote_ident(&self.table.id_column);
-        let list: Vec<String> = (1..=n.max(1)).map(|i| format!("${i}")).collect();
+        let list: Vec<String> = (1..=n.max(1))
+            .map(|i| format!("CAST(${i} AS BIGINT)"))
+            .collect();
         format!(
-            "SELECT {id} FROM {} WHERE {id} IN ({})",
+            "SELECT CAST({id} AS BIGINT) FROM {} WHERE {id} IN ({})",
             self.target.quoted(),
             list.join(", ")
         )
@@ -237,7 +241,7 @@ async fn in_source(
     let rows = source
         .query(
             &format!(
-                "SELECT {id} FROM {} WHERE {id} = ANY($1) ORDER BY 1",
+                "SELECT CAST({id} AS BIGINT) FROM {} WHERE {id} = ANY($1::int8[]) ORDER BY 1",
                 spec.source.quoted()
             ),
             &[&ids],

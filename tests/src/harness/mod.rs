@@ -110,6 +110,8 @@ pub async fn install_least_privilege_users(
         &substitutions,
     )
     .await?;
+    // Every statement these users send to the stand-in is logged for the statement audit.
+    crate::audit::enable(redshift).await?;
     let source = dmsguard_pipeline::db::connect(&env.database(source_name)).await?;
     apply_grants(
         &source,
