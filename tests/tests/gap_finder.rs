@@ -385,7 +385,9 @@ async fn gaps_command_prints_missing_and_extra_ids() -> anyhow::Result<()> {
         source = "public.orders"
         day_column = "created_at"
         "#,
-        dbs.source.url, dbs.redshift.url
+        // The remediator's least-privilege user of docs/grants.md, never a superuser.
+        dbs.remediator_source().url,
+        dbs.remediator_redshift().url
     );
     let password = dbs.env.pg_password.clone();
     let config = Config::from_toml(&text, &|_| Some(password.clone()))?;

@@ -73,8 +73,10 @@ timeout = "5s"
 listen = "127.0.0.1:0"
 token = "coverage-token"
 "#,
-        source = dbs.source.url,
-        redshift = dbs.redshift.url,
+        // Never a superuser: the remediator's user of docs/grants.md (this one file serves the
+        // in-process exporter too, which needs less).
+        source = dbs.remediator_source().url,
+        redshift = dbs.remediator_redshift().url,
         pw = dbs.env.pg_password,
     );
     Config::from_toml(&text, &|_| None).expect("test config parses")
