@@ -14,6 +14,10 @@ use tokio_postgres::Client;
 
 use crate::harness::{EXPORTER_USER, REMEDIATOR_USER};
 
+/// Marks a statement a test sends on purpose to prove the audit catches it (in a comment);
+/// `dmsguard-lab audit-statements` leaves such statements out.
+pub const PROBE_MARKER: &str = "dmsguard_lab_audit_probe";
+
 /// A rule: its name, and whether a statement (upper-cased, whitespace collapsed) breaks it.
 type Rule = (&'static str, fn(&str) -> bool);
 

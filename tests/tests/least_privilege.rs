@@ -164,7 +164,7 @@ async fn the_statement_audit_catches_an_array_parameter() -> anyhow::Result<()> 
     let log_path = dbs.env.dir.join("logs").join("postgres.log");
     let start = std::fs::metadata(&log_path)?.len() as usize;
     let remediator = dmsguard_pipeline::db::connect(&dbs.remediator_redshift()).await?;
-    let marker = format!("audit_probe_{}", dbs.redshift_name);
+    let marker = format!("{}_{}", audit::PROBE_MARKER, dbs.redshift_name);
     let sql =
         format!("SELECT count(*) FROM pg_table_def WHERE schemaname = ANY($1) /* {marker} */");
     remediator.query(&sql, &[&vec!["public"]]).await?;
