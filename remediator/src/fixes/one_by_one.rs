@@ -716,6 +716,29 @@ task = "t2"
         );
     }
 
+    /// A source `int4` id is `INTEGER` on the target: ids are still bound and read as BIGINT.
+    #[tokio::test]
+    async fn int4_ids_are_bound_and_read_as_bigint() -> anyhow::Result<()> {
+        let dbs = dmsguard_lab::harness::TestDatabases::create("f1_int4_ids").await?;
+        let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+        for c in [&source, &target] {
+            c.batch_execute(
+                "CREATE TABLE public.orders (id integer NOT NULL, status varchar(20));
+                 INSERT INTO public.orders VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+            )
+            .await?;
+        }
+        let update = accept(&config(), "t1", 7, UPDATE).unwrap();
+        let present = target
+            .query(&update.present_ids_sql(2), &[&2i64, &9i64])
+            .await?;
+        let present: Vec<i64> = present.iter().map(|r| r.get(0)).collect();
+        assert_eq!(present, vec![2]);
+        assert_eq!(in_source(&source, &update.table, &[3, 4]).await?, vec![3]);
+        drop((source, target));
+        dbs.drop().await
+    }
+
     fn reader(family: SystemViews, user: Option<String>) -> StatementReader {
         StatementReader::new(family, "%AWS DMS%").with_dms_user(user)
     }
