@@ -110,6 +110,15 @@ async fn sys_statements_count_by_table_and_kind_and_rolled_back_updates_rise() -
     assert!(wide.len() > 8000, "spans three pieces");
     record_sys(&rs, &wide, Recorded::RolledBack).await?;
     wait_for_value(addr, ROLLED_BACK, &[("table", "public.wide_events")], 1.0).await?;
+    // SYS_QUERY_TEXT stores newlines and backslashes escaped (`\n`, `\\`): a multi-line wide
+    // statement (with a backslash followed by an `n` in a comment) parses once unescaped.
+    let multiline = wide
+        .replace(", \"column", ",\n\"column")
+        .replace(" FROM ", "\n/* C:\\new */ FROM ");
+    assert!(multiline.contains('\n') && multiline.contains("C:\\new"));
+    record_sys(&rs, &multiline, Recorded::Committed).await?;
+    let wide_updates = [("table", "public.wide_events"), ("kind", "update")];
+    wait_for_value(addr, STATEMENTS, &wide_updates, 2.0).await?;
 
     // A statement still running holds the cursor: the later, committed one waits for it, and
     // neither is lost or counted twice once it ends.

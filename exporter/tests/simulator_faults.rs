@@ -90,7 +90,9 @@ async fn injected_faults_show_in_prometheus() -> anyhow::Result<()> {
     // F4: dropped inserts are exactly the missing ids, once the pipeline is quiet.
     sim.set_fault(Fault::DropRows { every: 7 });
     eventually("a few dropped rows", Duration::from_secs(30), || async {
-        Ok((sim.stats().dropped_ids().len() >= 5).then_some(()))
+        let s = sim.stats();
+        anyhow::ensure!(s.dropped_ids().len() >= 5, "{s:?}");
+        Ok(Some(()))
     })
     .await?;
     sim.clear_fault();

@@ -139,6 +139,14 @@ pub struct RedshiftConfig {
     /// SQL `LIKE` pattern matching the comment DMS puts in its statements.
     #[serde(default = "defaults::dms_comment_like")]
     pub dms_comment_like: String,
+    /// The database user of the DMS target endpoint (e.g. `dms_user`). When set, a statement
+    /// counts as DMS's only if that user ran it as well as carrying the comment: no AWS
+    /// document gives the comment's exact form, the endpoint's user is a firmer signal.
+    pub dms_user: Option<String>,
+    /// The schema holding DMS's control tables on the target (the task setting
+    /// `ControlSchema`, e.g. `dmslogs`), where DMS always creates `awsdms_apply_exceptions`.
+    #[serde(default = "defaults::control_schema")]
+    pub control_schema: String,
     /// The Redshift cluster identifier, used to read the maintenance window with `DescribeClusters`.
     pub cluster_identifier: Option<String>,
     /// The maintenance window as `ddd:hh24:mi-ddd:hh24:mi` in UTC (e.g. `sun:05:00-sun:05:30`);
@@ -606,6 +614,9 @@ pub mod defaults {
     }
     pub fn dms_comment_like() -> String {
         "%AWS DMS%".to_owned()
+    }
+    pub fn control_schema() -> String {
+        "public".to_owned()
     }
     pub fn region() -> String {
         "us-east-1".to_owned()

@@ -10,6 +10,15 @@
 //!
 //! Reading is by query id: the first read starts at a time, later reads continue after the
 //! last settled query id, so a refresh reads only rows newer than the last one counted.
+//!
+//! Most text columns of these views are `character(n)`: `SYS_QUERY_HISTORY.status` is
+//! `character(10)`, `query_type` `character(32)`, `query_text` `character(4000)`;
+//! `SYS_QUERY_TEXT.text` `character(4000)`; `STL_QUERY.querytxt` `character(4000)`;
+//! `STL_QUERYTEXT.text` `character(200)` (each view's page in the Amazon Redshift Database
+//! Developer Guide, e.g. <https://docs.aws.amazon.com/redshift/latest/dg/SYS_QUERY_HISTORY.html>,
+//! whose own example reads `TRIM(query_text)`). Their values come back blank-padded
+//! (`"success   "`), so every value read from them is trimmed before it is compared or
+//! parsed, and text pieces are joined with their padding taken off the last piece only.
 
 use chrono::NaiveDateTime;
 use tokio_postgres::types::ToSql;
@@ -19,8 +28,10 @@ use crate::config::SystemViews;
 
 /// Characters `SYS_QUERY_HISTORY.query_text` and `STL_QUERY.querytxt` keep.
 pub const TRUNCATED_TEXT_CHARS: usize = 4000;
-/// Characters per `STL_QUERYTEXT` piece.
+/// Characters per `STL_QUERYTEXT` piece (`character(200)`).
 pub const STL_PIECE_CHARS: usize = 200;
+/// Characters per `SYS_QUERY_TEXT` piece (`character(4000)`).
+pub const SYS_PIECE_CHARS: usize = 4000;
 /// Query ids per `IN (...)` list when fetching full texts.
 const TEXT_IDS_PER_QUERY: usize = 100;
 
@@ -82,8 +93,10 @@ pub struct StatementPage {
 pub struct StatementReader {
     family: SystemViews,
     comment_like: String,
+    /// The DMS endpoint's database user (`redshift.dms_user`): when set, only its statements.
+    dms_user: Option<String>,
     page_rows: i64,
-    /// A successful SYS statement whose transaction row has not appeared after this long is
+    /// A successful statement whose transaction end has not appeared after this long is
     /// taken as committed (autocommit statements may never get one).
     settle_after: chrono::Duration,
 }
@@ -91,9 +104,66 @@ pub struct StatementReader {
 /// A row before its outcome is known.
 struct RawRow {
     query_id: i64,
-    /// `None` while the query or its transaction is still open.
-    outcome: Option<Outcome>,
+    /// The transaction id (`transaction_id` / `xid`).
+    transaction: i64,
+    state: RowState,
     text: String,
+}
+
+/// What a statement's own row says about how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowState {
+    /// Failed, cancelled or stopped: its changes are gone whatever the transaction did.
+    Stopped,
+    /// Still planning, queued or running.
+    Open,
+    /// Completed; the transaction decides. `txn` is SYS_TRANSACTION_HISTORY's status (visible
+    /// only to superusers), `ended_long_ago` whether it finished before the settle time.
+    Completed {
+        txn: Option<Outcome>,
+        ended_long_ago: bool,
+    },
+}
+
+/// How a transaction ended, from its COMMIT/END or ROLLBACK/ABORT statement.
+fn end_statement_outcome(text: &str) -> Option<Outcome> {
+    let first = text
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?
+        .to_ascii_uppercase();
+    match first.as_str() {
+        "ROLLBACK" | "ABORT" => Some(Outcome::RolledBack),
+        "COMMIT" | "END" => Some(Outcome::Committed),
+        _ => None,
+    }
+}
+
+/// SQL condition: `column` (a text column) holds a transaction-ending statement.
+fn ends_transaction(column: &str) -> String {
+    ["COMMIT", "END", "ROLLBACK", "ABORT"]
+        .iter()
+        .map(|w| format!("UPPER(TRIM({column})) LIKE '{w}%'"))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// SQL condition: `column` holds a ROLLBACK or ABORT statement.
+pub fn rolls_back(column: &str) -> String {
+    format!("(UPPER(TRIM({column})) LIKE 'ROLLBACK%' OR UPPER(TRIM({column})) LIKE 'ABORT%')")
+}
+
+impl RowState {
+    fn outcome(self, end: Option<Outcome>) -> Option<Outcome> {
+        match self {
+            RowState::Stopped => Some(Outcome::RolledBack),
+            RowState::Open => None,
+            RowState::Completed {
+                txn,
+                ended_long_ago,
+            } => txn.or(end).or(ended_long_ago.then_some(Outcome::Committed)),
+        }
+    }
 }
 
 impl StatementReader {
@@ -102,13 +172,31 @@ impl StatementReader {
         Self {
             family,
             comment_like: comment_like.into(),
+            dms_user: None,
             page_rows: 5000,
             settle_after: chrono::Duration::minutes(5),
         }
     }
 
-    /// The SQL of a read from `cursor`; `$1` is the cursor, `$2` the pattern, `$3` (SYS) the
-    /// settle time.
+    /// Only statements of this database user (the DMS endpoint's, `redshift.dms_user`).
+    pub fn with_dms_user(mut self, dms_user: Option<String>) -> Self {
+        self.dms_user = dms_user;
+        self
+    }
+
+    /// `AND <user column> IN (the DMS user's id)` when a DMS user is set, as parameter `$n`.
+    /// `PG_USER.usesysid` is the id `user_id`/`userid` hold.
+    pub fn user_filter(&self, column: &str, n: usize) -> String {
+        match self.dms_user {
+            Some(_) => {
+                format!(" AND {column} IN (SELECT usesysid FROM pg_user WHERE usename = ${n})")
+            }
+            None => String::new(),
+        }
+    }
+
+    /// The SQL of a read from `cursor`; `$1` is the cursor, `$2` the pattern, `$3` the settle
+    /// time, `$4` the DMS user (when set).
     pub fn statements_sql(&self, cursor: &Cursor) -> String {
         match self.family {
             SystemViews::Sys => {
@@ -116,16 +204,17 @@ impl StatementReader {
                     Cursor::Since(_) => "q.start_time >= $1",
                     Cursor::After(_) => "q.query_id > $1",
                 };
-                // A query is settled when it finished and its transaction ended, or when it
-                // succeeded long enough ago that no transaction row is coming.
+                // SYS_TRANSACTION_HISTORY is visible only to superusers: for anyone else the
+                // join finds nothing and the transaction's COMMIT or ROLLBACK statement decides.
                 format!(
                     "SELECT q.query_id, q.status, t.status, q.query_text, \
-                     CASE WHEN q.end_time < $3 THEN 1 ELSE 0 END \
+                     CASE WHEN q.end_time < $3 THEN 1 ELSE 0 END, q.transaction_id \
                      FROM sys_query_history q \
                      LEFT JOIN sys_transaction_history t ON t.transaction_id = q.transaction_id \
-                     WHERE {from} AND q.query_text LIKE $2 \
+                     WHERE {from} AND q.query_text LIKE $2{user} \
                      ORDER BY q.query_id LIMIT {}",
-                    self.page_rows
+                    self.page_rows,
+                    user = self.user_filter("q.user_id", 4),
                 )
             }
             SystemViews::Stl => {
@@ -134,14 +223,72 @@ impl StatementReader {
                     Cursor::After(_) => "q.query > CAST($1 AS bigint)",
                 };
                 format!(
-                    "SELECT CAST(q.query AS bigint), q.aborted, q.querytxt \
+                    "SELECT CAST(q.query AS bigint), q.aborted, q.querytxt, \
+                     CASE WHEN q.endtime < $3 THEN 1 ELSE 0 END, q.xid \
                      FROM stl_query q \
-                     WHERE {from} AND q.querytxt LIKE $2 \
+                     WHERE {from} AND q.querytxt LIKE $2{user} \
                      ORDER BY q.query LIMIT {}",
-                    self.page_rows
+                    self.page_rows,
+                    user = self.user_filter("q.userid", 4),
                 )
             }
         }
+    }
+
+    /// The SQL listing the transaction-ending statements (COMMIT, END, ROLLBACK, ABORT) of
+    /// `n` transactions (`$1`..`$n`): `SYS_QUERY_HISTORY` rows, or `STL_UTILITYTEXT`, which
+    /// captures ABORT, BEGIN, COMMIT, END and ROLLBACK (its page in the Amazon Redshift Database
+    /// Developer Guide, <https://docs.aws.amazon.com/redshift/latest/dg/r_STL_UTILITYTEXT.html>).
+    /// Both are visible to a user with `SYSLOG ACCESS UNRESTRICTED`.
+    pub fn transaction_ends_sql(&self, n: usize) -> String {
+        let list = (1..=n.max(1))
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self.family {
+            SystemViews::Sys => format!(
+                "SELECT transaction_id, query_text FROM sys_query_history \
+                 WHERE transaction_id IN ({list}) AND ({})",
+                ends_transaction("query_text")
+            ),
+            SystemViews::Stl => format!(
+                "SELECT xid, text FROM stl_utilitytext \
+                 WHERE xid IN ({list}) AND sequence = 0 AND ({})",
+                ends_transaction("text")
+            ),
+        }
+    }
+
+    /// How each of `transactions` ended, as far as its end statement is logged.
+    async fn transaction_ends(
+        &self,
+        client: &Client,
+        transactions: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Outcome>, SystemViewError> {
+        let mut ends = std::collections::HashMap::new();
+        let view = match self.family {
+            SystemViews::Sys => "SYS_QUERY_HISTORY",
+            SystemViews::Stl => "STL_UTILITYTEXT",
+        };
+        for chunk in transactions.chunks(TEXT_IDS_PER_QUERY) {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                chunk.iter().map(|id| id as &(dyn ToSql + Sync)).collect();
+            let rows = client
+                .query(&self.transaction_ends_sql(chunk.len()), &params)
+                .await
+                .map_err(query_error(view))?;
+            for row in rows {
+                let text = char_value(row.get(1));
+                if let Some(outcome) = end_statement_outcome(&text) {
+                    // A ROLLBACK wins over anything else logged for the transaction.
+                    let e = ends.entry(row.get::<_, i64>(0)).or_insert(outcome);
+                    if outcome == Outcome::RolledBack {
+                        *e = outcome;
+                    }
+                }
+            }
+        }
+        Ok(ends)
     }
 
     /// Reads the next page of settled DMS statements after `cursor`; `now` is the current UTC
@@ -166,9 +313,14 @@ impl StatementReader {
             }
         };
         let settle_before = now - self.settle_after;
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![cursor_param, &self.comment_like, &settle_before];
+        if let Some(user) = &self.dms_user {
+            params.push(user);
+        }
         let raw: Vec<RawRow> = match self.family {
             SystemViews::Sys => client
-                .query(&sql, &[cursor_param, &self.comment_like, &settle_before])
+                .query(&sql, &params)
                 .await
                 .map_err(query_error("SYS_QUERY_HISTORY"))?
                 .iter()
@@ -178,58 +330,72 @@ impl StatementReader {
                     let ended_long_ago: i32 = row.get(4);
                     RawRow {
                         query_id: row.get(0),
-                        outcome: sys_outcome(
-                            status.as_deref(),
-                            txn.as_deref(),
-                            ended_long_ago == 1,
-                        ),
-                        text: row.get::<_, Option<String>>(3).unwrap_or_default(),
+                        transaction: row.get::<_, Option<i64>>(5).unwrap_or_default(),
+                        state: sys_state(status.as_deref(), txn.as_deref(), ended_long_ago == 1),
+                        text: char_value(row.get(3)),
                     }
                 })
                 .collect(),
             SystemViews::Stl => client
-                .query(&sql, &[cursor_param, &self.comment_like])
+                .query(&sql, &params)
                 .await
                 .map_err(query_error("STL_QUERY"))?
                 .iter()
                 .map(|row| {
                     let aborted: Option<i32> = row.get(1);
+                    let ended_long_ago: i32 = row.get(3);
                     RawRow {
                         query_id: row.get(0),
-                        // STL_QUERY logs only finished queries.
-                        outcome: Some(if aborted.unwrap_or(0) != 0 {
-                            Outcome::RolledBack
+                        transaction: row.get::<_, Option<i64>>(4).unwrap_or_default(),
+                        // STL_QUERY logs only finished queries; `aborted` is 1 when the system
+                        // stopped the query or a user cancelled it, 0 when it ran to completion,
+                        // even in a transaction that then rolled back (STL_QUERY's page in the
+                        // Amazon Redshift Database Developer Guide).
+                        state: if aborted.unwrap_or(0) != 0 {
+                            RowState::Stopped
                         } else {
-                            Outcome::Committed
-                        }),
-                        text: row
-                            .get::<_, Option<String>>(2)
-                            .unwrap_or_default()
-                            .trim_end()
-                            .to_owned(),
+                            RowState::Completed {
+                                txn: None,
+                                ended_long_ago: ended_long_ago == 1,
+                            }
+                        },
+                        text: char_value(row.get(2)),
                     }
                 })
                 .collect(),
         };
         let full = raw.len() as i64 >= self.page_rows;
-        // Stop at the first unsettled query: the cursor must never pass it.
-        let settled: Vec<RawRow> = raw
+        let undecided: Vec<i64> = raw
+            .iter()
+            .filter(|r| matches!(r.state, RowState::Completed { txn: None, .. }))
+            .map(|r| r.transaction)
+            .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
-            .take_while(|r| r.outcome.is_some())
+            .collect();
+        let ends = self.transaction_ends(client, &undecided).await?;
+        // Stop at the first unsettled query: the cursor must never pass it.
+        let settled: Vec<(RawRow, Outcome)> = raw
+            .into_iter()
+            .map_while(|r| {
+                let outcome = r.state.outcome(ends.get(&r.transaction).copied())?;
+                Some((r, outcome))
+            })
             .collect();
         let truncated: Vec<i64> = settled
             .iter()
-            .filter(|r| r.text.chars().count() >= TRUNCATED_TEXT_CHARS - STL_PIECE_CHARS)
-            .map(|r| r.query_id)
+            .filter(|(r, _)| r.text.chars().count() >= TRUNCATED_TEXT_CHARS - STL_PIECE_CHARS)
+            .map(|(r, _)| r.query_id)
             .collect();
         let mut full_texts = self.full_texts(client, &truncated).await?;
-        let next = settled.last().map_or(cursor, |r| Cursor::After(r.query_id));
+        let next = settled
+            .last()
+            .map_or(cursor, |(r, _)| Cursor::After(r.query_id));
         let queries = settled
             .into_iter()
-            .map(|r| DmsQuery {
+            .map(|(r, outcome)| DmsQuery {
                 query_id: r.query_id,
                 text: full_texts.remove(&r.query_id).unwrap_or(r.text),
-                outcome: r.outcome.unwrap_or(Outcome::Committed),
+                outcome,
             })
             .collect();
         Ok(StatementPage {
@@ -300,45 +466,106 @@ impl StatementReader {
                 parts.sort_by_key(|(seq, _)| *seq);
                 let texts: Vec<String> = parts.into_iter().map(|(_, t)| t).collect();
                 let text = match self.family {
-                    SystemViews::Sys => texts.concat(),
-                    SystemViews::Stl => join_stl_pieces(&texts),
+                    SystemViews::Sys => join_pieces(&texts, SYS_PIECE_CHARS),
+                    SystemViews::Stl => join_pieces(&texts, STL_PIECE_CHARS),
                 };
+                // Both views store newlines and backslashes escaped; pieces are cut from the
+                // escaped text, so an escape may span two pieces: unescape the whole.
+                let text = unescape_query_text(&text);
                 (id, text)
             })
             .collect())
     }
 }
 
-/// The outcome of a `SYS_QUERY_HISTORY` row, or `None` while it is not settled.
-fn sys_outcome(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) -> Option<Outcome> {
-    match status.map(str::to_ascii_lowercase).as_deref() {
-        Some("failed") | Some("canceled") | Some("cancelled") => Some(Outcome::RolledBack),
-        Some("success") => match txn.map(str::to_ascii_lowercase).as_deref() {
-            Some("rolledback") | Some("rolled back") | Some("aborted") => Some(Outcome::RolledBack),
-            Some(_) => Some(Outcome::Committed),
-            None if ended_long_ago => Some(Outcome::Committed),
-            None => None,
+/// A `character(n)` value as text: NULL as empty, the blank padding taken off.
+pub fn char_value(value: Option<String>) -> String {
+    let mut value = value.unwrap_or_default();
+    value.truncate(value.trim_end().len());
+    value
+}
+
+/// A status word from a `character(n)` (or text) column, for comparing: trimmed, lower case.
+fn status_word(value: Option<&str>) -> Option<String> {
+    value.map(|v| v.trim().to_ascii_lowercase())
+}
+
+/// What a `SYS_QUERY_HISTORY` row says (with its SYS_TRANSACTION_HISTORY status, if visible).
+fn sys_state(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) -> RowState {
+    match status_word(status).as_deref() {
+        Some("failed") | Some("canceled") | Some("cancelled") => RowState::Stopped,
+        Some("success") => RowState::Completed {
+            txn: match status_word(txn).as_deref() {
+                Some("rolledback") | Some("rolled back") | Some("aborted") => {
+                    Some(Outcome::RolledBack)
+                }
+                Some(_) => Some(Outcome::Committed),
+                None => None,
+            },
+            ended_long_ago,
         },
         // planning, queued, running, returning, or unknown: still open.
-        _ => None,
+        _ => RowState::Open,
     }
 }
 
-/// Joins `STL_QUERYTEXT` pieces: each is a `char(200)`, so every piece but the last is exactly
-/// 200 characters of text (padding restored when the driver trimmed it), the last one is
-/// right-trimmed.
-pub fn join_stl_pieces(pieces: &[String]) -> String {
+/// The outcome of a `SYS_QUERY_HISTORY` row without a logged end statement, or `None` while
+/// it is not settled.
+#[cfg(test)]
+fn sys_outcome(status: Option<&str>, txn: Option<&str>, ended_long_ago: bool) -> Option<Outcome> {
+    sys_state(status, txn, ended_long_ago).outcome(None)
+}
+
+/// Joins text pieces of `character(piece_chars)` (`STL_QUERYTEXT`: 200, `SYS_QUERY_TEXT`:
+/// 4000): every piece but the last is exactly `piece_chars` characters of text (padding
+/// restored when the driver trimmed it), the last one is right-trimmed.
+pub fn join_pieces(pieces: &[String], piece_chars: usize) -> String {
     let mut out = String::new();
     for (i, piece) in pieces.iter().enumerate() {
         if i + 1 == pieces.len() {
             out.push_str(piece.trim_end());
         } else {
+            let piece = piece.trim_end();
             out.push_str(piece);
             let n = piece.chars().count();
-            out.extend(std::iter::repeat_n(' ', STL_PIECE_CHARS.saturating_sub(n)));
+            out.extend(std::iter::repeat_n(' ', piece_chars.saturating_sub(n)));
         }
     }
     out
+}
+
+/// The statement text of `SYS_QUERY_TEXT.text` / `STL_QUERYTEXT.text`, which "might contain
+/// special characters such as backslash (`\\`) and newline (`\n`)" (the SYS_QUERY_TEXT and
+/// STL_QUERYTEXT pages of the Amazon Redshift Database Developer Guide,
+/// <https://docs.aws.amazon.com/redshift/latest/dg/SYS_QUERY_TEXT.html>,
+/// <https://docs.aws.amazon.com/redshift/latest/dg/r_STL_QUERYTEXT.html>): a newline is stored
+/// as the two characters `\n` and a backslash as `\\`. Any other backslash is kept as it is.
+pub fn unescape_query_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('n') => {
+                chars.next();
+                out.push('\n');
+            }
+            Some('\\') => {
+                chars.next();
+                out.push('\\');
+            }
+            _ => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Joins `STL_QUERYTEXT` pieces (see [`join_pieces`]).
+pub fn join_stl_pieces(pieces: &[String]) -> String {
+    join_pieces(pieces, STL_PIECE_CHARS)
 }
 
 /// New rows of DMS's `awsdms_apply_exceptions` table for one target table.
@@ -350,38 +577,41 @@ pub struct ExceptionCount {
     pub rows: i64,
 }
 
-/// SQL counting `awsdms_apply_exceptions` rows at or after `$1`, by table and error time.
-pub const APPLY_EXCEPTIONS_SQL: &str = "SELECT \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\", \
-     count(*) FROM awsdms_apply_exceptions WHERE \"ERROR_TIME\" >= $1 \
-     GROUP BY \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\" ORDER BY \"ERROR_TIME\"";
+/// SQL counting the rows of `awsdms_apply_exceptions` in DMS's control schema `schema` at or
+/// after `$1`, by table and error time.
+pub fn apply_exceptions_sql(schema: &str) -> String {
+    format!(
+        "SELECT \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\", count(*) \
+         FROM {}.awsdms_apply_exceptions WHERE \"ERROR_TIME\" >= $1 \
+         GROUP BY \"TABLE_OWNER\", \"TABLE_NAME\", \"ERROR_TIME\" ORDER BY \"ERROR_TIME\"",
+        crate::config::quote_ident(schema)
+    )
+}
 
-/// Counts apply exceptions at or after `since`. A missing table (DMS creates it on its first
-/// exception) reads as none.
+/// Counts apply exceptions at or after `since` in DMS's control schema `schema`. DMS always
+/// creates the table on database targets ("Control table task settings", AWS DMS User Guide):
+/// a missing table means a wrong `redshift.control_schema` (or missing grants), an error, not 0.
 pub async fn read_apply_exceptions(
     client: &Client,
+    schema: &str,
     since: NaiveDateTime,
 ) -> Result<Vec<ExceptionCount>, SystemViewError> {
-    match client.query(APPLY_EXCEPTIONS_SQL, &[&since]).await {
-        Ok(rows) => Ok(rows
-            .iter()
-            .map(|row| ExceptionCount {
-                table: format!(
-                    "{}.{}",
-                    row.get::<_, String>(0).trim_end(),
-                    row.get::<_, String>(1).trim_end()
-                ),
-                error_time: row.get(2),
-                rows: row.get(3),
-            })
-            .collect()),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            Ok(Vec::new())
-        }
-        Err(source) => Err(SystemViewError::Query {
-            view: "awsdms_apply_exceptions",
-            source,
-        }),
-    }
+    let rows = client
+        .query(&apply_exceptions_sql(schema), &[&since])
+        .await
+        .map_err(query_error("awsdms_apply_exceptions"))?;
+    Ok(rows
+        .iter()
+        .map(|row| ExceptionCount {
+            table: format!(
+                "{}.{}",
+                row.get::<_, String>(0).trim_end(),
+                row.get::<_, String>(1).trim_end()
+            ),
+            error_time: row.get(2),
+            rows: row.get(3),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -421,16 +651,84 @@ mod tests {
         );
     }
 
+    #[test]
+    fn query_text_pieces_are_unescaped() {
+        assert_eq!(unescape_query_text("a\\nb"), "a\nb");
+        assert_eq!(unescape_query_text("c:\\\\x"), "c:\\x");
+        // An escaped backslash followed by n is a backslash and an n.
+        assert_eq!(unescape_query_text("\\\\n"), "\\n");
+        assert_eq!(unescape_query_text("\\t"), "\\t");
+        assert_eq!(unescape_query_text("end\\"), "end\\");
+    }
+
+    /// A regular user does not see SYS_TRANSACTION_HISTORY: the COMMIT or ROLLBACK statement
+    /// of the transaction settles a completed statement.
+    #[test]
+    fn end_statements_settle_without_the_transaction_view() {
+        let completed = sys_state(Some("success   "), None, false);
+        assert_eq!(completed.outcome(None), None);
+        for (text, outcome) in [
+            ("ROLLBACK", Outcome::RolledBack),
+            ("abort;", Outcome::RolledBack),
+            ("rollback work", Outcome::RolledBack),
+            ("COMMIT", Outcome::Committed),
+            ("END TRANSACTION", Outcome::Committed),
+        ] {
+            let end = end_statement_outcome(text);
+            assert_eq!(end, Some(outcome), "{text}");
+            assert_eq!(completed.outcome(end), Some(outcome), "{text}");
+        }
+        assert_eq!(end_statement_outcome("ENDLESS"), None);
+        assert_eq!(end_statement_outcome("SELECT 1"), None);
+        // A statement the system stopped is rolled back whatever else is logged.
+        assert_eq!(
+            sys_state(Some("canceled"), None, false).outcome(Some(Outcome::Committed)),
+            Some(Outcome::RolledBack)
+        );
+        // The transaction view, when visible, decides over a missing end statement.
+        assert_eq!(
+            sys_state(Some("success"), Some("rolledback"), false).outcome(None),
+            Some(Outcome::RolledBack)
+        );
+    }
+
+    /// `character(n)` values come back blank-padded: `status` is `character(10)`.
+    #[test]
+    fn padded_char_values_settle_like_trimmed_ones() {
+        assert_eq!(
+            sys_outcome(Some("success   "), Some("committed"), false),
+            Some(Outcome::Committed)
+        );
+        assert_eq!(
+            sys_outcome(Some("failed    "), None, false),
+            Some(Outcome::RolledBack)
+        );
+        assert_eq!(
+            char_value(Some(format!("{:<4000}", "/* x */ UPDATE t"))),
+            "/* x */ UPDATE t"
+        );
+        assert_eq!(char_value(None), "");
+        let sys = vec![format!("{:<4000}", "a "), format!("{:<4000}", "b")];
+        assert_eq!(join_pieces(&sys, 4).len(), 5);
+        assert_eq!(
+            join_pieces(&[format!("{:<4000}", "ab"), "c".into()], 4000).len(),
+            4001
+        );
+    }
+
     /// Every statement this module sends must be Redshift SQL.
     #[test]
     fn sql_parses_in_the_redshift_dialect() {
         use sqlparser::dialect::RedshiftSqlDialect;
         use sqlparser::parser::Parser;
-        let mut sqls = vec![APPLY_EXCEPTIONS_SQL.to_owned()];
+        let mut sqls = vec![apply_exceptions_sql("dmslogs")];
         for family in [SystemViews::Sys, SystemViews::Stl] {
-            let r = StatementReader::new(family, "%AWS DMS%");
-            sqls.push(r.statements_sql(&Cursor::After(1)));
-            sqls.push(r.statements_sql(&Cursor::Since(NaiveDateTime::default())));
+            for user in [None, Some("dms".to_owned())] {
+                let r = StatementReader::new(family, "%AWS DMS%").with_dms_user(user);
+                sqls.push(r.statements_sql(&Cursor::After(1)));
+                sqls.push(r.statements_sql(&Cursor::Since(NaiveDateTime::default())));
+                sqls.push(r.transaction_ends_sql(3));
+            }
         }
         sqls.push(
             "SELECT query_id, sequence, text FROM sys_query_text WHERE query_id IN ($1, $2) \

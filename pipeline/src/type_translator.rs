@@ -33,13 +33,21 @@ use std::fmt::Write as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, IsolationLevel, Row};
+use tokio_postgres::{Client, GenericClient, Row};
 
 use crate::catalogue::{SourceColumn, SourceTable, SourceTypeKind, TargetColumn, TargetTable};
 use crate::config::{quote_ident, QualifiedName};
 
 /// Most bound parameters one statement carries (Redshift's limit is lower than PostgreSQL's).
 pub const MAX_PARAMS_PER_STATEMENT: usize = 32_767;
+/// Most bytes of a value's text this path binds for a `SUPER` or `VARBYTE` column: it travels
+/// as `varchar(65535)` into `JSON_PARSE` / `FROM_HEX`. A single string inside a SUPER value is
+/// limited to VARCHAR's 65,535 bytes as well, and a SUPER object to 16 MB ("Limitations",
+/// SUPER data type, Amazon Redshift Database Developer Guide).
+pub const MAX_SUPER_OR_HEX_BYTES: usize = 65_535;
+/// A `VARBYTE` column's length when none is declared ("VARBYTE type": 1 to 16,777,216 bytes,
+/// default 64,000).
+pub const DEFAULT_VARBYTE_BYTES: usize = 64_000;
 
 /// Why rows could not be read from the source.
 #[derive(Debug, thiserror::Error)]
@@ -613,14 +621,22 @@ impl Translator {
             .collect()
     }
 
-    /// Inserts the rows still absent, one `SERIALIZABLE` transaction per batch, and returns how
-    /// many were inserted.
+    /// Inserts the rows still absent, one transaction per batch that first locks the table, and
+    /// returns how many were inserted.
     ///
-    /// The absence check and the insert are one statement; serializable isolation (Redshift's
-    /// only kind, and PostgreSQL's SSI in the lab) makes a concurrent writer of the same id —
-    /// DMS or a second run — fail one side with a serialization error instead of both inserting.
-    /// That side is retried (at most `max_attempts` times in all), finds the row present and
-    /// inserts nothing.
+    /// Redshift enforces no primary key, and new clusters and Serverless run at snapshot
+    /// isolation, which `START TRANSACTION ISOLATION LEVEL SERIALIZABLE` does not change: an
+    /// `INSERT … WHERE NOT EXISTS` racing DMS's own INSERT of the same id would not see DMS's
+    /// uncommitted row and both would commit. AWS's remedy is to force serialization by locking
+    /// the table first in the transaction ("LOCK"; "Troubleshooting serializable isolation
+    /// errors" in the Amazon Redshift Database Developer Guide): `LOCK` waits for DMS's
+    /// transaction, and the check runs on a snapshot taken after it (a transaction's snapshot
+    /// is taken at its first SELECT, DML or listed DDL statement, not at `LOCK`: "Isolation
+    /// levels in Amazon Redshift"; PostgreSQL's REPEATABLE READ likewise). A transaction Redshift
+    /// still cannot serialize (SQLSTATE `XX000`, "1023 … Serializable isolation violation", or
+    /// under snapshot isolation "could not complete because of conflict with concurrent
+    /// transaction"; PostgreSQL's `40001`) is retried, at most `max_attempts` times in all; a
+    /// retry finds the rows present and inserts nothing.
     pub async fn insert_absent(
         &self,
         client: &mut Client,
@@ -633,7 +649,7 @@ impl Translator {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match run_serializable(client, &statement).await {
+                match run_locked(client, &self.table, &statement).await {
                     Ok(n) => {
                         inserted += n;
                         break;
@@ -771,8 +787,44 @@ impl Translator {
                 SourceValue::Text(s) => s.clone(),
                 _ => return Err(mismatch()),
             },
-            TargetClass::Super | TargetClass::Json => json_text(value),
-            TargetClass::Bytea | TargetClass::Varbyte => match value {
+            TargetClass::Super => {
+                // Checked per row: one oversized value fails its row, not the whole batch.
+                let text = json_text(value);
+                if text.len() > MAX_SUPER_OR_HEX_BYTES {
+                    return Err(TranslateError::TooLong {
+                        table: self.table.to_string(),
+                        column: name(),
+                        id,
+                        bytes: text.len(),
+                        max: MAX_SUPER_OR_HEX_BYTES,
+                    });
+                }
+                text
+            }
+            TargetClass::Json => json_text(value),
+            TargetClass::Varbyte => match value {
+                SourceValue::Bytes(b) => {
+                    let declared = column
+                        .target
+                        .char_max_length
+                        .and_then(|n| usize::try_from(n).ok())
+                        .unwrap_or(DEFAULT_VARBYTE_BYTES);
+                    // The hex text (two characters a byte) must fit the varchar(65535) too.
+                    let max = declared.min(MAX_SUPER_OR_HEX_BYTES / 2);
+                    if b.len() > max {
+                        return Err(TranslateError::TooLong {
+                            table: self.table.to_string(),
+                            column: name(),
+                            id,
+                            bytes: b.len(),
+                            max,
+                        });
+                    }
+                    hex(b)
+                }
+                _ => return Err(mismatch()),
+            },
+            TargetClass::Bytea => match value {
                 SourceValue::Bytes(b) => hex(b),
                 _ => return Err(mismatch()),
             },
@@ -781,26 +833,40 @@ impl Translator {
     }
 }
 
-async fn run_serializable(
+/// Runs `statement` in its own transaction that first takes `LOCK table`.
+async fn run_locked(
     client: &mut Client,
+    table: &QualifiedName,
     statement: &InsertStatement,
 ) -> Result<u64, tokio_postgres::Error> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::Serializable)
-        .start()
-        .await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(&lock_sql(table)).await?;
     let n = statement.execute(&tx).await?;
     tx.commit().await?;
     Ok(n)
 }
 
-/// PostgreSQL's `40001`, or Redshift's "Serializable isolation violation" (error 1023).
-fn is_serialization_failure(error: &tokio_postgres::Error) -> bool {
-    error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
-        || error
-            .as_db_error()
-            .is_some_and(|db| db.message().contains("Serializable isolation violation"))
+/// `LOCK table`: Redshift's only lock mode, ACCESS EXCLUSIVE (PostgreSQL's default mode too).
+pub fn lock_sql(table: &QualifiedName) -> String {
+    format!("LOCK {}", table.quoted())
+}
+
+/// A conflict with a concurrent transaction, worth retrying: PostgreSQL's `40001`; Redshift's
+/// serializable isolation violation, `XX000` with `1023` and "Serializable isolation violation"
+/// in the message or detail; or, under snapshot isolation, "could not complete because of
+/// conflict with concurrent transaction" ("Troubleshooting serializable isolation errors" and
+/// "Isolation levels in Amazon Redshift", Amazon Redshift Database Developer Guide).
+pub fn is_serialization_failure(error: &tokio_postgres::Error) -> bool {
+    if error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
+        return true;
+    }
+    let Some(db) = error.as_db_error() else {
+        return false;
+    };
+    let text = format!("{} {}", db.message(), db.detail().unwrap_or_default());
+    text.contains("Serializable isolation violation")
+        || text.contains("conflict with concurrent transaction")
+        || (db.code() == &SqlState::INTERNAL_ERROR && db.message().trim() == "1023")
 }
 
 fn describe_type(column: &TargetColumn) -> String {
@@ -1110,6 +1176,49 @@ mod tests {
             Translator::new(&source, &target, "nope"),
             Err(TranslateError::IdColumnMissing { side: "source", .. })
         ));
+    }
+
+    /// An oversized SUPER or VARBYTE value fails its own row, not the batch.
+    #[test]
+    fn oversized_super_and_varbyte_values_fail_their_row() {
+        let name = QualifiedName::parse("public.blobs").unwrap();
+        let source = SourceTable {
+            name: name.clone(),
+            columns: vec![
+                source_column("id", "int8"),
+                source_column("doc", "jsonb"),
+                source_column("raw", "bytea"),
+            ],
+            primary_key: vec!["id".to_owned()],
+        };
+        let target = TargetTable {
+            name,
+            columns: vec![
+                target_column("id", "bigint", None, false),
+                target_column("doc", "super", None, true),
+                target_column("raw", "varbyte", Some(10), true),
+            ],
+        };
+        let t = Translator::new(&source, &target, "id").unwrap();
+        let row = |id: i64, doc: usize, raw: usize| SourceRow {
+            id,
+            values: vec![
+                SourceValue::Int(id),
+                SourceValue::Json(format!("\"{}\"", "x".repeat(doc))),
+                SourceValue::Bytes(vec![7; raw]),
+            ],
+        };
+        let rows = [row(1, 10, 10), row(2, 70_000, 1), row(3, 1, 11)];
+        let (good, bad) = t.translate_all(&rows);
+        assert_eq!(good.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1]);
+        assert!(
+            matches!(&bad[0], TranslateError::TooLong { id: 2, column, max: 65_535, .. } if column == "doc"),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(&bad[1], TranslateError::TooLong { id: 3, column, max: 10, .. } if column == "raw"),
+            "{bad:?}"
+        );
     }
 
     #[test]

@@ -112,27 +112,49 @@ async fn record_sys(target: &Client, sql: &str, status: &str) -> anyhow::Result<
             &[&query, &txn, &sql],
         )
         .await?;
+    // The transaction's end statement: what a non-superuser sees of a rollback.
+    let end = if status == "rolledback" {
+        "ROLLBACK"
+    } else {
+        "COMMIT"
+    };
+    target
+        .execute(
+            "INSERT INTO sys_query_history (query_id, transaction_id, query_type, status, start_time, end_time, query_text) \
+             VALUES (nextval('lab_query_id_seq'), $1, 'UTILITY', 'success', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', $2)",
+            &[&txn, &end],
+        )
+        .await?;
     Ok(query)
 }
 
-/// Records `sql` as the STL views would: `stl_query` (text cut at 4000, `aborted`), full text
-/// in 200-character pieces.
-async fn record_stl(target: &Client, sql: &str, aborted: i32) -> anyhow::Result<()> {
-    let query: i32 = target
+/// Records `sql` as the STL views would: `stl_query` (text cut at 4000; `aborted` = 0, it ran
+/// to completion), full text in 200-character pieces, and its transaction's end in
+/// `stl_utilitytext`: ROLLBACK when `rolled_back`, else COMMIT.
+async fn record_stl(target: &Client, sql: &str, rolled_back: bool) -> anyhow::Result<()> {
+    let row = target
         .query_one(
             "INSERT INTO stl_query (query, xid, querytxt, starttime, endtime, aborted) \
-             VALUES (nextval('lab_query_id_seq')::integer, 1, left($1::text, 4000), now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', $2) \
-             RETURNING query",
-            &[&sql, &aborted],
+             VALUES (nextval('lab_query_id_seq')::integer, nextval('lab_transaction_id_seq'), left($1::text, 4000), \
+             now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', 0) \
+             RETURNING query, xid",
+            &[&sql],
         )
-        .await?
-        .get(0);
+        .await?;
+    let (query, xid): (i32, i64) = (row.get(0), row.get(1));
     target
         .execute(
             "INSERT INTO stl_querytext (query, xid, sequence, text) \
-             SELECT $1, 1, i, substr($2::text, i * 200 + 1, 200) \
+             SELECT $1, $3, i, substr($2::text, i * 200 + 1, 200) \
              FROM generate_series(0, (length($2::text) - 1) / 200) i",
-            &[&query, &sql],
+            &[&query, &sql, &xid],
+        )
+        .await?;
+    target
+        .execute(
+            "INSERT INTO stl_utilitytext (xid, starttime, endtime, sequence, text) \
+             VALUES ($1, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', 0, $2)",
+            &[&xid, &if rolled_back { "ROLLBACK" } else { "COMMIT" }],
         )
         .await?;
     Ok(())
@@ -292,8 +314,8 @@ async fn webhook_repairs_the_row_behind_one_by_one_mode_and_restarts_the_task() 
 async fn stl_views_lead_to_the_same_repair_through_the_cli() -> anyhow::Result<()> {
     let (dbs, source, target) = lab("fix_one_by_one_stl").await?;
     let (moto, aws) = moto_with_task(TASK, "ri-a").await?;
-    record_stl(&target, &dms_update(true), 1).await?;
-    record_stl(&target, &dms_update(true), 0).await?;
+    record_stl(&target, &dms_update(true), true).await?;
+    record_stl(&target, &dms_update(true), false).await?;
     let config_text = config(&dbs, &moto.url(), "system_views = \"stl\"\n");
 
     let out = run_binary(&config_text, &["run", "one_by_one", "--task", TASK])?;

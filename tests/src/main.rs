@@ -40,6 +40,17 @@ enum Cli {
     /// Write lab copies of `alerts/`: the rules and the example Alertmanager config with every
     /// duration divided by `--speedup`, delivering to the given remediator.
     Alerting(AlertingArgs),
+    /// Check every statement dmsguard's users sent to a Redshift stand-in (the lab PostgreSQL's
+    /// log from byte `--from-byte` on) against Redshift's unsupported features; exits 1 naming
+    /// each statement and rule it breaks.
+    AuditStatements {
+        /// The lab PostgreSQL's log.
+        #[arg(long)]
+        log: PathBuf,
+        /// Where this run's part of the log starts.
+        #[arg(long, default_value_t = 0)]
+        from_byte: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -338,6 +349,30 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             println!("{diff}");
             if !diff.is_empty() {
+                std::process::exit(1);
+            }
+        }
+        Cli::AuditStatements { log, from_byte } => {
+            let bytes =
+                std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?;
+            let from = usize::try_from(from_byte)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let text = String::from_utf8_lossy(&bytes[from..]);
+            let statements = dmsguard_lab::audit::statements_in_log(&text).len();
+            // Statements a test sent on purpose to prove the audit catches them are left out.
+            let violations: Vec<_> = dmsguard_lab::audit::audit_log(&text)
+                .into_iter()
+                .filter(|v| !v.statement.contains(dmsguard_lab::audit::PROBE_MARKER))
+                .collect();
+            for v in &violations {
+                eprintln!("statement audit: {v}");
+            }
+            println!(
+                "statement audit: {statements} statements, {} violations",
+                violations.len()
+            );
+            if !violations.is_empty() {
                 std::process::exit(1);
             }
         }

@@ -76,8 +76,10 @@ timeout = "5s"
 listen = "127.0.0.1:0"
 token = "coverage-token"
 {ledger}"#,
-        source = dbs.source.url,
-        redshift = dbs.redshift.url,
+        // Never a superuser: the remediator's user of docs/grants.md (this one file serves the
+        // in-process exporter too, which needs less).
+        source = dbs.remediator_source().url,
+        redshift = dbs.remediator_redshift().url,
         pw = dbs.env.pg_password,
         ledger = dbs.ledger_section(),
     );

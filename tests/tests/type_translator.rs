@@ -2,11 +2,16 @@
 //! translated for a target typed as DMS creates it, inserted idempotently and read back.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use dmsguard_lab::harness::TestDatabases;
+use dmsguard_lab::harness::{
+    inject_serializable_violations, injected_violations, TestDatabases, REMEDIATOR_USER,
+};
+use dmsguard_lab::simulator::DMS_ROLE;
 use dmsguard_pipeline::catalogue::{Catalogue, SourceTypeKind};
 use dmsguard_pipeline::config::QualifiedName;
 use dmsguard_pipeline::statement_parser::is_valid_redshift_sql;
-use dmsguard_pipeline::type_translator::{fetch_source_rows, TranslateError, Translator};
+use dmsguard_pipeline::type_translator::{
+    fetch_source_rows, InsertError, TranslateError, Translator,
+};
 
 const SOURCE_DDL: &str = r#"
 CREATE TYPE order_status AS ENUM ('new', 'paid', 'shipped');
@@ -225,63 +230,136 @@ async fn awkward_types_translate_and_insert_once() -> anyhow::Result<()> {
     dbs.drop().await
 }
 
-/// Two writers inserting the same rows at once (a second run, or DMS catching up) never
-/// duplicate one: with serializable transactions the later committer fails, retries and finds
-/// the rows present. (Under READ COMMITTED both would commit and every row would be doubled.)
-#[tokio::test]
-async fn concurrent_inserts_of_the_same_ids_never_duplicate() -> anyhow::Result<()> {
-    let dbs = TestDatabases::create("translator_concurrent").await?;
+/// The events table (`n` rows) on the source and, as DMS creates it (no key: Redshift enforces
+/// none), on the target; the translator between them. The DMS role may write the target.
+async fn events(
+    dbs: &TestDatabases,
+    n: i64,
+) -> anyhow::Result<(tokio_postgres::Client, tokio_postgres::Client, Translator)> {
     let source = dbs.source_client().await?;
     source
-        .batch_execute(
+        .batch_execute(&format!(
             "CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL);
-             INSERT INTO public.events SELECT g, 'kind ' || g FROM generate_series(1, 50) g;",
-        )
+             INSERT INTO public.events SELECT g, 'kind ' || g FROM generate_series(1, {n}) g;"
+        ))
         .await?;
-    let mut first = dbs.redshift_client().await?;
-    let mut second = dbs.redshift_client().await?;
-    // As DMS creates it: no primary key, nothing in the database stops a duplicate.
-    first
-        .batch_execute("CREATE TABLE public.events (id bigint NOT NULL, kind varchar(65535))")
+    let admin = dbs.redshift_client().await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.events (id bigint NOT NULL, kind varchar(65535));
+             GRANT SELECT, INSERT ON public.events TO {DMS_ROLE};"
+        ))
         .await?;
     let table = QualifiedName::parse("public.events").unwrap();
     let source_table = Catalogue::load_source(&source, &table).await?;
-    let target_table = Catalogue::load(&first, &table).await?;
+    let target_table = Catalogue::load(&admin, &table).await?;
     let translator = Translator::new(&source_table, &target_table, "id")?;
-    let ids: Vec<i64> = (1..=50).collect();
-    let rows = fetch_source_rows(&source, &source_table, "id", &ids).await?;
-    let (good, bad) = translator.translate_all(&rows);
-    assert!(bad.is_empty());
-    let [statement] = &translator.build_inserts(&good, 100)[..] else {
-        panic!("one statement for 50 rows");
-    };
+    Ok((source, admin, translator))
+}
 
-    // The first writer has checked and inserted, but not committed yet...
-    let tx = first
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::Serializable)
-        .start()
+/// A repair racing DMS's own INSERT of the same ids, many times. The target runs at snapshot
+/// isolation (the stand-in's default, as on new Redshift clusters) and enforces no key: a
+/// repair that checked for the rows while DMS's transaction was still open would insert them
+/// again and both would commit. The repair takes `LOCK table` first, so it waits for DMS's
+/// transaction and then sees its rows. The repair runs as the remediator's least-privilege user.
+#[tokio::test]
+async fn a_repair_racing_dms_inserts_of_the_same_ids_never_duplicates() -> anyhow::Result<()> {
+    const ROUNDS: i64 = 40;
+    const IDS: i64 = 25;
+    let dbs = TestDatabases::create("translator_race").await?;
+    let (source, admin, translator) = events(&dbs, ROUNDS * IDS).await?;
+    let isolation: String = admin
+        .query_one("SHOW default_transaction_isolation", &[])
+        .await?
+        .get(0);
+    assert_eq!(isolation, "repeatable read", "snapshot isolation");
+    let mut repair = dmsguard_pipeline::db::connect(&dbs.remediator_redshift()).await?;
+    let dms = dbs.redshift_client().await?;
+    dms.batch_execute(&format!("SET ROLE {DMS_ROLE}")).await?;
+    let source_table =
+        Catalogue::load_source(&source, &QualifiedName::parse("public.events").unwrap()).await?;
+    for round in 0..ROUNDS {
+        let (lo, hi) = (round * IDS + 1, (round + 1) * IDS);
+        let ids: Vec<i64> = (lo..=hi).collect();
+        let rows = fetch_source_rows(&source, &source_table, "id", &ids).await?;
+        let (good, bad) = translator.translate_all(&rows);
+        assert!(bad.is_empty());
+        // DMS's batch has inserted the rows; its transaction is still open...
+        dms.batch_execute("BEGIN").await?;
+        dms.execute(
+            "INSERT INTO public.events SELECT g, 'kind ' || g FROM generate_series($1::bigint, $2::bigint) g",
+            &[&lo, &hi],
+        )
         .await?;
-    assert_eq!(statement.execute(&tx).await?, 50);
-    // ...when the second writer inserts the same rows and commits.
-    assert_eq!(
-        translator.insert_absent(&mut second, &good, 10, 5).await?,
-        50
-    );
-    // The first writer's commit now fails instead of duplicating; its retry inserts nothing.
-    let err = tx.commit().await.expect_err("commit must conflict");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
-    );
-    assert_eq!(translator.insert_absent(&mut first, &good, 10, 5).await?, 0);
-
-    let row = first
+        // ...and commits 0-20 ms into the repair (varied on purpose: the race's interleaving,
+        // not a wait for a condition).
+        let commit_after = std::time::Duration::from_millis((round % 5 * 5) as u64);
+        let (inserted, committed) = tokio::join!(
+            translator.insert_absent(&mut repair, &good, 100, 5),
+            async {
+                tokio::time::sleep(commit_after).await;
+                dms.batch_execute("COMMIT").await
+            }
+        );
+        committed?;
+        assert_eq!(inserted?, 0, "round {round}: DMS's rows were already there");
+    }
+    let row = admin
         .query_one(
             "SELECT count(*), count(DISTINCT id) FROM public.events",
             &[],
         )
         .await?;
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (50, 50));
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (ROUNDS * IDS, ROUNDS * IDS),
+        "no duplicate"
+    );
+    drop((source, admin, repair, dms));
+    dbs.drop().await
+}
+
+/// Redshift reports a transaction it cannot serialize as SQLSTATE XX000 "1023" with
+/// "Serializable isolation violation" in the detail, not as 40001: the repair retries it, and
+/// gives up with a conflict error after its attempts.
+#[tokio::test]
+async fn redshift_serializable_violations_are_retried() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("translator_conflict").await?;
+    let (source, admin, translator) = events(&dbs, 50).await?;
+    let table = QualifiedName::parse("public.events").unwrap();
+    let source_table = Catalogue::load_source(&source, &table).await?;
+    let ids: Vec<i64> = (1..=50).collect();
+    let rows = fetch_source_rows(&source, &source_table, "id", &ids).await?;
+    let (good, _) = translator.translate_all(&rows);
+    let mut repair = dmsguard_pipeline::db::connect(&dbs.remediator_redshift()).await?;
+
+    let base = inject_serializable_violations(&admin, &table, REMEDIATOR_USER, 2).await?;
+    assert_eq!(
+        translator.insert_absent(&mut repair, &good, 100, 5).await?,
+        50
+    );
+    assert_eq!(
+        injected_violations(&admin, base).await?,
+        3,
+        "two failures, then success"
+    );
+
+    admin.batch_execute("TRUNCATE public.events").await?;
+    let base = inject_serializable_violations(&admin, &table, REMEDIATOR_USER, 3).await?;
+    let err = translator
+        .insert_absent(&mut repair, &good, 100, 3)
+        .await
+        .expect_err("three violations in three attempts");
+    assert!(
+        matches!(err, InsertError::Conflict { attempts: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(injected_violations(&admin, base).await?, 3);
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM public.events", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 0, "nothing inserted");
+    drop((source, admin, repair));
     dbs.drop().await
 }

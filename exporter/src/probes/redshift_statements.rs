@@ -61,7 +61,8 @@ impl RedshiftStatementsProbe {
         let reader = StatementReader::new(
             config.redshift.system_views,
             config.redshift.dms_comment_like.clone(),
-        );
+        )
+        .with_dms_user(config.redshift.dms_user.clone());
         Self {
             database: config.redshift.database(),
             lookback: chrono::Duration::from_std(config.exporter.statements_lookback)
@@ -101,7 +102,9 @@ impl RedshiftStatementsProbe {
             }
         }
         let since = self.exceptions_since.unwrap_or(start);
-        let rows = system_views::read_apply_exceptions(self.client().await?, since).await?;
+        let schema = self.config.redshift.control_schema.clone();
+        let rows =
+            system_views::read_apply_exceptions(self.client().await?, &schema, since).await?;
         let newest = rows.iter().map(|r| r.error_time).max();
         for row in &rows {
             let counted = if row.error_time == since {

@@ -10,6 +10,7 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
 use chrono::NaiveDateTime;
 use dmsguard_exporter::Exporter;
 use dmsguard_lab::harness::{self, TestDatabases};
+pub use dmsguard_lab::simulator::replication::escape_query_text;
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::Config;
 use tokio_postgres::Client;
@@ -62,8 +63,9 @@ interval = "200ms"
 timeout = "5s"
 {extra}
 "#,
-        source = dbs.source.url,
-        redshift = dbs.redshift.url,
+        // The exporter's least-privilege user of docs/grants.md, never a superuser.
+        source = dbs.exporter_source().url,
+        redshift = dbs.exporter_redshift().url,
         pw = dbs.env.pg_password,
     );
     Config::from_toml(&text, &|_| None).expect("test config parses")
@@ -211,7 +213,8 @@ pub async fn record_sys(redshift: &Client, sql: &str, how: Recorded) -> anyhow::
             ],
         )
         .await?;
-    let chars: Vec<char> = sql.chars().collect();
+    // SYS_QUERY_TEXT stores newlines and backslashes escaped.
+    let chars: Vec<char> = escape_query_text(sql).chars().collect();
     for (i, piece) in chars.chunks(4000).enumerate() {
         let piece: String = piece.iter().collect();
         redshift
@@ -249,11 +252,28 @@ pub async fn settle_sys(redshift: &Client, query_id: i64, how: Recorded) -> anyh
             &[&query_id, &txn_status],
         )
         .await?;
+    // The transaction's own COMMIT or ROLLBACK statement, which a non-superuser with SYSLOG
+    // ACCESS UNRESTRICTED sees (SYS_TRANSACTION_HISTORY is for superusers only).
+    let end = if how == Recorded::RolledBack {
+        "ROLLBACK"
+    } else {
+        "COMMIT"
+    };
+    redshift
+        .execute(
+            "INSERT INTO sys_query_history (user_id, query_id, transaction_id, query_type, status, \
+             start_time, end_time, query_text, database_name) \
+             SELECT user_id, nextval('lab_query_id_seq'), transaction_id, 'UTILITY', 'success', \
+             end_time, end_time, $2, database_name FROM sys_query_history WHERE query_id = $1",
+            &[&query_id, &end],
+        )
+        .await?;
     Ok(())
 }
 
-/// Records a statement in STL_QUERY and STL_QUERYTEXT (200-character pieces).
-pub async fn record_stl(redshift: &Client, sql: &str, aborted: bool) -> anyhow::Result<i64> {
+/// Records a statement in STL_QUERY and STL_QUERYTEXT (200-character pieces), and its
+/// transaction's end (COMMIT, or ROLLBACK when `rolled_back`) in STL_UTILITYTEXT.
+pub async fn record_stl(redshift: &Client, sql: &str, rolled_back: bool) -> anyhow::Result<i64> {
     let now = utc_now();
     let qid: i64 = redshift
         .query_one("SELECT nextval('lab_query_id_seq')", &[])
@@ -264,14 +284,24 @@ pub async fn record_stl(redshift: &Client, sql: &str, aborted: bool) -> anyhow::
         .await?
         .get(0);
     let truncated: String = sql.chars().take(4000).collect();
+    // A statement that ran to completion has `aborted` = 0 even when its transaction rolls
+    // back; the rollback is the ROLLBACK statement in STL_UTILITYTEXT.
     redshift
         .execute(
             "INSERT INTO stl_query (query, xid, database, querytxt, starttime, endtime, aborted) \
-             VALUES ($1, $2, 'dev', $3, $4, $4, $5)",
-            &[&(qid as i32), &xid, &truncated, &now, &i32::from(aborted)],
+             VALUES ($1, $2, 'dev', $3, $4, $4, 0)",
+            &[&(qid as i32), &xid, &truncated, &now],
         )
         .await?;
-    let chars: Vec<char> = sql.chars().collect();
+    redshift
+        .execute(
+            "INSERT INTO stl_utilitytext (xid, starttime, endtime, sequence, text) \
+             VALUES ($1, $2, $2, 0, $3)",
+            &[&xid, &now, &if rolled_back { "ROLLBACK" } else { "COMMIT" }],
+        )
+        .await?;
+    // STL_QUERYTEXT stores newlines and backslashes escaped.
+    let chars: Vec<char> = escape_query_text(sql).chars().collect();
     for (i, piece) in chars.chunks(200).enumerate() {
         let piece: String = piece.iter().collect();
         redshift

@@ -1,6 +1,6 @@
 //! F4: insert rows missing in the target for one table and window: the gap finder lists the ids,
 //! the rows come from the source in batches, go through the type translator, and only ids still
-//! absent are inserted (checked in the same serializable transaction).
+//! absent are inserted (checked in a transaction that first takes `LOCK` on the table).
 //!
 //! The window comes from the job's labels: `day` (`YYYY-MM-DD`, UTC), or `from_id` and `to_id`
 //! (inclusive), or `window` = `today` | `yesterday` (the alert's label); by default yesterday.
@@ -443,7 +443,7 @@ impl Fix for MissingRowsFix {
                     ));
                     plan.sql_step(
                         format!(
-                            "Insert each batch where the id is still absent, in one serializable transaction (shown for one row; a batch repeats the UNION ALL SELECT up to {batch} rows)."
+                            "Insert each batch where the id is still absent, in one transaction that first takes LOCK on the table (shown for one row; a batch repeats the UNION ALL SELECT up to {batch} rows)."
                         ),
                         copier.insert_sql(),
                     );

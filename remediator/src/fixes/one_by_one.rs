@@ -18,7 +18,9 @@ use dmsguard_pipeline::gap_finder::TableSpec;
 use dmsguard_pipeline::statement_parser::{
     parse_dms_statement_detailed, StatementKind, CHANGES_TABLE_PREFIX,
 };
-use dmsguard_pipeline::system_views::{StatementReader, STL_PIECE_CHARS, TRUNCATED_TEXT_CHARS};
+use dmsguard_pipeline::system_views::{
+    char_value, rolls_back, StatementReader, STL_PIECE_CHARS, TRUNCATED_TEXT_CHARS,
+};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
@@ -38,21 +40,49 @@ const FIND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct OneByOneFix;
 
 /// The SQL listing the newest rolled-back DMS statements: `$1` is the earliest start time,
-/// `$2` the DMS comment's `LIKE` pattern.
-pub fn candidates_sql(family: SystemViews) -> String {
+/// `$2` the DMS comment's `LIKE` pattern, `$3` the DMS user (when `reader` has one).
+///
+/// A statement is rolled back when its transaction logged a ROLLBACK or ABORT statement
+/// (`SYS_QUERY_HISTORY`, or `STL_UTILITYTEXT`, which captures ABORT, BEGIN, COMMIT, END and
+/// ROLLBACK), which a user with `SYSLOG ACCESS UNRESTRICTED` sees; or when
+/// `SYS_TRANSACTION_HISTORY` says `rolledback` (visible only to superusers); or (STL) when the
+/// query itself was stopped (`aborted` = 1). A DMS UPDATE that ran to completion in a
+/// transaction DMS then rolled back has `aborted` = 0 (the STL_QUERY, STL_UTILITYTEXT,
+/// SYS_QUERY_HISTORY and SYS_TRANSACTION_HISTORY pages of the Amazon Redshift Database
+/// Developer Guide).
+pub fn candidates_sql(family: SystemViews, reader: &StatementReader) -> String {
     match family {
         SystemViews::Sys => format!(
             "SELECT q.query_id, q.query_text FROM sys_query_history q \
-             JOIN sys_transaction_history t ON t.transaction_id = q.transaction_id \
-             WHERE t.status = 'rolledback' AND q.start_time >= $1 AND q.query_text LIKE $2 \
-             ORDER BY q.query_id DESC LIMIT {CANDIDATES}"
+             LEFT JOIN sys_transaction_history t ON t.transaction_id = q.transaction_id \
+             LEFT JOIN (SELECT DISTINCT transaction_id FROM sys_query_history \
+               WHERE start_time >= $1 AND {rollback}) r ON r.transaction_id = q.transaction_id \
+             WHERE (t.status = 'rolledback' OR r.transaction_id IS NOT NULL) \
+             AND q.start_time >= $1 AND q.query_text LIKE $2{user} \
+             ORDER BY q.query_id DESC LIMIT {CANDIDATES}",
+            rollback = rolls_back("query_text"),
+            user = reader.user_filter("q.user_id", 3),
         ),
         SystemViews::Stl => format!(
             "SELECT CAST(q.query AS bigint), q.querytxt FROM stl_query q \
-             WHERE q.aborted = 1 AND q.starttime >= $1 AND q.querytxt LIKE $2 \
-             ORDER BY q.query DESC LIMIT {CANDIDATES}"
+             LEFT JOIN (SELECT DISTINCT xid FROM stl_utilitytext \
+               WHERE starttime >= $1 AND sequence = 0 AND {rollback}) r ON r.xid = q.xid \
+             WHERE (q.aborted = 1 OR r.xid IS NOT NULL) \
+             AND q.starttime >= $1 AND q.querytxt LIKE $2{user} \
+             ORDER BY q.query DESC LIMIT {CANDIDATES}",
+            rollback = rolls_back("text"),
+            user = reader.user_filter("q.userid", 3),
         ),
     }
+}
+
+/// The system-view reader of `config` (family, DMS comment, DMS user).
+fn statement_reader(config: &Config) -> StatementReader {
+    StatementReader::new(
+        config.redshift.system_views,
+        config.redshift.dms_comment_like.clone(),
+    )
+    .with_dms_user(config.redshift.dms_user.clone())
 }
 
 /// The rolled-back DMS UPDATE the fix repairs.
@@ -109,7 +139,8 @@ impl RolledBackUpdate {
         let id = quote_ident(&self.table.id_column);
         format!(
             "SELECT DISTINCT {seg} FROM {changes} changes \
-             LEFT JOIN (SELECT {id} FROM {target} WHERE {id} >= $4 AND {id} <= $5) existing \
+             LEFT JOIN (SELECT CAST({id} AS BIGINT) AS {id} FROM {target} \
+             WHERE {id} >= CAST($4 AS BIGINT) AND {id} <= CAST($5 AS BIGINT)) existing \
              ON existing.{id} = {seg} \
              WHERE {filter} AND existing.{id} IS NULL ORDER BY 1",
             seg = self.segment_id(),
@@ -131,12 +162,15 @@ impl RolledBackUpdate {
         Ok((kept, deleted))
     }
 
-    /// Which of `n` ids (`$1`..`$n`) the target has.
+    /// Which of `n` ids (`$1`..`$n`) the target has. Ids are bound and read as BIGINT whatever
+    /// the column's type (a source `int4` id is `INTEGER` on the target).
     pub fn present_ids_sql(&self, n: usize) -> String {
         let id = quote_ident(&self.table.id_column);
-        let list: Vec<String> = (1..=n.max(1)).map(|i| format!("${i}")).collect();
+        let list: Vec<String> = (1..=n.max(1))
+            .map(|i| format!("CAST(${i} AS BIGINT)"))
+            .collect();
         format!(
-            "SELECT {id} FROM {} WHERE {id} IN ({})",
+            "SELECT CAST({id} AS BIGINT) FROM {} WHERE {id} IN ({})",
             self.target.quoted(),
             list.join(", ")
         )
@@ -207,7 +241,7 @@ async fn in_source(
     let rows = source
         .query(
             &format!(
-                "SELECT {id} FROM {} WHERE {id} = ANY($1) ORDER BY 1",
+                "SELECT CAST({id} AS BIGINT) FROM {} WHERE {id} = ANY($1::int8[]) ORDER BY 1",
                 spec.source.quoted()
             ),
             &[&ids],
@@ -350,11 +384,14 @@ async fn find_update_once(
     let lookback = chrono::Duration::from_std(config.remediator.one_by_one_lookback)
         .unwrap_or(chrono::Duration::hours(2));
     let since = (Utc::now() - lookback).naive_utc();
+    let reader = statement_reader(config);
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&since, &config.redshift.dms_comment_like];
+    if let Some(user) = &config.redshift.dms_user {
+        params.push(user);
+    }
     let rows = redshift
-        .query(
-            &candidates_sql(family),
-            &[&since, &config.redshift.dms_comment_like],
-        )
+        .query(&candidates_sql(family, &reader), &params)
         .await
         .map_err(|source| FixError::Query {
             what: "reading rolled-back DMS statements".to_owned(),
@@ -362,10 +399,8 @@ async fn find_update_once(
         })?;
     let candidates: Vec<(i64, String)> = rows
         .iter()
-        .map(|r| {
-            let text: Option<String> = r.get(1);
-            (r.get(0), text.unwrap_or_default().trim_end().to_owned())
-        })
+        // `query_text`/`querytxt` are `character(4000)`: blank-padded.
+        .map(|r| (r.get(0), char_value(r.get(1))))
         .collect();
     // Texts cut at the view's limit are reassembled from their pieces.
     let cut: Vec<i64> = candidates
@@ -373,9 +408,7 @@ async fn find_update_once(
         .filter(|(_, t)| t.chars().count() >= TRUNCATED_TEXT_CHARS - STL_PIECE_CHARS)
         .map(|(id, _)| *id)
         .collect();
-    let mut full = StatementReader::new(family, config.redshift.dms_comment_like.clone())
-        .full_texts(redshift, &cut)
-        .await?;
+    let mut full = reader.full_texts(redshift, &cut).await?;
     let mut rejected = Vec::new();
     for (query_id, text) in candidates {
         let text = full.remove(&query_id).unwrap_or(text);
@@ -428,7 +461,10 @@ impl Fix for OneByOneFix {
                     SystemViews::Stl => "STL",
                 }
             ),
-            candidates_sql(ctx.config().redshift.system_views),
+            candidates_sql(
+                ctx.config().redshift.system_views,
+                &statement_reader(ctx.config()),
+            ),
         );
         let (update, absent) = match update {
             Found::Update(update, absent) => (*update, absent),
@@ -486,7 +522,7 @@ impl Fix for OneByOneFix {
             update.table.source
         ));
         plan.sql_step(
-            "Insert the rows whose id is still absent, in one serializable transaction (shown for one row).",
+            "Insert the rows whose id is still absent, in one transaction that first takes LOCK on the table (shown for one row).",
             copier.insert_sql(),
         );
         plan.step(format!("Stop task {task} and wait until it is stopped."));
@@ -701,13 +737,48 @@ task = "t2"
         );
     }
 
+    /// A source `int4` id is `INTEGER` on the target: ids are still bound and read as BIGINT.
+    #[tokio::test]
+    async fn int4_ids_are_bound_and_read_as_bigint() -> anyhow::Result<()> {
+        let dbs = dmsguard_lab::harness::TestDatabases::create("f1_int4_ids").await?;
+        let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+        for c in [&source, &target] {
+            c.batch_execute(
+                "CREATE TABLE public.orders (id integer NOT NULL, status varchar(20));
+                 INSERT INTO public.orders VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+            )
+            .await?;
+        }
+        let update = accept(&config(), "t1", 7, UPDATE).unwrap();
+        let present = target
+            .query(&update.present_ids_sql(2), &[&2i64, &9i64])
+            .await?;
+        let present: Vec<i64> = present.iter().map(|r| r.get(0)).collect();
+        assert_eq!(present, vec![2]);
+        assert_eq!(in_source(&source, &update.table, &[3, 4]).await?, vec![3]);
+        drop((source, target));
+        dbs.drop().await
+    }
+
+    fn reader(family: SystemViews, user: Option<String>) -> StatementReader {
+        StatementReader::new(family, "%AWS DMS%").with_dms_user(user)
+    }
+
     /// Every statement this fix sends to Redshift parses in the Redshift dialect.
     #[test]
     fn sql_is_redshift_sql() {
         let update = accept(&config(), "t1", 7, UPDATE).unwrap();
         for sql in [
-            candidates_sql(SystemViews::Sys),
-            candidates_sql(SystemViews::Stl),
+            candidates_sql(SystemViews::Sys, &reader(SystemViews::Sys, None)),
+            candidates_sql(SystemViews::Stl, &reader(SystemViews::Stl, None)),
+            candidates_sql(
+                SystemViews::Sys,
+                &reader(SystemViews::Sys, Some("dms".into())),
+            ),
+            candidates_sql(
+                SystemViews::Stl,
+                &reader(SystemViews::Stl, Some("dms".into())),
+            ),
             update.id_span_sql(),
             update.missing_ids_sql(),
             update.present_ids_sql(3),

@@ -271,8 +271,9 @@ pub fn config_text(
         .unwrap_or_default();
     format!(
         "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n{redshift_extra}\n{aws}{FRONTIER}{extra}{}",
-        dbs.source.url,
-        dbs.redshift.url,
+        // The remediator's least-privilege user of docs/grants.md, never a superuser.
+        dbs.remediator_source().url,
+        dbs.remediator_redshift().url,
         dbs.ledger_section(),
     )
 }

@@ -53,8 +53,9 @@ impl Lab {
         let mut text = format!(
             "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n\n\
              [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmax_attempts = 1\ntimeout = \"10s\"\n\n",
-            self.dbs.source.url,
-            self.dbs.redshift.url,
+            // The remediator's least-privilege user of docs/grants.md, never a superuser.
+            self.dbs.remediator_source().url,
+            self.dbs.remediator_redshift().url,
             self.moto.url()
         );
         for (task, instance) in &self.tasks {

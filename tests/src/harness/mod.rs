@@ -4,6 +4,7 @@
 //! PostgreSQL and installed the other services' binaries.
 
 mod dms;
+mod grants;
 mod lab_control;
 mod processes;
 mod proxy;
@@ -16,6 +17,7 @@ use dmsguard_pipeline::secret::Secret;
 use tokio_postgres::Client;
 
 pub use dms::{create_dms_task, start_dms_task};
+pub use grants::{apply_grants, grant_statements, grants_block, EXPORTER_USER, REMEDIATOR_USER};
 pub use lab_control::{
     Burst, DeferredWindow, FailWhen, LabControl, LabControlState, DESCRIBE_CLUSTERS,
     DESCRIBE_REPLICATION_TASKS, GET_METRIC_DATA, STOP_REASON_FATAL, STOP_REASON_RECOVERABLE,
@@ -96,6 +98,87 @@ pub fn database_config(url: &str) -> DatabaseConfig {
 /// Creates the system-view stand-in tables in a Redshift stand-in database.
 pub async fn install_redshift_standin(client: &Client) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(REDSHIFT_STANDIN_SQL).await
+}
+
+/// Creates the exporter's and the remediator's users with exactly the grants of
+/// `docs/grants.md`, on the source database `source_name` and the stand-in `redshift`.
+pub async fn install_least_privilege_users(
+    env: &LabEnv,
+    source_name: &str,
+    redshift: &Client,
+) -> anyhow::Result<()> {
+    let substitutions = [
+        ("<password>", env.pg_password.as_str()),
+        ("<dms_user>", crate::simulator::DMS_ROLE),
+        ("<table_owner>", env.pg_user.as_str()),
+        ("<source_db>", source_name),
+    ];
+    apply_grants(
+        redshift,
+        &["redshift-exporter", "redshift-remediator"],
+        &substitutions,
+    )
+    .await?;
+    // Every statement these users send to the stand-in is logged for the statement audit.
+    crate::audit::enable(redshift).await?;
+    let source = dmsguard_pipeline::db::connect(&env.database(source_name)).await?;
+    apply_grants(
+        &source,
+        &["postgresql-exporter", "postgresql-remediator"],
+        &substitutions,
+    )
+    .await
+}
+
+/// Makes the next `times` INSERT statements of database user `user` into `table` fail as
+/// Redshift fails a transaction it cannot serialize (SQLSTATE `XX000`, message `1023`, detail
+/// "Serializable isolation violation on table - …"). Returns the stand-in's conflict counter
+/// before arming: [`injected_violations`] counts from it.
+pub async fn inject_serializable_violations(
+    redshift: &Client,
+    table: &dmsguard_pipeline::config::QualifiedName,
+    user: &str,
+    times: i64,
+) -> anyhow::Result<i64> {
+    let has_trigger: bool = redshift
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'lab_injected_conflict' \
+             AND tgrelid = $1::text::regclass)",
+            &[&table.quoted()],
+        )
+        .await?
+        .get(0);
+    if !has_trigger {
+        redshift
+            .batch_execute(&format!(
+                "CREATE TRIGGER lab_injected_conflict BEFORE INSERT ON {} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION lab_injected_conflict()",
+                table.quoted()
+            ))
+            .await?;
+    }
+    let base: i64 = redshift
+        .query_one("SELECT nextval('lab_injected_conflict_seq')", &[])
+        .await?
+        .get(0);
+    redshift
+        .execute(
+            "INSERT INTO lab_injected_conflicts (usename, fail_up_to) VALUES ($1, $2) \
+             ON CONFLICT (usename) DO UPDATE SET fail_up_to = excluded.fail_up_to",
+            &[&user, &(base + times)],
+        )
+        .await?;
+    Ok(base)
+}
+
+/// How many armed INSERTs ran since [`inject_serializable_violations`] returned `base` (the
+/// failed ones and the ones after them).
+pub async fn injected_violations(redshift: &Client, base: i64) -> anyhow::Result<i64> {
+    let last: i64 = redshift
+        .query_one("SELECT last_value FROM lab_injected_conflict_seq", &[])
+        .await?
+        .get(0);
+    Ok(last - base)
 }
 
 /// A test's own pair of fresh databases: a source and a Redshift stand-in. They are dropped
@@ -223,6 +306,7 @@ impl TestDatabases {
         let redshift = env.database(&redshift_name);
         let client = dmsguard_pipeline::db::connect(&redshift).await?;
         install_redshift_standin(&client).await?;
+        install_least_privilege_users(&env, &source_name, &client).await?;
         Ok(Self {
             source: env.database(&source_name),
             redshift,
@@ -241,6 +325,42 @@ impl TestDatabases {
             "\n[remediator.ledger]\nurl = \"{}\"\npassword = \"{}\"\n",
             self.source.url, self.env.pg_password
         )
+    }
+
+    /// `config` with `user` in its URL instead of the lab's superuser (the lab's users of
+    /// `docs/grants.md` have the lab's password).
+    pub fn as_user(config: &DatabaseConfig, user: &str) -> DatabaseConfig {
+        let url = match config.url.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{user}@{host}")
+            }
+            None => config.url.clone(),
+        };
+        DatabaseConfig {
+            url,
+            ..config.clone()
+        }
+    }
+
+    /// The source as the exporter's least-privilege user.
+    pub fn exporter_source(&self) -> DatabaseConfig {
+        Self::as_user(&self.source, EXPORTER_USER)
+    }
+
+    /// The Redshift stand-in as the exporter's least-privilege user.
+    pub fn exporter_redshift(&self) -> DatabaseConfig {
+        Self::as_user(&self.redshift, EXPORTER_USER)
+    }
+
+    /// The source as the remediator's least-privilege user.
+    pub fn remediator_source(&self) -> DatabaseConfig {
+        Self::as_user(&self.source, REMEDIATOR_USER)
+    }
+
+    /// The Redshift stand-in as the remediator's least-privilege user.
+    pub fn remediator_redshift(&self) -> DatabaseConfig {
+        Self::as_user(&self.redshift, REMEDIATOR_USER)
     }
 
     pub async fn source_client(&self) -> anyhow::Result<Client> {

@@ -26,6 +26,10 @@ pub use workload::{HotRows, Workload, WorkloadConfig, WorkloadCounters, Workload
 
 use crate::harness::{eventually, TestDatabases};
 
+/// The database role the simulator's DMS runs its statements as (the DMS endpoint's user);
+/// `tests/sql/redshift_standin.sql` creates it.
+pub const DMS_ROLE: &str = "lab_dms";
+
 /// The version comment DMS puts at the start of every statement.
 pub const DMS_COMMENT: &str = "/* Applied by AWS DMS 3.5.3 */";
 
@@ -408,6 +412,22 @@ impl Simulator {
                 replication::install_task(&source, &redshift, task, &source_db)
                     .await
                     .with_context(|| format!("setting up task {}", task.name))?;
+            }
+            // What the DMS endpoint's user may do on the target: write the replicated tables and
+            // its own intermediate and recovery tables.
+            let mut schemas: Vec<String> = tables.iter().map(|t| t.name.schema.clone()).collect();
+            schemas.push("public".to_owned());
+            schemas.sort();
+            schemas.dedup();
+            for schema in schemas {
+                let schema = dmsguard_pipeline::config::quote_ident(&schema);
+                redshift
+                    .batch_execute(&format!(
+                        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {DMS_ROLE};
+                         GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {DMS_ROLE};"
+                    ))
+                    .await
+                    .context("granting the DMS role its tables")?;
             }
         }
         let runtimes: Vec<Arc<TaskRuntime>> = config

@@ -35,8 +35,16 @@ pub const NO_ROW_ERROR: &str =
 pub const SYS_TEXT_PIECE: usize = 4000;
 /// `STL_QUERYTEXT` piece length.
 pub const STL_TEXT_PIECE: usize = 200;
-/// The database user DMS connects as, in the system views.
-const DMS_USER_ID: i32 = 101;
+/// The statement that ends a transaction, as `STL_UTILITYTEXT` and `SYS_QUERY_HISTORY` log it
+/// (`STL_UTILITYTEXT` captures ABORT, BEGIN, COMMIT, END, ROLLBACK, …: its page in the Amazon
+/// Redshift Database Developer Guide).
+fn end_statement(committed: bool) -> &'static str {
+    if committed {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    }
+}
 
 /// Parses a WAL position `X/Y`.
 pub fn parse_lsn(s: &str) -> anyhow::Result<u64> {
@@ -431,6 +439,10 @@ impl Replicator {
     async fn target(&mut self) -> anyhow::Result<&Client> {
         if self.target.is_none() {
             let c = dmsguard_pipeline::db::connect(&self.shared.config.redshift).await?;
+            // DMS runs its statements as the endpoint's database user, not a superuser.
+            c.batch_execute(&format!("SET ROLE {}", super::DMS_ROLE))
+                .await
+                .context("becoming the DMS role")?;
             self.target = Some(c);
         }
         Ok(self.target.as_ref().expect("just set"))
@@ -1180,6 +1192,13 @@ fn single_statement(info: &TableInfo, op: Op, id: i64, values: &[Option<String>]
     format!("{DMS_COMMENT} {body}")
 }
 
+/// A statement as `SYS_QUERY_TEXT.text` and `STL_QUERYTEXT.text` store it: newlines and
+/// backslashes escaped as `\n` and `\\` (their pages in the Amazon Redshift Database Developer
+/// Guide); the pieces are cut from the escaped text.
+pub fn escape_query_text(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
 /// Splits text into pieces of at most `n` characters.
 pub fn pieces(text: &str, n: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
@@ -1210,10 +1229,20 @@ async fn write_records(
     db: &str,
     session: i32,
 ) -> anyhow::Result<()> {
+    let dms_user: i32 = c
+        .query_one(
+            "SELECT usesysid::bigint::integer FROM pg_user WHERE usename = $1",
+            &[&super::DMS_ROLE],
+        )
+        .await
+        .context("reading the DMS role's user id")?
+        .get(0);
     let sys_txn = next_ids(c, "lab_transaction_id_seq", p.txns.len()).await?;
     let stl_xid = next_ids(c, "lab_transaction_id_seq", p.txns.len()).await?;
     let sys_q = next_ids(c, "lab_query_id_seq", p.stmts.len()).await?;
     let stl_q = next_ids(c, "lab_query_id_seq", p.stmts.len()).await?;
+    // Each transaction ends with a COMMIT or ROLLBACK statement of its own.
+    let sys_end_q = next_ids(c, "lab_query_id_seq", p.txns.len()).await?;
     c.batch_execute("BEGIN").await?;
     let result: anyhow::Result<()> = async {
         if !p.txns.is_empty() {
@@ -1229,7 +1258,26 @@ async fn write_records(
                    transaction_start_time, commit_start_time, commit_end_time, blocks_committed, undo_transaction_id) \
                  SELECT $1, id, 'Serializable', st, s, e, e, CASE WHEN st = 'committed' THEN 1 ELSE 0 END, -1 \
                  FROM unnest($2::bigint[], $3::text[], $4::timestamp[], $5::timestamp[]) AS u(id, st, s, e)",
-                &[&DMS_USER_ID, &sys_txn, &status, &start, &end],
+                &[&dms_user, &sys_txn, &status, &start, &end],
+            )
+            .await?;
+            let ends: Vec<&str> = p.txns.iter().map(|t| end_statement(t.committed)).collect();
+            c.execute(
+                "INSERT INTO sys_query_history (user_id, query_id, query_label, transaction_id, session_id, \
+                   database_name, query_type, status, result_cache_hit, start_time, end_time, elapsed_time, \
+                   queue_time, execution_time, returned_rows, returned_bytes, query_text, redshift_version, \
+                   compute_type, compile_time, planning_time, lock_wait_time) \
+                 SELECT $1, q, 'default', t, $2, $3, 'UTILITY', 'success', false, e, e, 0, 0, 0, 0, 0, txt, \
+                   '1.0.78881', 'primary', 0, 0, 0 \
+                 FROM unnest($4::bigint[], $5::bigint[], $6::timestamp[], $7::text[]) AS u(q, t, e, txt)",
+                &[&dms_user, &session, &db, &sys_end_q, &sys_txn, &end, &ends],
+            )
+            .await?;
+            c.execute(
+                "INSERT INTO stl_utilitytext (userid, xid, pid, label, starttime, endtime, sequence, text) \
+                 SELECT $1, x, $2, 'default', e, e, 0, txt \
+                 FROM unnest($3::bigint[], $4::timestamp[], $5::text[]) AS u(x, e, txt)",
+                &[&dms_user, &session, &stl_xid, &end, &ends],
             )
             .await?;
         }
@@ -1240,11 +1288,11 @@ async fn write_records(
             let end: Vec<NaiveDateTime> = p.stmts.iter().map(|s| s.end).collect();
             let rows: Vec<i64> = p.stmts.iter().map(|s| s.rows).collect();
             let text: Vec<String> = p.stmts.iter().map(|s| truncate(&s.sql, SYS_TEXT_PIECE)).collect();
-            let aborted: Vec<i32> = p
-                .stmts
-                .iter()
-                .map(|s| i32::from(!p.txns[s.txn].committed))
-                .collect();
+            // STL_QUERY.aborted is 1 only for a query the system stopped or a user cancelled;
+            // one that ran to completion in a transaction later rolled back shows 0 (its page
+            // in the Amazon Redshift Database Developer Guide). The rollback is the ROLLBACK
+            // statement in STL_UTILITYTEXT.
+            let aborted: Vec<i32> = vec![0; p.stmts.len()];
             c.execute(
                 "INSERT INTO sys_query_history (user_id, query_id, query_label, transaction_id, session_id, \
                    database_name, query_type, status, result_cache_hit, start_time, end_time, elapsed_time, \
@@ -1255,7 +1303,7 @@ async fn write_records(
                    r, 0, txt, '1.0.78881', 'primary', 0, 0, 0 \
                  FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::timestamp[], $8::timestamp[], $9::bigint[], $10::text[]) \
                    AS u(q, t, k, s, e, r, txt)",
-                &[&DMS_USER_ID, &session, &db, &sys_q, &txn_of(&sys_txn), &kinds, &start, &end, &rows, &text],
+                &[&dms_user, &session, &db, &sys_q, &txn_of(&sys_txn), &kinds, &start, &end, &rows, &text],
             )
             .await?;
             let stl_q32: Vec<i32> = stl_q.iter().map(|q| *q as i32).collect();
@@ -1266,21 +1314,22 @@ async fn write_records(
                  SELECT $1, q, 'default', x, $2, $3, txt, s, e, a, 0, 0 \
                  FROM unnest($4::int[], $5::bigint[], $6::text[], $7::timestamp[], $8::timestamp[], $9::int[]) \
                    AS u(q, x, txt, s, e, a)",
-                &[&DMS_USER_ID, &session, &db32, &stl_q32, &txn_of(&stl_xid), &text, &start, &end, &aborted],
+                &[&dms_user, &session, &db32, &stl_q32, &txn_of(&stl_xid), &text, &start, &end, &aborted],
             )
             .await?;
             // Full text: SYS in 4000-character pieces, STL in 200-character pieces.
             let (mut sq, mut st, mut ss, mut sseq, mut stext) = (vec![], vec![], vec![], vec![], vec![]);
             let (mut lq, mut lx, mut lseq, mut ltext) = (vec![], vec![], vec![], vec![]);
             for (i, s) in p.stmts.iter().enumerate() {
-                for (k, piece) in pieces(&s.sql, SYS_TEXT_PIECE).into_iter().enumerate() {
+                let escaped = escape_query_text(&s.sql);
+                for (k, piece) in pieces(&escaped, SYS_TEXT_PIECE).into_iter().enumerate() {
                     sq.push(sys_q[i]);
                     st.push(sys_txn[s.txn]);
                     ss.push(s.start);
                     sseq.push(k as i32);
                     stext.push(piece);
                 }
-                for (k, piece) in pieces(&s.sql, STL_TEXT_PIECE).into_iter().enumerate() {
+                for (k, piece) in pieces(&escaped, STL_TEXT_PIECE).into_iter().enumerate() {
                     lq.push(stl_q32[i]);
                     lx.push(stl_xid[s.txn]);
                     lseq.push(k as i32);
@@ -1291,13 +1340,13 @@ async fn write_records(
                 "INSERT INTO sys_query_text (user_id, query_id, transaction_id, session_id, start_time, sequence, text) \
                  SELECT $1, q, t, $2, s, n, txt FROM unnest($3::bigint[], $4::bigint[], $5::timestamp[], $6::int[], $7::text[]) \
                    AS u(q, t, s, n, txt)",
-                &[&DMS_USER_ID, &session, &sq, &st, &ss, &sseq, &stext],
+                &[&dms_user, &session, &sq, &st, &ss, &sseq, &stext],
             )
             .await?;
             c.execute(
                 "INSERT INTO stl_querytext (userid, xid, pid, query, sequence, text) \
                  SELECT $1, x, $2, q, n, txt FROM unnest($3::int[], $4::bigint[], $5::int[], $6::text[]) AS u(q, x, n, txt)",
-                &[&DMS_USER_ID, &session, &lq, &lx, &lseq, &ltext],
+                &[&dms_user, &session, &lq, &lx, &lseq, &ltext],
             )
             .await?;
         }
@@ -1448,6 +1497,7 @@ mod tests {
         out.push(b'|');
         copy_field(&mut out, None);
         assert_eq!(String::from_utf8(out).unwrap(), "a\\tb\\nc\\\\d|\\N");
+        assert_eq!(escape_query_text("a\nb\\c"), "a\\nb\\\\c");
         let p = pieces(&"é".repeat(450), 200);
         assert_eq!(p.len(), 3);
         assert_eq!(p[2].chars().count(), 50);

@@ -40,7 +40,9 @@ use tokio::task::JoinHandle;
 
 pub use rewrite::{alertmanager_for_test, rules_for_test, AlertmanagerTiming};
 
-use crate::harness::{eventually, free_port, Alertmanager, Prometheus, TestDatabases};
+use crate::harness::{
+    eventually, free_port, Alertmanager, Prometheus, TestDatabases, EXPORTER_USER, REMEDIATOR_USER,
+};
 use crate::simulator::SimConfig;
 
 /// A file of the repository, by path from its root.
@@ -103,17 +105,20 @@ impl StackSpec {
         }
     }
 
-    /// The dmsguard config file both binaries read.
+    /// The dmsguard config file, connecting as database user `user` (the exporter's or the
+    /// remediator's least-privilege user of `docs/grants.md`: each binary gets its own file).
     fn config_text(
         &self,
         exporter: SocketAddr,
         remediator: SocketAddr,
         token_file: &str,
+        user: &str,
     ) -> String {
         let pw = &self.dbs.env.pg_password;
         let mut text = format!(
             "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n",
-            self.dbs.source.url, self.dbs.redshift.url
+            TestDatabases::as_user(&self.dbs.source, user).url,
+            TestDatabases::as_user(&self.dbs.redshift, user).url,
         );
         if let Some(window) = &self.maintenance_window {
             text.push_str(&format!("maintenance_window = \"{window}\"\n"));
@@ -247,22 +252,26 @@ impl Stack {
         std::fs::write(&token_path, format!("{token}\n"))?;
         let exporter_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let remediator_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config_text = spec.config_text(
-            exporter_addr,
-            remediator_addr,
-            &token_path.display().to_string(),
-        );
+        let token_file = token_path.display().to_string();
+        // The remediator's file; the exporter gets the same with its own database user.
+        let config_text =
+            spec.config_text(exporter_addr, remediator_addr, &token_file, REMEDIATOR_USER);
         let config_path = dir.path().join("dmsguard.toml");
         std::fs::write(&config_path, &config_text)?;
         let config = Config::from_toml(&config_text, &|_| None)
             .map_err(|e| anyhow::anyhow!("the stack's dmsguard config: {e}"))?;
+        let exporter_text =
+            spec.config_text(exporter_addr, remediator_addr, &token_file, EXPORTER_USER);
+        std::fs::write(dir.path().join("dmsguard-exporter.toml"), &exporter_text)?;
+        let exporter_config = Config::from_toml(&exporter_text, &|_| None)
+            .map_err(|e| anyhow::anyhow!("the stack's exporter config: {e}"))?;
         let ledger = config
             .ledger_database()
             .map_err(|e| anyhow::anyhow!("the stack's dmsguard config: {e}"))?
             .clone();
 
         let (stop, _) = watch::channel(false);
-        let exporter = dmsguard_exporter::Exporter::build(config.clone())
+        let exporter = dmsguard_exporter::Exporter::build(exporter_config)
             .await
             .context("building the exporter")?;
         let mut rx = stop.subscribe();
