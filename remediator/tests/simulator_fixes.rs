@@ -529,13 +529,17 @@ async fn f3(lab: &SimLab) -> anyhow::Result<()> {
         "resumed {:.1}s after the stop, hold {HOLD_SECS}s",
         start - stop
     );
-    let step = source
-        .query_one(
-            "SELECT state, runner, result FROM dmsguard.scheduled_steps",
-            &[],
-        )
-        .await?;
-    assert_eq!(step.get::<_, String>(0), "done");
+    // The step records its end (and settles the owed resume) just after the task runs.
+    let step = eventually("the step done", Duration::from_secs(10), || async {
+        let step = source
+            .query_one(
+                "SELECT state, runner, result FROM dmsguard.scheduled_steps",
+                &[],
+            )
+            .await?;
+        Ok((step.get::<_, String>(0) == "done").then_some(step))
+    })
+    .await?;
     assert_eq!(
         step.get::<_, Option<String>>(1).as_deref(),
         Some(app.runner.as_str())
