@@ -867,3 +867,85 @@ async fn failed_task_exports_its_state_stop_reason_and_failure_message() -> anyh
     drop(exporter);
     dbs.drop().await
 }
+
+#[tokio::test]
+async fn maintenance_schedule_follows_next_start_and_skips_deferred_windows() -> anyhow::Result<()>
+{
+    use chrono::{TimeZone, Utc};
+    use dmsguard_lab::harness::{DeferredWindow, LabControl};
+    let dbs = TestDatabases::create("exp_maint_sched").await?;
+    let moto = Moto::spawn().await?;
+    let aws = AwsClients::new(&harness::aws_config(&moto.url())).await;
+    aws.redshift
+        .create_cluster()
+        .cluster_identifier("lab-cluster")
+        .node_type("ra3.xlplus")
+        .master_username("admin")
+        .master_user_password("Passw0rd!")
+        .preferred_maintenance_window("sun:03:00-sun:03:40")
+        .send()
+        .await?;
+    // The cluster says: next maintenance on a Sunday 03:00 (a fixed date far ahead), deferred.
+    let start = Utc.with_ymd_and_hms(2036, 12, 7, 3, 0, 0).unwrap();
+    let control = LabControl::new(&moto.url());
+    control
+        .set_maintenance(
+            "lab-cluster",
+            Some(start),
+            &[DeferredWindow {
+                id: "freeze".into(),
+                start: Utc::now() - chrono::Duration::hours(1),
+                end: start + chrono::Duration::days(1),
+            }],
+        )
+        .await?;
+    let mut config = only(config(&dbs, Some(&moto.url()), ""), &["maintenance"]);
+    config.redshift.cluster_identifier = Some("lab-cluster".to_owned());
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    wait_for_value(addr, "dmsguard_redshift_maintenance_deferred", &[], 1.0).await?;
+    let s = scrape(addr).await?;
+    // Deferred: the next one is a week after the deferred start.
+    let next = start + chrono::Duration::weeks(1);
+    assert_eq!(
+        value(
+            &s,
+            "dmsguard_redshift_maintenance_next_start_timestamp_seconds",
+            &[]
+        ),
+        Some(next.timestamp() as f64)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "dmsguard_redshift_maintenance_next_end_timestamp_seconds",
+            &[]
+        ),
+        Some((next + chrono::Duration::minutes(40)).timestamp() as f64)
+    );
+    assert_eq!(
+        value(&s, "dmsguard_redshift_maintenance_active", &[]),
+        Some(0.0)
+    );
+    // Not deferred any more: the cluster's NextMaintenanceWindowStartTime itself.
+    control
+        .set_maintenance("lab-cluster", Some(start), &[])
+        .await?;
+    wait_for_value(
+        addr,
+        "dmsguard_redshift_maintenance_next_start_timestamp_seconds",
+        &[],
+        start.timestamp() as f64,
+    )
+    .await?;
+    assert_eq!(
+        value(
+            &scrape(addr).await?,
+            "dmsguard_redshift_maintenance_deferred",
+            &[]
+        ),
+        Some(0.0)
+    );
+    drop(exporter);
+    dbs.drop().await
+}

@@ -19,9 +19,16 @@ use serde_json::json;
 use sim_lab::*;
 use support::{alert, body, payload, Running};
 
-/// How long a stop and a start take in these tests.
-const STOP: Duration = Duration::from_secs(4);
-const START: Duration = Duration::from_secs(4);
+/// How long a stop and a start take in these tests: 4 s each, or
+/// `DMSGUARD_TEST_DMS_SECONDS` (e.g. 30 to measure with realistic timings).
+fn dms_seconds() -> Duration {
+    Duration::from_secs(
+        std::env::var("DMSGUARD_TEST_DMS_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(4),
+    )
+}
 /// The sweeper looks again this often.
 const EXTRA: &str = "resume_retry_interval = \"1s\"\n";
 
@@ -115,11 +122,13 @@ async fn f5_restart_rides_out_slow_stops_starts_and_throttling() -> anyhow::Resu
 }
 
 async fn f5_slow(lab: &SimLab) -> anyhow::Result<()> {
+    let (stop, start) = (dms_seconds(), dms_seconds());
     lab.applied_more(100).await?;
     let control = LabControl::new(&lab.moto.url());
-    control.set_dms_timing(STOP, START).await?;
+    control.set_dms_timing(stop, start).await?;
     let stalled_at = stall(lab).await?;
-    let app = Running::spawn(config_with_timeout(lab, "20s")).await?;
+    let timeout = format!("{}s", (stop + start).as_secs() * 2);
+    let app = Running::spawn(config_with_timeout(lab, &timeout)).await?;
     let alerted = Instant::now();
     fire(&app, "DMSTaskStalled", &[("task", TASK)], "durable-f5").await?;
     wait_status(lab, TASK, "stopping", Duration::from_secs(10)).await?;
@@ -133,17 +142,24 @@ async fn f5_slow(lab: &SimLab) -> anyhow::Result<()> {
             },
         )
         .await?;
-    let jobs = lab.finished_jobs(1).await?;
+    let job = eventually("the job to end", (stop + start) * 3, || async {
+        let jobs = lab.jobs().await?;
+        Ok(jobs
+            .first()
+            .filter(|j| j.state != "running" && j.state != "queued")
+            .cloned())
+    })
+    .await?;
     let took = alerted.elapsed();
-    assert_eq!(jobs[0].outcome(), "succeeded", "{:?}", jobs[0]);
+    assert_eq!(job.outcome(), "succeeded", "{job:?}");
     assert_eq!(lab.moto_task(TASK).await?.status, "running");
-    assert!(took >= STOP + START, "{took:?}");
+    assert!(took >= stop + start, "{took:?}");
     assert!(
         control.state().await?.throttled[DESCRIBE_REPLICATION_TASKS] > 0,
         "the burst hit the wait"
     );
     eprintln!(
-        "F5 with a {STOP:?} stop, a {START:?} start and a 3 s throttling burst: alert to running again in {:.1} s",
+        "F5 with a {stop:?} stop, a {start:?} start and a 3 s throttling burst: alert to running again in {:.1} s",
         took.as_secs_f64()
     );
     let owed = obligations(lab).await?;
@@ -242,7 +258,7 @@ async fn f2_task_failing_during_its_stop_goes_to_a_human_with_the_reason() -> an
 async fn f2_failing(lab: &SimLab) -> anyhow::Result<()> {
     lab.applied_more(100).await?;
     let control = LabControl::new(&lab.moto.url());
-    control.set_dms_timing(STOP, START).await?;
+    control.set_dms_timing(dms_seconds(), dms_seconds()).await?;
     let message =
         "Last Error Replication task out of memory. Stop Reason FATAL_ERROR Error Level FATAL";
     control
@@ -302,9 +318,10 @@ async fn f3_maintenance_with_stops_outlasting_the_timeout_and_throttling() -> an
 }
 
 async fn f3_slow(lab: &SimLab) -> anyhow::Result<()> {
+    let (stop, start) = (dms_seconds(), dms_seconds());
     lab.applied_more(100).await?;
     let control = LabControl::new(&lab.moto.url());
-    control.set_dms_timing(STOP, START).await?;
+    control.set_dms_timing(stop, start).await?;
     let text = lab
         .config_text(&format!("{EXTRA}maintenance_hold = \"6s\"\n"))
         .replace(
@@ -339,7 +356,7 @@ async fn f3_slow(lab: &SimLab) -> anyhow::Result<()> {
         wait_status(lab, task, "running", Duration::from_secs(60)).await?;
     }
     eprintln!(
-        "F3 with {STOP:?} stops, {START:?} starts, a 6 s hold and a 2 s timeout: alert to both tasks running again in {:.1} s",
+        "F3 with {stop:?} stops, {start:?} starts, a 6 s hold and a 2 s timeout: alert to both tasks running again in {:.1} s",
         alerted.elapsed().as_secs_f64()
     );
     eventually(

@@ -122,9 +122,15 @@ impl Fix for MaintenanceFix {
         for task in &ctx.config().tasks {
             let state = ctx.tasks().describe(&task.name).await?;
             plan.facts.insert(task.name.clone(), json!(state.status));
-            if state.is_running() || state.status == STARTING {
+            if state.is_running() {
                 plan.step(format!(
-                    "Stop task {} (once running, if starting) and wait until it is stopped.",
+                    "Stop task {} and wait until it is stopped.",
+                    task.name
+                ));
+                to_stop.push(task.name.clone());
+            } else if state.status == STARTING {
+                plan.step(format!(
+                    "Wait until task {} runs (it is starting), stop it and wait until it is stopped.",
                     task.name
                 ));
                 to_stop.push(task.name.clone());

@@ -208,6 +208,7 @@ pub(crate) async fn register(
         }
         tracing::info!(task = %rt.task.name, %arn, %status, "Task registered in DMS.");
         *lock(&rt.arn) = Some(arn);
+        *lock(&rt.seen_running) = status == "running";
         *lock(&rt.status) = status;
         *lock(&rt.start_date) = start_date;
     }
@@ -265,7 +266,14 @@ async fn poll_status(shared: &Shared, aws: &AwsClients) -> anyhow::Result<()> {
         let status = t.status().unwrap_or("unknown").to_owned();
         let start_date = task_date(t);
         let (was, was_started) = (lock(&rt.status).clone(), *lock(&rt.start_date));
-        if status == "running" && (was != "running" || was_started != start_date) {
+        let first_run = status == "running" && !*lock(&rt.seen_running);
+        if status == "running" {
+            *lock(&rt.seen_running) = true;
+        }
+        // A task seen running again after another status (stopping, stopped, starting,
+        // failed, …), or with a new start date, was stopped and resumed; the first time a task
+        // that was starting runs is its start, not a restart.
+        if status == "running" && !first_run && (was != "running" || was_started != start_date) {
             tracing::info!(task = %rt.task.name, "Task resumed in DMS.");
             rt.restarted();
         } else if status != was {

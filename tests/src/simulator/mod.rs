@@ -275,6 +275,9 @@ pub(crate) struct TaskRuntime {
     pub arn: Mutex<Option<String>>,
     pub status: Mutex<String>,
     pub start_date: Mutex<Option<f64>>,
+    /// Whether the task has been seen `running` since the simulator started: the first
+    /// `starting` -> `running` (a start that takes time) is not a restart.
+    pub seen_running: Mutex<bool>,
     pub block: Mutex<Option<Block>>,
     pub leaked_bytes: Mutex<f64>,
     pub stats: Mutex<TaskStats>,
@@ -301,6 +304,7 @@ impl TaskRuntime {
             arn: Mutex::new(None),
             status: Mutex::new("unknown".to_owned()),
             start_date: Mutex::new(None),
+            seen_running: Mutex::new(false),
             block: Mutex::new(None),
             leaked_bytes: Mutex::new(0.0),
             stats: Mutex::new(stats),
