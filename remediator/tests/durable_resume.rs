@@ -264,7 +264,11 @@ async fn f2_failing(lab: &SimLab) -> anyhow::Result<()> {
     control
         .fail_task(TASK, FailWhen::OnStop, STOP_REASON_FATAL, message)
         .await?;
-    let app = Running::spawn(config_with_timeout(lab, "60s")).await?;
+    // The fix acts only below the configured threshold (it reads FreeableMemory again): set
+    // one above the simulator's healthy 4 GiB so the alert is true.
+    let mut config = config_with_timeout(lab, "60s");
+    config.remediator.memory_threshold_bytes = 8_000_000_000;
+    let app = Running::spawn(config).await?;
     let alerted = Instant::now();
     fire(
         &app,
@@ -301,7 +305,11 @@ async fn f2_failing(lab: &SimLab) -> anyhow::Result<()> {
             .await?,
         1.0
     );
-    assert_eq!(app.metric("dmsguard_remediator_resumes_owed").await?, 0.0);
+    // The gauge follows the ledger on the sweeper's next pass.
+    eventually("no resume owed", Duration::from_secs(10), || async {
+        Ok((app.metric("dmsguard_remediator_resumes_owed").await? == 0.0).then_some(()))
+    })
+    .await?;
     // Nothing resumes a failed task behind the human's back.
     let sweeps_later = lab.moto_task(TASK).await?;
     assert_eq!(sweeps_later.status, "failed");
