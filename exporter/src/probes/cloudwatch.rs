@@ -16,12 +16,8 @@ use crate::metrics::{
     CloudWatchMetric, CloudWatchMetrics, DatapointLabels, InstanceLabels, ProbeName, TaskLabels,
 };
 
-/// CloudWatch namespace of DMS metrics.
-pub const NAMESPACE: &str = "AWS/DMS";
-/// Dimension naming the replication instance (first, as DMS publishes it).
-pub const INSTANCE_DIMENSION: &str = "ReplicationInstanceIdentifier";
-/// Dimension naming the task by its resource id (the tail of its ARN).
-pub const TASK_DIMENSION: &str = "ReplicationTaskIdentifier";
+/// The DMS namespace and dimensions, shared with the frontier's progress reads.
+pub use dmsguard_pipeline::frontier::{INSTANCE_DIMENSION, NAMESPACE, TASK_DIMENSION};
 /// GetMetricData accepts at most this many queries per request.
 const MAX_QUERIES_PER_REQUEST: usize = 500;
 
