@@ -303,6 +303,9 @@ pub struct ProbeLabels {
 pub struct TableKindLabels {
     pub table: String,
     pub kind: StatementKind,
+    /// The DMS task the table is configured with (`[[tables]] task`); empty when none is, or
+    /// for a table that is not configured.
+    pub task: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -407,7 +410,7 @@ impl StatementMetrics {
         };
         registry.register(
             REDSHIFT_DMS_STATEMENTS,
-            "DMS statements run on Redshift, by target table and kind (committed or not).",
+            "DMS statements run on Redshift, by target table, kind (committed or not) and the table's task.",
             m.statements.clone(),
         );
         registry.register(

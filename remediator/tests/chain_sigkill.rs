@@ -42,7 +42,6 @@ async fn maintenance_resume_survives_sigkill_through_the_chain() -> anyhow::Resu
     let mut spec = StackSpec::for_simulator(&dbs, &moto.url(), sim.config());
     spec.maintenance_window = Some(window_soon());
     spec.remediator_settings = format!("maintenance_hold = \"{HOLD_SECONDS}s\"\n");
-    spec.remediator_binary = Some(env!("CARGO_BIN_EXE_dmsguard-remediator").into());
     spec.alertmanager.repeat_interval = Duration::from_secs(5);
     let mut stack = Stack::start(spec).await?;
 

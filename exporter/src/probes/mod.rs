@@ -194,6 +194,14 @@ pub fn table_label(config: &dmsguard_pipeline::config::Config, target: &str) -> 
         .map_or_else(|| target.to_owned(), |t| t.source.clone())
 }
 
+/// The `task` label of a target table: its configured task, or empty.
+pub fn task_label(config: &dmsguard_pipeline::config::Config, target: &str) -> String {
+    config
+        .table(target)
+        .and_then(|t| t.task.clone())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

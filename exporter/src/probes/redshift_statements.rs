@@ -12,7 +12,7 @@ use dmsguard_pipeline::statement_parser::{
 use dmsguard_pipeline::system_views::{self, Cursor, DmsQuery, Outcome, StatementReader};
 use tokio_postgres::Client;
 
-use super::{table_label, Probe, ProbeError};
+use super::{table_label, task_label, Probe, ProbeError};
 use crate::metrics::{ProbeName, StatementKind, StatementMetrics, TableKindLabels, TableLabels};
 
 /// Pages read per refresh at most; the rest waits for the next refresh.
@@ -54,6 +54,7 @@ impl RedshiftStatementsProbe {
                     .get_or_create(&TableKindLabels {
                         table: table.source.clone(),
                         kind,
+                        task: table.task.clone().unwrap_or_default(),
                     })
                     .inc_by(0);
             }
@@ -153,12 +154,14 @@ impl RedshiftStatementsProbe {
         if target.table.starts_with("awsdms_") {
             return;
         }
-        let table = table_label(&self.config, &target.to_string());
+        let target = target.to_string();
+        let table = table_label(&self.config, &target);
         self.metrics
             .statements
             .get_or_create(&TableKindLabels {
                 table: table.clone(),
                 kind,
+                task: task_label(&self.config, &target),
             })
             .inc();
         if kind == StatementKind::Update && query.outcome == Outcome::RolledBack {

@@ -3,6 +3,7 @@
 //! Reads the lab's environment (see `tests/lab/env.sh`); `tests/lab/up` must have started
 //! PostgreSQL and installed the other services' binaries.
 
+mod binaries;
 mod dms;
 mod grants;
 mod lab_control;
@@ -16,6 +17,7 @@ use dmsguard_pipeline::config::{AwsConfig, DatabaseConfig};
 use dmsguard_pipeline::secret::Secret;
 use tokio_postgres::Client;
 
+pub use binaries::workspace_binary;
 pub use dms::{create_dms_task, start_dms_task};
 pub use grants::{apply_grants, grant_statements, grants_block, EXPORTER_USER, REMEDIATOR_USER};
 pub use lab_control::{

@@ -535,6 +535,25 @@ impl SimHandle {
         }
     }
 
+    /// Stalls task `task` alone (F5 on one task): it stays `running` in DMS and applies
+    /// nothing until it is stopped and resumed. The other tasks keep applying.
+    pub fn stall_task(&self, task: &str) -> anyhow::Result<()> {
+        let t = self
+            .shared
+            .tasks
+            .iter()
+            .find(|t| t.task.name == task)
+            .ok_or_else(|| anyhow::anyhow!("the simulator has no task {task}"))?;
+        anyhow::ensure!(
+            *lock(&t.status) == "running",
+            "task {task} is {}, not running",
+            lock(&t.status)
+        );
+        tracing::info!(task, "Task stalled.");
+        *lock(&t.block) = Some(Block::Stall);
+        Ok(())
+    }
+
     /// Back to healthy replication. Latched faults (stall, redshift_restart) stay until the
     /// task is stopped and resumed in DMS, as on AWS.
     pub fn clear_fault(&self) {

@@ -19,8 +19,9 @@
 //! Shorter intervals come from configuration only: the rules and the Alertmanager config are
 //! copies of the real files with durations divided by [`StackSpec::time_scale`] (see
 //! [`rewrite`]), Prometheus scrapes and evaluates every second, and the dmsguard TOML config
-//! sets short probe intervals. The exporter runs in this process; the remediator too, or as
-//! the real binary when [`StackSpec::remediator_binary`] is set (to kill and restart it).
+//! sets short probe intervals. The exporter and the remediator run as the real binaries
+//! (`dmsguard-exporter`, `dmsguard-remediator serve`), separate processes on their own
+//! multi-threaded runtimes as in production; each writes its log into the stack's directory.
 //! Alertmanager's receivers other than the remediator go to an on-call sink the stack serves,
 //! so tests can see what people would be told.
 
@@ -35,13 +36,13 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use dmsguard_pipeline::config::{Config, DatabaseConfig};
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use rewrite::{alertmanager_for_test, rules_for_test, AlertmanagerTiming};
 
 use crate::harness::{
-    eventually, free_port, Alertmanager, Prometheus, TestDatabases, EXPORTER_USER, REMEDIATOR_USER,
+    eventually, free_port, workspace_binary, Alertmanager, Prometheus, TestDatabases,
+    EXPORTER_USER, REMEDIATOR_USER,
 };
 use crate::simulator::SimConfig;
 
@@ -72,8 +73,6 @@ pub struct StackSpec {
     pub remediator_settings: String,
     /// Extra sections after `[remediator]` (e.g. `[remediator.fixes.memory]`).
     pub extra_sections: String,
-    /// Run the remediator as this binary (`serve`) instead of in this process.
-    pub remediator_binary: Option<PathBuf>,
     /// `[clock] start`: the calendar day windows are computed with, if not the system's.
     pub clock_start: Option<DateTime<Utc>>,
 }
@@ -100,7 +99,6 @@ impl StackSpec {
             maintenance_window: None,
             remediator_settings: String::new(),
             extra_sections: String::new(),
-            remediator_binary: None,
             clock_start: None,
         }
     }
@@ -211,7 +209,6 @@ pub struct StepRecord {
 }
 
 enum RemediatorRun {
-    InProcess(JoinHandle<anyhow::Result<()>>),
     Process(tokio::process::Child),
     Down,
 }
@@ -228,11 +225,10 @@ pub struct Stack {
     pub token: String,
     exporter_addr: SocketAddr,
     remediator_addr: SocketAddr,
-    remediator_binary: Option<PathBuf>,
+    remediator_binary: PathBuf,
     remediator: RemediatorRun,
     remediator_starts: u32,
-    stop: watch::Sender<bool>,
-    exporter: JoinHandle<anyhow::Result<()>>,
+    exporter: tokio::process::Child,
     oncall: OncallInbox,
     oncall_server: JoinHandle<()>,
     oncall_url: String,
@@ -262,22 +258,29 @@ impl Stack {
             .map_err(|e| anyhow::anyhow!("the stack's dmsguard config: {e}"))?;
         let exporter_text =
             spec.config_text(exporter_addr, remediator_addr, &token_file, EXPORTER_USER);
-        std::fs::write(dir.path().join("dmsguard-exporter.toml"), &exporter_text)?;
-        let exporter_config = Config::from_toml(&exporter_text, &|_| None)
+        let exporter_config_path = dir.path().join("dmsguard-exporter.toml");
+        std::fs::write(&exporter_config_path, &exporter_text)?;
+        Config::from_toml(&exporter_text, &|_| None)
             .map_err(|e| anyhow::anyhow!("the stack's exporter config: {e}"))?;
         let ledger = config
             .ledger_database()
             .map_err(|e| anyhow::anyhow!("the stack's dmsguard config: {e}"))?
             .clone();
 
-        let (stop, _) = watch::channel(false);
-        let exporter = dmsguard_exporter::Exporter::build(exporter_config)
-            .await
-            .context("building the exporter")?;
-        let mut rx = stop.subscribe();
-        let exporter = tokio::spawn(exporter.run_until(async move {
-            let _ = rx.changed().await;
-        }));
+        let exporter_binary = workspace_binary("dmsguard-exporter")?;
+        let remediator_binary = workspace_binary("dmsguard-remediator")?;
+        let mut exporter = service_command(&exporter_binary, &dir.path().join("exporter.log"))?
+            .arg("--config")
+            .arg(&exporter_config_path)
+            .spawn()
+            .with_context(|| format!("starting {}", exporter_binary.display()))?;
+        wait_healthy(
+            "the exporter",
+            &mut exporter,
+            &format!("http://{exporter_addr}/metrics"),
+            &dir.path().join("exporter.log"),
+        )
+        .await?;
 
         let (oncall, oncall_server, oncall_url) = serve_oncall().await?;
         let rules = rules_for_test(&repo_file("alerts/dmsguard.rules.yml")?, spec.time_scale)?;
@@ -311,10 +314,9 @@ impl Stack {
             token,
             exporter_addr,
             remediator_addr,
-            remediator_binary: spec.remediator_binary.clone(),
+            remediator_binary,
             remediator: RemediatorRun::Down,
             remediator_starts: 0,
-            stop,
             exporter,
             oncall,
             oncall_server,
@@ -335,70 +337,25 @@ impl Stack {
             "the remediator is already running"
         );
         self.remediator_starts += 1;
-        self.remediator = match &self.remediator_binary {
-            Some(binary) => {
-                let log = std::fs::File::create(
-                    self.dir
-                        .path()
-                        .join(format!("remediator-{}.log", self.remediator_starts)),
-                )?;
-                let child = tokio::process::Command::new(binary)
-                    .arg("serve")
-                    .arg("--config")
-                    .arg(&self.config_path)
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .stdin(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("starting {}", binary.display()))?;
-                RemediatorRun::Process(child)
-            }
-            None => {
-                let app = dmsguard_remediator::Remediator::build(self.config.clone())
-                    .await
-                    .context("building the remediator")?;
-                let mut rx = self.stop.subscribe();
-                RemediatorRun::InProcess(tokio::spawn(app.run_until(async move {
-                    let _ = rx.changed().await;
-                })))
-            }
-        };
-        let url = format!("http://{}/healthz", self.remediator_addr);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            // A remediator that exited will never be healthy, whoever answers its port.
-            match &mut self.remediator {
-                RemediatorRun::Process(child) => {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        anyhow::bail!(
-                            "the remediator exited ({status}) before it was healthy:\n{}",
-                            self.remediator_log(self.remediator_starts)
-                        );
-                    }
-                }
-                RemediatorRun::InProcess(handle) if handle.is_finished() => {
-                    let RemediatorRun::InProcess(handle) =
-                        std::mem::replace(&mut self.remediator, RemediatorRun::Down)
-                    else {
-                        unreachable!("matched above")
-                    };
-                    let ended = handle.await.context("the remediator task")?;
-                    anyhow::bail!("the remediator stopped before it was healthy: {ended:?}");
-                }
-                _ => {}
-            }
-            let last = match reqwest::get(&url).await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => format!("HTTP {}", r.status()),
-                Err(e) => e.to_string(),
-            };
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "the remediator not healthy after 30 s: {last}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let log = self
+            .dir
+            .path()
+            .join(format!("remediator-{}.log", self.remediator_starts));
+        let mut child = service_command(&self.remediator_binary, &log)?
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .spawn()
+            .with_context(|| format!("starting {}", self.remediator_binary.display()))?;
+        let started = wait_healthy(
+            "the remediator",
+            &mut child,
+            &format!("http://{}/healthz", self.remediator_addr),
+            &log,
+        )
+        .await;
+        self.remediator = RemediatorRun::Process(child);
+        started
     }
 
     /// SIGKILLs the remediator binary (no shutdown, no cleanup).
@@ -408,10 +365,7 @@ impl Stack {
                 child.kill().await.context("killing the remediator")?;
                 Ok(())
             }
-            other => {
-                self.remediator = other;
-                anyhow::bail!("only a remediator run as a binary can be killed")
-            }
+            RemediatorRun::Down => anyhow::bail!("the remediator is not running"),
         }
     }
 
@@ -679,33 +633,102 @@ impl Stack {
         .await
     }
 
-    /// Stops the exporter and remediator, then the other processes.
+    /// The exporter's log so far.
+    pub fn exporter_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("exporter.log")).unwrap_or_default()
+    }
+
+    /// Stops the exporter and the remediator (SIGTERM, as systemd would, and waits for them to
+    /// exit), then the other processes. Either exiting unsuccessfully is an error.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        let exporter = tokio::time::timeout(Duration::from_secs(10), &mut self.exporter).await;
-        match std::mem::replace(&mut self.remediator, RemediatorRun::Down) {
-            RemediatorRun::InProcess(handle) => {
-                tokio::time::timeout(Duration::from_secs(20), handle)
-                    .await
-                    .context("the remediator did not stop in 20 s")???;
-            }
-            RemediatorRun::Process(mut child) => {
-                let _ = child.kill().await;
-            }
-            RemediatorRun::Down => {}
+        if let RemediatorRun::Process(mut child) =
+            std::mem::replace(&mut self.remediator, RemediatorRun::Down)
+        {
+            let log = self.remediator_log(self.remediator_starts);
+            terminate("the remediator", &mut child, &log).await?;
         }
+        let log = self.exporter_log();
+        terminate("the exporter", &mut self.exporter, &log).await?;
         self.oncall_server.abort();
-        exporter.context("the exporter did not stop in 10 s")???;
         Ok(())
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.exporter.abort();
+        // The children are killed on drop (`kill_on_drop`).
         self.oncall_server.abort();
-        if let RemediatorRun::InProcess(handle) = &self.remediator {
-            handle.abort();
+    }
+}
+
+/// A command for a service binary: its output into `log`, killed if the stack is dropped.
+fn service_command(
+    binary: &std::path::Path,
+    log: &std::path::Path,
+) -> anyhow::Result<tokio::process::Command> {
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .env(
+            "RUST_LOG",
+            std::env::var("DMSGUARD_STACK_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+/// Waits until `url` answers 2xx, failing at once (with the log) if the process exits first.
+async fn wait_healthy(
+    what: &str,
+    child: &mut tokio::process::Child,
+    url: &str,
+    log: &std::path::Path,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // A process that exited will never be healthy, whoever answers its port.
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "{what} exited ({status}) before it was healthy:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let last = match reqwest::get(url).await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what} not healthy after 60 s ({url}: {last}):\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM, then waits up to 20 s for a clean exit (SIGKILL after that).
+async fn terminate(what: &str, child: &mut tokio::process::Child, log: &str) -> anyhow::Result<()> {
+    if let Some(pid) = child.id() {
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .context("running kill")?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+    }
+    match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+        Ok(status) => {
+            let status = status.with_context(|| format!("waiting for {what}"))?;
+            anyhow::ensure!(status.success(), "{what} exited with {status}:\n{log}");
+            Ok(())
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            anyhow::bail!("{what} did not stop within 20 s of SIGTERM:\n{log}")
         }
     }
 }

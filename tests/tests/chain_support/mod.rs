@@ -112,23 +112,35 @@ impl ChainLab {
         eprintln!("[{:6.1} s] {what}", self.started.elapsed().as_secs_f64());
     }
 
-    /// Stops the workload, waits for replication to catch up and requires target = source.
+    /// Stops the workload, waits for replication to catch up and requires target = source for
+    /// every table of every task.
     pub async fn assert_target_equals_source(&self) -> anyhow::Result<()> {
         self.sim.stop_workload().await?;
         self.sim.wait_caught_up(Duration::from_secs(60)).await?;
-        let diff = self.sim.compare_source_target(TABLE).await?;
-        anyhow::ensure!(diff.is_empty(), "target differs from source: {diff:?}");
+        for table in self.sim.config().tables() {
+            let table = table.dotted();
+            let diff = self.sim.compare_source_target(&table).await?;
+            anyhow::ensure!(
+                diff.is_empty(),
+                "{table}: target differs from source: {diff:?}"
+            );
+        }
         Ok(())
     }
 
     /// Waits until the simulator has seen `n` stop/resume cycles of the task in moto (it
     /// polls moto every 200 ms).
     pub async fn wait_restarts(&self, n: u64) -> anyhow::Result<()> {
+        self.wait_task_restarts(TASK, n).await
+    }
+
+    /// As [`ChainLab::wait_restarts`], for task `task`.
+    pub async fn wait_task_restarts(&self, task: &str, n: u64) -> anyhow::Result<()> {
         eventually(
-            &format!("the simulator to see {n} restart(s)"),
+            &format!("the simulator to see {n} restart(s) of {task}"),
             Duration::from_secs(10),
             || async {
-                let restarts = self.sim.stats().task(TASK).map_or(0, |t| t.restarts);
+                let restarts = self.sim.stats().task(task).map_or(0, |t| t.restarts);
                 anyhow::ensure!(restarts <= n, "{restarts} restarts");
                 Ok((restarts == n).then_some(()))
             },
