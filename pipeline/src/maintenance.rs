@@ -61,8 +61,18 @@ impl Schedule {
         self.deferred.iter().find(|d| d.start <= t && t < d.end)
     }
 
-    /// The occurrence in progress at `now` (started, not ended, not deferred), if any.
+    /// The occurrence in progress at `now` (started, not ended, not deferred), if any: the
+    /// one starting at `NextMaintenanceWindowStartTime` when the cluster reported one (AWS
+    /// may move maintenance off the weekly window's usual time), else the weekly window's.
     pub fn active(&self, now: DateTime<Utc>) -> Option<Occurrence> {
+        if let Some(start) = self.next_start {
+            if start <= now && now < start + self.length() && self.deferral_at(start).is_none() {
+                return Some(Occurrence {
+                    start,
+                    end: start + self.length(),
+                });
+            }
+        }
         if !is_active(&self.window, now) {
             return None;
         }
@@ -297,5 +307,26 @@ mod tests {
     fn empty_window_is_never_active() {
         let w = window("wed:02:00-wed:02:00");
         assert!(!is_active(&w, at(2026, 11, 25, 2, 0, 0)));
+    }
+
+    #[test]
+    fn the_reported_next_start_is_active_for_the_window_length() {
+        // Weekly window on Sundays; the cluster reports maintenance on a Wednesday instead.
+        let start = at(2026, 12, 2, 10, 0, 0);
+        let schedule = Schedule {
+            window: window("sun:05:00-sun:05:30"),
+            next_start: Some(start),
+            deferred: Vec::new(),
+        };
+        assert!(schedule.active(at(2026, 12, 2, 9, 59, 59)).is_none());
+        let active = schedule.active(start).expect("active at its start");
+        assert_eq!(
+            (active.start, active.end),
+            (start, at(2026, 12, 2, 10, 30, 0))
+        );
+        assert!(schedule.active(at(2026, 12, 2, 10, 29, 59)).is_some());
+        assert!(schedule.active(at(2026, 12, 2, 10, 30, 0)).is_none());
+        // The weekly window still counts.
+        assert!(schedule.active(at(2026, 12, 6, 5, 10, 0)).is_some());
     }
 }

@@ -1,40 +1,37 @@
-//! F3 through the whole chain: a Redshift maintenance window starts within five minutes; the
-//! exporter reports the seconds until it, Prometheus fires `RedshiftMaintenanceImminent` (the
-//! real rule), Alertmanager routes it to the remediator, the `maintenance` fix stops the task
-//! and schedules its resume in the ledger; the alert resolves when the window starts, the
-//! resume runs after the hold, replication catches up and the target equals the source.
+//! F3 through the whole chain: the Redshift cluster reports maintenance starting within five
+//! minutes (`NextMaintenanceWindowStartTime`); the exporter reports the seconds until it,
+//! Prometheus fires `RedshiftMaintenanceImminent` (the real rule), Alertmanager routes it to the
+//! remediator, the `maintenance` fix stops the task and schedules its resume for the window's
+//! end plus the margin; the alert resolves when the window starts, the resume runs after the
+//! window, replication catches up and the target equals the source.
 
 mod chain_support;
 
 use std::time::Duration;
 
-use chain_support::{ChainLab, TASK};
+use chain_support::{ChainLab, CLUSTER, TASK};
 use chrono::Utc;
 use dmsguard_lab::harness::eventually;
 use dmsguard_lab::simulator::Fault;
 
+/// The cluster's weekly window lasts a minute (`chain_support::create_cluster`).
+const WINDOW: chrono::Duration = chrono::Duration::seconds(60);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::Result<()> {
-    // Chosen as the stack starts (the simulator is up by then): the window starts on the first
-    // whole minute at least 30 s away (the format has minutes) and lasts a minute; the resume
-    // comes 5 s after the window started.
-    let mut chosen = None;
     let lab = ChainLab::start(
         "chain_f3",
         |_| {},
         |spec| {
-            let now = Utc::now();
-            let (window, start) = ChainLab::maintenance_window(Duration::from_secs(30));
-            let hold = (start - now).num_seconds() + 5;
-            spec.maintenance_window = Some(window.clone());
-            spec.remediator_settings = format!("maintenance_hold = \"{hold}s\"\n");
-            chosen = Some((window, start, hold));
+            spec.cluster_identifier = Some(CLUSTER.to_owned());
+            spec.remediator_settings = "maintenance_margin = \"5s\"\n".to_owned();
         },
     )
     .await?;
-    let (window, start, hold) = chosen.expect("the stack spec was built");
-    lab.step(&format!("window {window}, hold {hold} s"));
     assert_eq!(lab.sim.fault(), Fault::None);
+    // Chosen once the stack is up: nothing before depends on how long start-up took.
+    let start = lab.schedule_maintenance(Duration::from_secs(60)).await?;
+    lab.step(&format!("maintenance scheduled at {start}"));
 
     let alert = lab
         .stack
@@ -56,7 +53,10 @@ async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::
         Some(serde_json::json!([TASK])),
         "{job:?}"
     );
-    assert!(Utc::now() < start, "the task stopped before the window");
+    assert!(
+        job.finished_at.expect("a finished job") < start,
+        "the task stopped before the window: {job:?}"
+    );
     eventually(
         "the simulator to see the stop",
         Duration::from_secs(10),
@@ -91,15 +91,15 @@ async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::
         )
         .await?;
 
-    let step = eventually("the resume step done", Duration::from_secs(60), || async {
+    let step = eventually("the resume step done", Duration::from_secs(120), || async {
         let steps = lab.stack.scheduled_steps().await?;
         Ok(steps.into_iter().find(|s| s.state == "done"))
     })
     .await?;
     lab.step("resume step done");
     assert!(
-        step.finished_at.unwrap() >= start,
-        "resumed after the window started"
+        step.finished_at.unwrap() >= start + WINDOW,
+        "resumed after the window ended: {step:?}"
     );
     assert_eq!(
         step.result.as_deref(),

@@ -69,6 +69,9 @@ pub struct StackSpec {
     pub alertmanager: AlertmanagerTiming,
     /// `redshift.maintenance_window`, if any.
     pub maintenance_window: Option<String>,
+    /// `redshift.cluster_identifier`, if any: the maintenance schedule then comes from
+    /// `DescribeClusters` (the lab's control plane sets what it reports).
+    pub cluster_identifier: Option<String>,
     /// Extra lines of the `[remediator]` section (e.g. `maintenance_hold = "10s"`).
     pub remediator_settings: String,
     /// Extra sections after `[remediator]` (e.g. `[remediator.fixes.memory]`).
@@ -97,6 +100,7 @@ impl StackSpec {
             time_scale: 60,
             alertmanager: AlertmanagerTiming::default(),
             maintenance_window: None,
+            cluster_identifier: None,
             remediator_settings: String::new(),
             extra_sections: String::new(),
             clock_start: None,
@@ -120,6 +124,9 @@ impl StackSpec {
         );
         if let Some(window) = &self.maintenance_window {
             text.push_str(&format!("maintenance_window = \"{window}\"\n"));
+        }
+        if let Some(cluster) = &self.cluster_identifier {
+            text.push_str(&format!("cluster_identifier = \"{cluster}\"\n"));
         }
         text.push_str(&format!(
             "\n[aws]\nendpoint_url = \"{}\"\nmax_attempts = {}\ntimeout = \"5s\"\n\n",

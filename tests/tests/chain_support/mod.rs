@@ -5,14 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use dmsguard_lab::harness::{eventually, Moto, TcpProxy, TestDatabases};
+use aws_sdk_redshift::error::DisplayErrorContext;
+use dmsguard_lab::harness::{aws_config, eventually, LabControl, Moto, TcpProxy, TestDatabases};
 use dmsguard_lab::simulator::{SimConfig, SimHandle, Simulator};
 use dmsguard_lab::stack::{Stack, StackSpec};
+use dmsguard_pipeline::aws::AwsClients;
 
 /// The table every scenario replicates.
 pub const TABLE: &str = "public.orders";
 pub const TASK: &str = "lab-task";
 pub const INSTANCE: &str = "lab-instance";
+/// The Redshift cluster of scenarios that set `StackSpec::cluster_identifier` to it.
+pub const CLUSTER: &str = "lab-cluster";
 
 /// One scenario's lab: databases, moto, simulator and stack.
 pub struct ChainLab {
@@ -67,6 +71,9 @@ impl ChainLab {
         let sim = Simulator::start(sim_config).await?;
         let mut stack_spec = StackSpec::for_simulator(&dbs, &aws_url, sim.config());
         spec(&mut stack_spec);
+        if let Some(cluster) = &stack_spec.cluster_identifier {
+            create_cluster(&aws_url, cluster).await?;
+        }
         let stack = Stack::start(stack_spec).await?;
         let lab = Self {
             dbs,
@@ -159,27 +166,20 @@ impl ChainLab {
             .count())
     }
 
-    /// `ddd:hh24:mi-ddd:hh24:mi` for a one-minute maintenance window starting on the first
-    /// whole minute at least `lead` from now, and that start.
-    pub fn maintenance_window(lead: Duration) -> (String, chrono::DateTime<chrono::Utc>) {
-        use chrono::{Datelike, Timelike};
-        let week_time = |t: chrono::DateTime<chrono::Utc>| {
-            let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-                [t.weekday().num_days_from_monday() as usize];
-            format!("{day}:{:02}:{:02}", t.hour(), t.minute())
-        };
-        let soon = chrono::Utc::now() + chrono::Duration::from_std(lead).expect("a short lead");
-        let start = soon
-            .with_second(0)
-            .and_then(|t| t.with_nanosecond(0))
-            .expect("a whole minute")
-            + chrono::Duration::minutes(1);
-        let window = format!(
-            "{}-{}",
-            week_time(start),
-            week_time(start + chrono::Duration::minutes(1))
-        );
-        (window, start)
+    /// Makes the scenario's cluster report maintenance starting `lead` from now (to the whole
+    /// second) as `NextMaintenanceWindowStartTime`, and returns that start. Called once the
+    /// stack is up, so the scenario's timing does not depend on how long start-up took.
+    pub async fn schedule_maintenance(
+        &self,
+        lead: Duration,
+    ) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        use chrono::SubsecRound;
+        let start = (chrono::Utc::now() + chrono::Duration::from_std(lead)?).trunc_subsecs(0)
+            + chrono::Duration::seconds(1);
+        LabControl::new(&self.moto.url())
+            .set_maintenance(CLUSTER, Some(start), &[])
+            .await?;
+        Ok(start)
     }
 
     pub async fn finish(self) -> anyhow::Result<()> {
@@ -190,4 +190,35 @@ impl ChainLab {
         eprintln!("scenario wall time {:.1} s", took.as_secs_f64());
         Ok(())
     }
+}
+
+/// Creates `cluster` in moto with a one-minute weekly window half a week from now, so only a
+/// start the scenario sets through the lab's control plane brings maintenance near.
+async fn create_cluster(aws_url: &str, cluster: &str) -> anyhow::Result<()> {
+    use chrono::{Datelike, Timelike};
+    let week_time = |t: chrono::DateTime<chrono::Utc>| {
+        let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+            [t.weekday().num_days_from_monday() as usize];
+        format!("{day}:{:02}:{:02}", t.hour(), t.minute())
+    };
+    let far = chrono::Utc::now() + chrono::Duration::hours(84);
+    let window = format!(
+        "{}-{}",
+        week_time(far),
+        week_time(far + chrono::Duration::minutes(1))
+    );
+    let aws = AwsClients::new(&aws_config(aws_url)).await;
+    aws.redshift
+        .create_cluster()
+        .cluster_identifier(cluster)
+        .node_type("ra3.xlplus")
+        .master_username("admin")
+        .master_user_password("Passw0rd!")
+        .preferred_maintenance_window(window)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating cluster {cluster}: {}", DisplayErrorContext(&e)))?;
+    LabControl::new(aws_url)
+        .set_maintenance(cluster, None, &[])
+        .await
 }
