@@ -487,3 +487,42 @@ async fn gaps_command_prints_missing_and_extra_ids() -> anyhow::Result<()> {
     assert!(parse.is_err());
     dbs.drop().await
 }
+
+/// The exporter's documented grants are each needed by the gap finder: without SELECT on the
+/// target table, or on the source table, it fails with the server's own message and SQLSTATE
+/// (never an empty report); with exactly `docs/grants.md`'s grants it finds the gap.
+#[tokio::test]
+async fn the_gap_finder_names_a_missing_select_grant_on_either_side() -> anyhow::Result<()> {
+    use dmsguard_lab::harness::EXPORTER_USER;
+    let dbs = TestDatabases::create("gaps_grants").await?;
+    let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+    let (finder_source, finder_target) = as_exporter(&dbs).await?;
+    create_tables(&source, &target).await?;
+    fill(&source, &(1..=100).collect()).await?;
+    fill(&target, &(1..=100).filter(|id| *id != 42).collect()).await?;
+    let range = IdRange::new(1, 100)?;
+    let find = || async {
+        GapFinder::default()
+            .find(&finder_source, &finder_target, &spec(), range)
+            .await
+    };
+    let denied = "permission denied for table orders (SQLSTATE 42501)";
+    for (side, client) in [("target", &target), ("source", &source)] {
+        client
+            .batch_execute(&format!(
+                "REVOKE SELECT ON public.orders FROM {EXPORTER_USER}"
+            ))
+            .await?;
+        let err = find().await.expect_err(side);
+        let chain = dmsguard_pipeline::report::error_chain(&err);
+        assert!(chain.contains(denied), "no SELECT on the {side}: {chain}");
+        client
+            .batch_execute(&format!("GRANT SELECT ON public.orders TO {EXPORTER_USER}"))
+            .await?;
+    }
+    let report = find().await?;
+    assert_eq!(report.missing, [42]);
+    assert!(report.extra.is_empty());
+    drop((source, target, finder_source, finder_target));
+    dbs.drop().await
+}
