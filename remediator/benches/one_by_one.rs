@@ -129,7 +129,10 @@ fn config_text(dbs: &TestDatabases, moto_url: &str) -> String {
          [[tasks]]\nname = \"{TASK}\"\nreplication_instance = \"lab-instance\"\n\n\
          [[tables]]\nsource = \"{TABLE}\"\ntask = \"{TASK}\"\n\n\
          [remediator]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntask_state_timeout = \"20s\"\n{}",
-        dbs.source.url, dbs.redshift.url, dbs.ledger_section(),
+        // The remediator's least-privilege user of docs/grants.md, as in production.
+        dbs.remediator_source().url,
+        dbs.remediator_redshift().url,
+        dbs.ledger_section(),
     )
 }
 

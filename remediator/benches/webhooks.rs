@@ -123,8 +123,9 @@ async fn main() -> anyhow::Result<()> {
              [[tasks]]\nname = \"orders-cdc\"\nreplication_instance = \"dms-1\"\n\
              [remediator]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
              [remediator.fixes.stalled_task]\ndry_run = true\n{}",
-            dbs.source.url,
-            dbs.redshift.url,
+            // The remediator's least-privilege user of docs/grants.md, as in production.
+            dbs.remediator_source().url,
+            dbs.remediator_redshift().url,
             moto.url(),
             dbs.ledger_section()
         ),

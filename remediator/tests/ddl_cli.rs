@@ -5,6 +5,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use dmsguard_lab::harness::{apply_grants, REMEDIATOR_USER};
 use dmsguard_pipeline::config::DatabaseConfig;
 use dmsguard_pipeline::db;
 use dmsguard_pipeline::secret::Secret;
@@ -109,14 +110,39 @@ impl Reader {
     }
 }
 
+/// Runs the command as the remediator's least-privilege user of `docs/grants.md`, never a
+/// superuser (see [`grant_remediator`]).
 fn run_ddl(source_db: &str, tables: &str, args: &[&str]) -> Output {
     run_ddl_as(
         source_db,
         tables,
         args,
-        &env_or("DMSGUARD_PG_USER", "postgres"),
+        REMEDIATOR_USER,
         &env_or("DMSGUARD_PG_PASSWORD", "lab"),
     )
+}
+
+/// Runs `docs/grants.md`'s `postgresql-remediator` block on `database_name` for each of
+/// `schemas` (the page says to repeat its schema lines for every schema of replicated tables).
+async fn grant_remediator(database_name: &str, schemas: &[&str]) {
+    let owner = db::connect(&database(database_name)).await.unwrap();
+    let password = env_or("DMSGUARD_PG_PASSWORD", "lab");
+    let table_owner = env_or("DMSGUARD_PG_USER", "postgres");
+    for schema in schemas {
+        let in_schema = format!("SCHEMA {schema}");
+        apply_grants(
+            &owner,
+            &["postgresql-remediator"],
+            &[
+                ("<password>", password.as_str()),
+                ("<table_owner>", table_owner.as_str()),
+                ("<source_db>", database_name),
+                ("SCHEMA public", in_schema.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    }
 }
 
 fn run_ddl_as(source_db: &str, tables: &str, args: &[&str], user: &str, password: &str) -> Output {
@@ -165,6 +191,7 @@ async fn ddl_command_prints_tables_and_refuses_clearly() {
         )
         .await
         .unwrap();
+    grant_remediator(&scratch.name, &["public", "app"]).await;
 
     let out = run_ddl(&scratch.name, TABLES, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -451,8 +451,8 @@ async fn memory_fix_restarts_each_running_task_on_the_instance_only() -> anyhow:
 #[tokio::test]
 async fn task_locks_exclude_other_sessions_all_or_none() -> anyhow::Result<()> {
     let dbs = harness::TestDatabases::create("rem_locks").await?;
-    let a = Ledger::open(&dbs.source).await?;
-    let b = Ledger::open(&dbs.source).await?; // a second replica; migrations are idempotent
+    let a = Ledger::open(&dbs.remediator_source()).await?;
+    let b = Ledger::open(&dbs.remediator_source()).await?; // a second replica; migrations are idempotent
     let t = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let held = a.lock_tasks(&t(&["t1"])).await?.expect("free task locks");
     assert!(

@@ -9,7 +9,14 @@
 //! "Leader node–only functions" (`generate_series` cannot touch table data), "Unsupported
 //! PostgreSQL features" (no `ON CONFLICT`, no `LATERAL`), and `COPY` (loads from Amazon S3 and
 //! other AWS sources, never `FROM STDIN`).
+//!
+//! A bind parameter's type is often the server's inference, invisible in the text
+//! (`array_position($1, name)`, `$1 && tags`): before a test's stand-in is dropped,
+//! [`record_inferred_array_parameters`] prepares every parameterised statement the log holds in
+//! that database, asks the server for the parameter types it infers, and writes a line marked
+//! [`INFERRED_MARKER`] to the server log for each array; [`audit_log`] reads those lines too.
 
+use tokio_postgres::types::Kind;
 use tokio_postgres::Client;
 
 use crate::harness::{EXPORTER_USER, REMEDIATOR_USER};
@@ -47,11 +54,17 @@ fn parameter_cast_is_array(from_dollar: &str) -> bool {
     !cast.is_empty() && ty.contains("[]")
 }
 
+/// The rule an array-typed bind parameter breaks, whether the text shows it or the server
+/// infers it.
+pub const ARRAY_PARAMETER_RULE: &str =
+    "array-typed bind parameter (arrays are unsupported PostgreSQL data types on Redshift)";
+
+/// Starts the server log line that names a statement whose bind parameter the server infers
+/// as an array: `LOG:  <marker> $<n> <type>: <statement on one line>`.
+pub const INFERRED_MARKER: &str = "dmsguard_lab_inferred_array_parameter";
+
 const RULES: &[Rule] = &[
-    (
-        "array-typed bind parameter (arrays are unsupported PostgreSQL data types on Redshift)",
-        array_parameter,
-    ),
+    (ARRAY_PARAMETER_RULE, array_parameter),
     (
         "array function or constructor (unsupported PostgreSQL functions on Redshift)",
         |s| {
@@ -95,11 +108,17 @@ pub fn check(sql: &str) -> Vec<&'static str> {
 pub struct Violation {
     pub rule: &'static str,
     pub statement: String,
+    /// What the server said about it, e.g. `$1 is inferred as name[]`.
+    pub detail: Option<String>,
 }
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.rule, self.statement)
+        write!(f, "{}: {}", self.rule, self.statement)?;
+        if let Some(detail) = &self.detail {
+            write!(f, " ({detail})")?;
+        }
+        Ok(())
     }
 }
 
@@ -144,17 +163,109 @@ pub fn statements_in_log(log: &str) -> Vec<String> {
     out
 }
 
-/// Every violation among the statements of a server log.
+/// `sql` on one line, its whitespace runs collapsed to one space.
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `sql` has a bind parameter (`$1`, `$2`, …), i.e. came through the extended protocol
+/// with parameters.
+fn has_parameter(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'$' && w[1].is_ascii_digit())
+}
+
+/// The [`INFERRED_MARKER`] lines of a server log: (`$n type`, statement).
+fn inferred_in_log(log: &str) -> Vec<(String, String)> {
+    let prefix = format!("LOG:  {INFERRED_MARKER} ");
+    log.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(&prefix)? + prefix.len()..];
+            let (parameter, statement) = rest.split_once(": ")?;
+            Some((parameter.to_owned(), statement.to_owned()))
+        })
+        .collect()
+}
+
+/// Every violation among the statements of a server log, with the array parameters the server
+/// inferred ([`record_inferred_array_parameters`]); a statement the text rules already name for
+/// an array parameter is named once.
 pub fn audit_log(log: &str) -> Vec<Violation> {
-    statements_in_log(log)
+    let mut out: Vec<Violation> = statements_in_log(log)
         .into_iter()
         .flat_map(|statement| {
             check(&statement).into_iter().map(move |rule| Violation {
                 rule,
                 statement: statement.clone(),
+                detail: None,
             })
         })
-        .collect()
+        .collect();
+    let mut named: std::collections::HashSet<String> = out
+        .iter()
+        .filter(|v| v.rule == ARRAY_PARAMETER_RULE)
+        .map(|v| one_line(&v.statement))
+        .collect();
+    for (parameter, statement) in inferred_in_log(log) {
+        if named.insert(one_line(&statement)) {
+            out.push(Violation {
+                rule: ARRAY_PARAMETER_RULE,
+                detail: Some(format!(
+                    "{} is inferred as {} by the server",
+                    parameter
+                        .split_once(' ')
+                        .map_or(parameter.as_str(), |p| p.0),
+                    parameter.split_once(' ').map_or("", |p| p.1)
+                )),
+                statement,
+            });
+        }
+    }
+    out
+}
+
+/// Prepares every parameterised statement of `log` (a part of the server log) in the database
+/// `client` is connected to (a test's stand-in, before it is dropped) and writes an
+/// [`INFERRED_MARKER`] line to the server log for each bind parameter the server infers as an
+/// array. A statement that does not prepare here (another test's tables) is skipped: its own
+/// database's teardown prepares it. Returns how many array parameters it found.
+pub async fn record_inferred_array_parameters(
+    client: &Client,
+    log: &str,
+) -> Result<usize, tokio_postgres::Error> {
+    let mut seen = std::collections::HashSet::new();
+    let mut found = 0;
+    for statement in statements_in_log(log) {
+        if !has_parameter(&statement) || !seen.insert(statement.clone()) {
+            continue;
+        }
+        let Ok(prepared) = client.prepare(&statement).await else {
+            continue;
+        };
+        for (i, ty) in prepared.params().iter().enumerate() {
+            if !matches!(ty.kind(), Kind::Array(_)) {
+                continue;
+            }
+            found += 1;
+            let line = format!(
+                "{INFERRED_MARKER} ${} {}[]: {}",
+                i + 1,
+                match ty.kind() {
+                    Kind::Array(element) => element.name().to_owned(),
+                    _ => unreachable!(),
+                },
+                one_line(&statement).replace("$dmsguard_audit$", "")
+            );
+            client
+                .batch_execute(&format!(
+                    "DO $dmsguard_audit$ BEGIN RAISE LOG '%', '{}'; END $dmsguard_audit$",
+                    line.replace('\'', "''")
+                ))
+                .await?;
+        }
+    }
+    Ok(found)
 }
 
 /// Logs every statement dmsguard's users (exporter, remediator) run in the database `client`
@@ -214,5 +325,25 @@ mod tests {
         let v = audit_log(log);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].rule.starts_with("array-typed bind parameter"));
+    }
+
+    #[test]
+    fn inferred_array_parameters_are_read_from_their_log_lines_once_per_statement() {
+        let log = "2026-12-03 13:00:00.000 UTC [2] LOG:  execute s0: SELECT 1 FROM t WHERE array_position($1, n) > 0\n\
+                   2026-12-03 13:00:00.001 UTC [5] LOG:  dmsguard_lab_inferred_array_parameter $1 name[]: SELECT 1 FROM t WHERE array_position($1, n) > 0\n\
+                   2026-12-03 13:00:00.002 UTC [2] LOG:  execute s1: SELECT 1 FROM t WHERE n = ANY($1)\n\
+                   2026-12-03 13:00:00.003 UTC [5] LOG:  dmsguard_lab_inferred_array_parameter $1 name[]: SELECT 1 FROM t WHERE n = ANY($1)\n";
+        assert_eq!(
+            check("SELECT 1 FROM t WHERE array_position($1, n) > 0"),
+            Vec::<&str>::new()
+        );
+        let v = audit_log(log);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v.iter().all(|v| v.rule == ARRAY_PARAMETER_RULE));
+        assert_eq!(
+            v[1].to_string(),
+            format!("{ARRAY_PARAMETER_RULE}: SELECT 1 FROM t WHERE array_position($1, n) > 0 ($1 is inferred as name[] by the server)")
+        );
+        assert!(has_parameter("x = $12") && !has_parameter("DO $$ BEGIN END $$"));
     }
 }

@@ -22,6 +22,17 @@ enum Cli {
         #[arg(long, env = "DMSGUARD_REDSHIFT_URL")]
         url: String,
     },
+    /// Create dmsguard's least-privilege users with exactly the SQL of `docs/grants.md`: its
+    /// Redshift blocks on the stand-in (creating the stand-in's system views first), its
+    /// PostgreSQL blocks on the source. Passwords are the lab's (PGPASSWORD).
+    Grants {
+        /// Connection URL of the source database, as its owner.
+        #[arg(long, env = "DMSGUARD_SOURCE_URL")]
+        source_url: String,
+        /// Connection URL of the Redshift stand-in, as its owner.
+        #[arg(long, env = "DMSGUARD_REDSHIFT_URL")]
+        redshift_url: String,
+    },
     /// Run the DMS simulator: workload on the source, batch apply into the Redshift stand-in,
     /// tasks and metrics in moto. Runs until SIGINT/SIGTERM.
     Simulate(SimulateArgs),
@@ -326,6 +337,43 @@ async fn main() -> anyhow::Result<()> {
             let client = dmsguard_pipeline::db::connect(&config).await?;
             dmsguard_lab::harness::install_redshift_standin(&client).await?;
             println!("Redshift stand-in system views installed.");
+        }
+        Cli::Grants {
+            source_url,
+            redshift_url,
+        } => {
+            let env = dmsguard_lab::harness::LabEnv::from_env();
+            let source_config = dmsguard_lab::harness::database_config(&source_url);
+            let source_db = dmsguard_lab::simulator::database_name(&source_url)?;
+            let substitutions = [
+                ("<password>", env.pg_password.as_str()),
+                ("<dms_user>", dmsguard_lab::simulator::DMS_ROLE),
+                ("<table_owner>", env.pg_user.as_str()),
+                ("<source_db>", source_db.as_str()),
+            ];
+            let redshift = dmsguard_pipeline::db::connect(&dmsguard_lab::harness::database_config(
+                &redshift_url,
+            ))
+            .await?;
+            dmsguard_lab::harness::install_redshift_standin(&redshift).await?;
+            dmsguard_lab::harness::apply_grants(
+                &redshift,
+                &["redshift-exporter", "redshift-remediator"],
+                &substitutions,
+            )
+            .await?;
+            let source = dmsguard_pipeline::db::connect(&source_config).await?;
+            dmsguard_lab::harness::apply_grants(
+                &source,
+                &["postgresql-exporter", "postgresql-remediator"],
+                &substitutions,
+            )
+            .await?;
+            println!(
+                "Users {} and {} created with docs/grants.md.",
+                dmsguard_lab::harness::EXPORTER_USER,
+                dmsguard_lab::harness::REMEDIATOR_USER
+            );
         }
         Cli::Simulate(args) => {
             dmsguard_pipeline::service::init_telemetry(args.log_format);

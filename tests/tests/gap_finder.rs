@@ -12,6 +12,15 @@ use dmsguard_pipeline::gap_finder::{
 };
 use tokio_postgres::Client;
 
+/// The gap finder's connections: the exporter's least-privilege user of `docs/grants.md`,
+/// never the superuser that builds the tables.
+async fn as_exporter(dbs: &TestDatabases) -> anyhow::Result<(Client, Client)> {
+    Ok((
+        dmsguard_pipeline::db::connect(&dbs.exporter_source()).await?,
+        dmsguard_pipeline::db::connect(&dbs.exporter_redshift()).await?,
+    ))
+}
+
 fn spec() -> TableSpec {
     TableSpec {
         source: QualifiedName::parse("public.orders").unwrap(),
@@ -100,6 +109,7 @@ fn with_each_fingerprint_query(options: GapFinderOptions) -> [GapFinderOptions; 
 async fn random_tables_give_exactly_the_missing_and_extra_ids() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("gaps_random").await?;
     let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+    let (finder_source, finder_target) = as_exporter(&dbs).await?;
     create_tables(&source, &target).await?;
     for seed in 1..=12u64 {
         let mut rng = Lcg(seed);
@@ -141,7 +151,7 @@ async fn random_tables_give_exactly_the_missing_and_extra_ids() -> anyhow::Resul
                 .flat_map(with_each_fingerprint_query)
             {
                 let report = GapFinder::new(options)?
-                    .find(&source, &target, &spec(), range)
+                    .find(&finder_source, &finder_target, &spec(), range)
                     .await?;
                 assert_eq!(
                     report.missing,
@@ -174,6 +184,7 @@ async fn random_tables_give_exactly_the_missing_and_extra_ids() -> anyhow::Resul
 async fn empty_ranges_all_missing_and_only_extra() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("gaps_edges").await?;
     let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+    let (finder_source, finder_target) = as_exporter(&dbs).await?;
     create_tables(&source, &target).await?;
     let finder = GapFinder::new(deep_options())?;
     let all: BTreeSet<i64> = (1..=5_000).collect();
@@ -181,13 +192,23 @@ async fn empty_ranges_all_missing_and_only_extra() -> anyhow::Result<()> {
     // Both sides empty, and a range past the data.
     fill(&source, &BTreeSet::new()).await?;
     let report = finder
-        .find(&source, &target, &spec(), IdRange::new(1, 1_000_000)?)
+        .find(
+            &finder_source,
+            &finder_target,
+            &spec(),
+            IdRange::new(1, 1_000_000)?,
+        )
         .await?;
     assert!(report.missing.is_empty() && report.extra.is_empty());
     fill(&source, &all).await?;
     fill(&target, &all).await?;
     let report = finder
-        .find(&source, &target, &spec(), IdRange::new(6_000, 9_000)?)
+        .find(
+            &finder_source,
+            &finder_target,
+            &spec(),
+            IdRange::new(6_000, 9_000)?,
+        )
         .await?;
     assert!(report.missing.is_empty() && report.extra.is_empty());
     assert_eq!(report.stats.rows_transferred, 0);
@@ -195,21 +216,25 @@ async fn empty_ranges_all_missing_and_only_extra() -> anyhow::Result<()> {
     // Every id missing.
     fill(&target, &BTreeSet::new()).await?;
     let range = IdRange::new(1, 5_000)?;
-    let report = finder.find(&source, &target, &spec(), range).await?;
+    let report = finder
+        .find(&finder_source, &finder_target, &spec(), range)
+        .await?;
     assert_eq!(report.missing, all.iter().copied().collect::<Vec<_>>());
     assert!(report.extra.is_empty());
 
     // Every id extra (deleted at the source).
     fill(&source, &BTreeSet::new()).await?;
     fill(&target, &all).await?;
-    let report = finder.find(&source, &target, &spec(), range).await?;
+    let report = finder
+        .find(&finder_source, &finder_target, &spec(), range)
+        .await?;
     assert!(report.missing.is_empty());
     assert_eq!(report.extra.len(), 5_000);
 
     // Identical tables: one round, a handful of rows per bucket side.
     fill(&source, &all).await?;
     let report = GapFinder::default()
-        .find(&source, &target, &spec(), range)
+        .find(&finder_source, &finder_target, &spec(), range)
         .await?;
     assert!(report.missing.is_empty() && report.extra.is_empty());
     assert_eq!(report.stats.rounds, 1);
@@ -220,6 +245,7 @@ async fn empty_ranges_all_missing_and_only_extra() -> anyhow::Result<()> {
 async fn cost_follows_missing_rows_not_table_size() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("gaps_cost").await?;
     let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+    let (finder_source, finder_target) = as_exporter(&dbs).await?;
     for client in [&source, &target] {
         client
             .batch_execute(
@@ -235,7 +261,12 @@ async fn cost_follows_missing_rows_not_table_size() -> anyhow::Result<()> {
             .await?;
     }
     let report = GapFinder::default()
-        .find(&source, &target, &spec(), IdRange::new(1, 200_000)?)
+        .find(
+            &finder_source,
+            &finder_target,
+            &spec(),
+            IdRange::new(1, 200_000)?,
+        )
         .await?;
     assert_eq!(report.missing, lost);
     // First round: 200000 / 64 buckets per side; then each missing id's bucket as two
@@ -253,6 +284,7 @@ async fn cost_follows_missing_rows_not_table_size() -> anyhow::Result<()> {
 async fn duplicated_target_ids_read_as_present_and_wide_id_spreads_work() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("gaps_dups").await?;
     let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+    let (finder_source, finder_target) = as_exporter(&dbs).await?;
     source
         .batch_execute("CREATE TABLE public.orders (id bigint PRIMARY KEY)")
         .await?;
@@ -301,7 +333,12 @@ async fn duplicated_target_ids_read_as_present_and_wide_id_spreads_work() -> any
     };
     for options in [GapFinderOptions::default(), splitting, grouped(splitting)] {
         let report = GapFinder::new(options)?
-            .find(&source, &target, &spec(), IdRange::new(1, 5_000_003_000)?)
+            .find(
+                &finder_source,
+                &finder_target,
+                &spec(),
+                IdRange::new(1, 5_000_003_000)?,
+            )
             .await?;
         assert_eq!(report.missing, lost, "{options:?}");
         assert_eq!(report.stats.source_query, FingerprintQuery::Grouped);
@@ -327,24 +364,29 @@ async fn day_ranges_follow_the_day_column_type() -> anyhow::Result<()> {
                FROM generate_series(1, 72) g;",
         )
         .await?;
+    // The exporter's user in the same session time zone as the rows were written in.
+    let finder_source = dmsguard_pipeline::db::connect(&dbs.exporter_source()).await?;
+    finder_source
+        .batch_execute("SET TIME ZONE 'America/New_York'")
+        .await?;
     let day = NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
     for column in ["created_at", "created_local", "created_day"] {
-        let range = id_range_for_day(&source, &spec(), column, day).await?;
+        let range = id_range_for_day(&finder_source, &spec(), column, day).await?;
         assert_eq!(range, Some(IdRange::new(25, 48)?), "{column}");
     }
     let empty = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
     assert_eq!(
-        id_range_for_day(&source, &spec(), "created_at", empty).await?,
+        id_range_for_day(&finder_source, &spec(), "created_at", empty).await?,
         None
     );
-    let err = id_range_for_day(&source, &spec(), "note", day)
+    let err = id_range_for_day(&finder_source, &spec(), "note", day)
         .await
         .unwrap_err();
     assert!(
         matches!(err, GapError::UnsupportedDayColumn { .. }),
         "{err}"
     );
-    assert!(id_range_for_day(&source, &spec(), "x; drop", day)
+    assert!(id_range_for_day(&finder_source, &spec(), "x; drop", day)
         .await
         .is_err());
     dbs.drop().await
@@ -354,6 +396,7 @@ async fn day_ranges_follow_the_day_column_type() -> anyhow::Result<()> {
 async fn gaps_command_prints_missing_and_extra_ids() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("gaps_cli").await?;
     let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+    let (finder_source, finder_target) = as_exporter(&dbs).await?;
     create_tables(&source, &target).await?;
     source
         .batch_execute(
@@ -370,7 +413,7 @@ async fn gaps_command_prints_missing_and_extra_ids() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(
-        id_range_of_tables(&source, &target, &spec()).await?,
+        id_range_of_tables(&finder_source, &finder_target, &spec()).await?,
         Some(IdRange::new(1, 3001)?)
     );
     let text = format!(
@@ -442,5 +485,44 @@ async fn gaps_command_prints_missing_and_extra_ids() -> anyhow::Result<()> {
         "2026-11-24",
     ]);
     assert!(parse.is_err());
+    dbs.drop().await
+}
+
+/// The exporter's documented grants are each needed by the gap finder: without SELECT on the
+/// target table, or on the source table, it fails with the server's own message and SQLSTATE
+/// (never an empty report); with exactly `docs/grants.md`'s grants it finds the gap.
+#[tokio::test]
+async fn the_gap_finder_names_a_missing_select_grant_on_either_side() -> anyhow::Result<()> {
+    use dmsguard_lab::harness::EXPORTER_USER;
+    let dbs = TestDatabases::create("gaps_grants").await?;
+    let (source, target) = (dbs.source_client().await?, dbs.redshift_client().await?);
+    let (finder_source, finder_target) = as_exporter(&dbs).await?;
+    create_tables(&source, &target).await?;
+    fill(&source, &(1..=100).collect()).await?;
+    fill(&target, &(1..=100).filter(|id| *id != 42).collect()).await?;
+    let range = IdRange::new(1, 100)?;
+    let find = || async {
+        GapFinder::default()
+            .find(&finder_source, &finder_target, &spec(), range)
+            .await
+    };
+    let denied = "permission denied for table orders (SQLSTATE 42501)";
+    for (side, client) in [("target", &target), ("source", &source)] {
+        client
+            .batch_execute(&format!(
+                "REVOKE SELECT ON public.orders FROM {EXPORTER_USER}"
+            ))
+            .await?;
+        let err = find().await.expect_err(side);
+        let chain = dmsguard_pipeline::report::error_chain(&err);
+        assert!(chain.contains(denied), "no SELECT on the {side}: {chain}");
+        client
+            .batch_execute(&format!("GRANT SELECT ON public.orders TO {EXPORTER_USER}"))
+            .await?;
+    }
+    let report = find().await?;
+    assert_eq!(report.missing, [42]);
+    assert!(report.extra.is_empty());
+    drop((source, target, finder_source, finder_target));
     dbs.drop().await
 }

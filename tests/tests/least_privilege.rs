@@ -206,3 +206,49 @@ async fn the_statement_audit_catches_an_array_parameter() -> anyhow::Result<()> 
     drop(remediator);
     dbs.drop().await
 }
+
+/// An array parameter the text does not show: the server infers `$1` of
+/// `array_position($1, schemaname)` as `name[]`. No text rule names it; the teardown of the
+/// test's stand-in prepares the logged statement there, and the audit names it with the type.
+#[tokio::test]
+async fn the_statement_audit_catches_an_array_parameter_the_server_infers() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("audit_inferred").await?;
+    let log_path = dmsguard_lab::harness::server_log(&dbs.env);
+    let start = std::fs::metadata(&log_path)?.len() as usize;
+    let remediator = dmsguard_pipeline::db::connect(&dbs.remediator_redshift()).await?;
+    let marker = format!("{}_{}", audit::PROBE_MARKER, dbs.redshift_name);
+    let sql = format!(
+        "SELECT count(*) FROM pg_table_def WHERE array_position($1, schemaname) IS NOT NULL /* {marker} */"
+    );
+    assert_eq!(
+        audit::check(&sql),
+        Vec::<&str>::new(),
+        "no text rule sees it"
+    );
+    remediator.query(&sql, &[&vec!["public"]]).await?;
+    let scalar = format!("SELECT count(*) FROM pg_table_def WHERE schemaname = $1 /* {marker} */");
+    remediator.query(&scalar, &[&"public"]).await?;
+    drop(remediator);
+    dbs.drop().await?;
+
+    let bytes = std::fs::read(&log_path)?;
+    let text = String::from_utf8_lossy(&bytes[start.min(bytes.len())..]).into_owned();
+    let violations: Vec<_> = audit::audit_log(&text)
+        .into_iter()
+        .filter(|v| v.statement.contains(&marker))
+        .collect();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].rule, audit::ARRAY_PARAMETER_RULE);
+    assert!(
+        violations[0].statement.contains("array_position($1"),
+        "{}",
+        violations[0]
+    );
+    assert_eq!(
+        violations[0].detail.as_deref(),
+        Some("$1 is inferred as name[] by the server"),
+        "{}",
+        violations[0]
+    );
+    Ok(())
+}

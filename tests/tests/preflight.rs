@@ -2,7 +2,7 @@
 //! tables readable, moto's DMS task and instance found), then a source user without SELECT and a
 //! task that does not exist, each reported with its fix.
 
-use dmsguard_lab::harness::{self, create_dms_task, Moto, TestDatabases};
+use dmsguard_lab::harness::{self, create_dms_task, Moto, TestDatabases, REMEDIATOR_USER};
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::Config;
 use dmsguard_pipeline::preflight;
@@ -21,7 +21,9 @@ fn config_text(
          [aws]\nendpoint_url = \"{moto}\"\nmax_attempts = 1\ntimeout = \"10s\"\n\n\
          [[tasks]]\nname = \"{task}\"\nreplication_instance = \"pf-instance\"\n\n\
          [[tables]]\nsource = \"public.orders\"\ntask = \"{task}\"\n{}",
-        dbs.redshift.url,
+        // The remediator's least-privilege user of docs/grants.md (the preflight with the
+        // ledger is `dmsguard-remediator preflight`), never a superuser.
+        dbs.remediator_redshift().url,
         dbs.ledger_section()
     )
 }
@@ -43,7 +45,7 @@ async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> any
     let ca = dbs.env.dir.join("tls").join("ca.crt");
     let verified = format!(
         "{}?sslmode=verify-full&sslrootcert={}",
-        dbs.source.url,
+        dbs.remediator_source().url,
         ca.display()
     );
 
@@ -82,7 +84,7 @@ async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> any
     admin
         .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pf-secret'"))
         .await?;
-    let url = verified.replacen(&format!("//{}@", dbs.env.pg_user), &format!("//{role}@"), 1);
+    let url = verified.replacen(&format!("//{REMEDIATOR_USER}@"), &format!("//{role}@"), 1);
     assert_ne!(url, verified);
     let text = config_text(&dbs, &moto.url(), &url, "pf-secret", "no-such-task");
     let report = preflight::run(&Config::from_toml(&text, &|_| None)?, true).await;

@@ -2,7 +2,8 @@
 //! golden files, and with Redshift-only clauses left out it creates tables in the Redshift
 //! stand-in into which the type translator inserts every source row.
 
-use dmsguard_lab::harness::TestDatabases;
+use dmsguard_lab::harness::{apply_grants, TestDatabases};
+use dmsguard_lab::simulator::DMS_ROLE;
 use dmsguard_pipeline::catalogue::Catalogue;
 use dmsguard_pipeline::config::QualifiedName;
 use dmsguard_pipeline::ddl::{create_table, CompressionFile, DdlOptions};
@@ -107,6 +108,22 @@ async fn generated_ddl_creates_tables_the_translator_fills() -> anyhow::Result<(
     let recommended_target = table.clone();
     let dms_target = QualifiedName::parse("dms.awkward").unwrap();
     target.batch_execute("CREATE SCHEMA dms").await?;
+    // The remediator inserts as its least-privilege user: docs/grants.md's Redshift block,
+    // repeated for schema dms as the page says.
+    let (pw, owner) = (dbs.env.pg_password.as_str(), dbs.env.pg_user.as_str());
+    apply_grants(
+        &target,
+        &["redshift-remediator"],
+        &[
+            ("<password>", pw),
+            ("<dms_user>", DMS_ROLE),
+            ("<table_owner>", owner),
+            ("SCHEMA public", "SCHEMA dms"),
+        ],
+    )
+    .await?;
+    let repair_source = dmsguard_pipeline::db::connect(&dbs.remediator_source()).await?;
+    let repair_target = dmsguard_pipeline::db::connect(&dbs.remediator_redshift()).await?;
     let recommended = DdlOptions {
         postgres_check: true,
         ..DdlOptions::default()
@@ -114,7 +131,8 @@ async fn generated_ddl_creates_tables_the_translator_fills() -> anyhow::Result<(
     target
         .batch_execute(&generate(&recommended, &recommended_target)?)
         .await?;
-    let (bad, first, second) = insert_all(&source, &target, &table, &recommended_target).await?;
+    let (bad, first, second) =
+        insert_all(&repair_source, &repair_target, &table, &recommended_target).await?;
     assert!(bad.is_empty(), "{bad:?}");
     assert_eq!((first, second), (3, 0), "three rows, then none");
 
@@ -127,7 +145,8 @@ async fn generated_ddl_creates_tables_the_translator_fills() -> anyhow::Result<(
     target
         .batch_execute(&generate(&dms_check, &dms_target)?)
         .await?;
-    let (bad, first, second) = insert_all(&source, &target, &table, &dms_target).await?;
+    let (bad, first, second) =
+        insert_all(&repair_source, &repair_target, &table, &dms_target).await?;
     assert_eq!(
         bad,
         vec![TranslateError::TooLong {

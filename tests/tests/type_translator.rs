@@ -84,6 +84,10 @@ async fn awkward_types_translate_and_insert_once() -> anyhow::Result<()> {
         .batch_execute("INSERT INTO public.awkward (id, flag) VALUES (2, 'false')")
         .await?;
     let table = QualifiedName::parse("public.awkward").unwrap();
+    // From here on dmsguard's code runs as the remediator's least-privilege user, as in
+    // production (docs/grants.md); the checks read as that user too.
+    let source = dmsguard_pipeline::db::connect(&dbs.remediator_source()).await?;
+    let target = dmsguard_pipeline::db::connect(&dbs.remediator_redshift()).await?;
 
     let source_table = Catalogue::load_source(&source, &table).await?;
     assert_eq!(source_table.primary_key, ["id"]);

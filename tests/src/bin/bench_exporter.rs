@@ -351,8 +351,9 @@ timeout = "60s"
 interval = "2s"
 timeout = "10s"
 "#,
-        source = dbs.source.url,
-        redshift = dbs.redshift.url,
+        // The exporter's least-privilege user of docs/grants.md, as in production.
+        source = dbs.exporter_source().url,
+        redshift = dbs.exporter_redshift().url,
     );
     for (name, instance) in tasks {
         text.push_str(&format!(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use dmsguard_lab::harness::LabEnv;
+use dmsguard_lab::harness::{apply_grants, LabEnv, TestDatabases, EXPORTER_USER};
 use dmsguard_pipeline::config::{DatabaseConfig, QualifiedName};
 use dmsguard_pipeline::gap_finder::{
     FingerprintQuery, GapFinder, GapFinderOptions, GapReport, IdRange, TableSpec,
@@ -111,6 +111,32 @@ async fn connect(env: &LabEnv, db: &str) -> anyhow::Result<Client> {
         .with_context(|| format!("connecting to {db} (is the lab up? tests/lab/up --pg-only)"))
 }
 
+/// `db` as the exporter's least-privilege user of `docs/grants.md`: the gap finder runs as it.
+async fn connect_as_exporter(env: &LabEnv, db: &str) -> anyhow::Result<Client> {
+    dmsguard_pipeline::db::connect(&TestDatabases::as_user(&config(env, db), EXPORTER_USER))
+        .await
+        .with_context(|| format!("connecting to {db} as {EXPORTER_USER}"))
+}
+
+/// Creates the exporter's user on both databases with `docs/grants.md`'s PostgreSQL block
+/// (this bench's target is plain PostgreSQL, without the Redshift stand-in's system views).
+async fn grant_exporter(env: &LabEnv, dbs: [&str; 2]) -> anyhow::Result<()> {
+    for db in dbs {
+        let owner = connect(env, db).await?;
+        apply_grants(
+            &owner,
+            &["postgresql-exporter"],
+            &[
+                ("<password>", env.pg_password.as_str()),
+                ("<table_owner>", env.pg_user.as_str()),
+            ],
+        )
+        .await
+        .with_context(|| format!("granting the exporter's user on {db}"))?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -155,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
     }
+    grant_exporter(&env, [&src_db, &tgt_db]).await?;
     println!("Load average at start: {}", load_average());
     let result = run(&args, &env, &src_db, &tgt_db).await;
     println!("Load average at end: {}", load_average());
@@ -171,6 +198,9 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &Args, env: &LabEnv, src_db: &str, tgt_db: &str) -> anyhow::Result<()> {
     let source = connect(env, src_db).await?;
     let target = connect(env, tgt_db).await?;
+    // The measured gap finder connects as the exporter's user, never a superuser.
+    let finder_source = connect_as_exporter(env, src_db).await?;
+    let finder_target = connect_as_exporter(env, tgt_db).await?;
     let mut rows = Vec::new();
     for &size in &args.sizes {
         let started = Instant::now();
@@ -201,6 +231,8 @@ async fn run(args: &Args, env: &LabEnv, src_db: &str, tgt_db: &str) -> anyhow::R
             let case = Case {
                 source: &source,
                 target: &target,
+                finder_source: &finder_source,
+                finder_target: &finder_target,
                 src_db,
                 tgt_db,
                 source_table: &source_table,
@@ -269,6 +301,9 @@ async fn build_table(
 struct Case<'a> {
     source: &'a Client,
     target: &'a Client,
+    /// The gap finder's connections, as the exporter's least-privilege user.
+    finder_source: &'a Client,
+    finder_target: &'a Client,
     src_db: &'a str,
     tgt_db: &'a str,
     source_table: &'a str,
@@ -394,7 +429,12 @@ impl Case<'_> {
 
     async fn gap_finder_with(&self, options: GapFinderOptions) -> anyhow::Result<GapReport> {
         Ok(GapFinder::new(options)?
-            .find(self.source, self.target, &self.spec(), self.range)
+            .find(
+                self.finder_source,
+                self.finder_target,
+                &self.spec(),
+                self.range,
+            )
             .await?)
     }
 

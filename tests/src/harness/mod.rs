@@ -202,6 +202,9 @@ pub struct TestDatabases {
 struct Cleanup {
     env: LabEnv,
     names: Vec<String>,
+    /// The stand-in database and where the server log stood when it was created: its
+    /// statements' inferred parameter types are audited before it is dropped.
+    audit: Option<(String, u64)>,
     done: std::sync::atomic::AtomicBool,
 }
 
@@ -212,12 +215,13 @@ impl Drop for Cleanup {
         }
         let env = self.env.clone();
         let names = self.names.clone();
+        let audit = self.audit.clone();
         // Drop may run inside the test's runtime: clean up on a thread with a runtime of its own.
         let cleaned = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(drop_databases(&env, &names))
+            runtime.block_on(drop_databases(&env, &names, audit.as_ref()))
         })
         .join();
         match cleaned {
@@ -228,8 +232,40 @@ impl Drop for Cleanup {
     }
 }
 
-/// Drops `names` and their replication slots (terminating whoever still uses a slot).
-async fn drop_databases(env: &LabEnv, names: &[String]) -> anyhow::Result<()> {
+/// The lab PostgreSQL's server log (`tests/lab/up` starts the server with it).
+pub fn server_log(env: &LabEnv) -> std::path::PathBuf {
+    env.dir.join("logs").join("postgres.log")
+}
+
+/// Prepares, in the stand-in `db`, the parameterised statements the server log holds from
+/// `from_byte` on, and logs the array parameters the server infers for the statement audit
+/// ([`crate::audit::record_inferred_array_parameters`]).
+async fn audit_inferred_parameters(env: &LabEnv, db: &str, from_byte: u64) -> anyhow::Result<()> {
+    let bytes = match std::fs::read(server_log(env)) {
+        Ok(bytes) => bytes,
+        // No server log (a lab started some other way): nothing to audit.
+        Err(_) => return Ok(()),
+    };
+    let from = (from_byte as usize).min(bytes.len());
+    let log = String::from_utf8_lossy(&bytes[from..]);
+    let client = dmsguard_pipeline::db::connect(&env.database(db)).await?;
+    crate::audit::record_inferred_array_parameters(&client, &log).await?;
+    Ok(())
+}
+
+/// Drops `names` and their replication slots (terminating whoever still uses a slot); first
+/// audits the stand-in's statements' inferred parameter types (`audit`: the stand-in and the
+/// server log's length when it was created).
+async fn drop_databases(
+    env: &LabEnv,
+    names: &[String],
+    audit: Option<&(String, u64)>,
+) -> anyhow::Result<()> {
+    if let Some((db, from_byte)) = audit {
+        if let Err(e) = audit_inferred_parameters(env, db, *from_byte).await {
+            eprintln!("statement audit of {db}'s inferred parameter types: {e:#}");
+        }
+    }
     let admin = dmsguard_pipeline::db::connect(&env.database("postgres")).await?;
     for db in names {
         admin
@@ -289,6 +325,7 @@ impl TestDatabases {
     pub async fn create(tag: &str) -> anyhow::Result<Self> {
         let env = LabEnv::from_env();
         let base = unique_name(tag);
+        let log_start = std::fs::metadata(server_log(&env)).map_or(0, |m| m.len());
         let source_name = format!("{base}_source");
         let redshift_name = format!("{base}_redshift");
         let admin = dmsguard_pipeline::db::connect(&env.database("postgres"))
@@ -298,6 +335,7 @@ impl TestDatabases {
         let cleanup = std::sync::Arc::new(Cleanup {
             env: env.clone(),
             names: vec![source_name.clone(), redshift_name.clone()],
+            audit: Some((redshift_name.clone(), log_start)),
             done: std::sync::atomic::AtomicBool::new(false),
         });
         for db in [&source_name, &redshift_name] {
@@ -320,12 +358,14 @@ impl TestDatabases {
     }
 
     /// A `[remediator.ledger]` section keeping the job ledger in this pair's source database
-    /// (one database pair per test; production gives the ledger a database of its own). Put it
-    /// last in a config file, so that no `[remediator]` key lands in it.
+    /// (one database pair per test; production gives the ledger a database of its own), as the
+    /// remediator's least-privilege user (`docs/grants.md` lets it create schema `dmsguard`).
+    /// Put it last in a config file, so that no `[remediator]` key lands in it.
     pub fn ledger_section(&self) -> String {
         format!(
             "\n[remediator.ledger]\nurl = \"{}\"\npassword = \"{}\"\n",
-            self.source.url, self.env.pg_password
+            self.remediator_source().url,
+            self.env.pg_password
         )
     }
 
@@ -375,7 +415,7 @@ impl TestDatabases {
 
     /// Drops both databases (and any replication slots on them).
     pub async fn drop(self) -> anyhow::Result<()> {
-        drop_databases(&self.env, &self.cleanup.names).await?;
+        drop_databases(&self.env, &self.cleanup.names, self.cleanup.audit.as_ref()).await?;
         self.cleanup.done.store(true, Ordering::SeqCst);
         Ok(())
     }

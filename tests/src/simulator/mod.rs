@@ -487,7 +487,7 @@ impl Simulator {
 }
 
 /// The database name in a connection URL.
-fn database_name(url: &str) -> anyhow::Result<String> {
+pub fn database_name(url: &str) -> anyhow::Result<String> {
     let c: tokio_postgres::Config = url.parse().context("parsing the source url")?;
     Ok(c.get_dbname().unwrap_or("postgres").to_owned())
 }
