@@ -76,6 +76,9 @@ pub struct StackSpec {
     pub remediator_binary: Option<PathBuf>,
     /// `[clock] start`: the calendar day windows are computed with, if not the system's.
     pub clock_start: Option<DateTime<Utc>>,
+    /// `remediator.task_state_timeout`: how long a fix waits for `stopped` / `running` (raise
+    /// it above the lab's DMS stop and start times, see `LabControl::set_dms_timing`).
+    pub task_state_timeout: Duration,
 }
 
 impl StackSpec {
@@ -102,6 +105,7 @@ impl StackSpec {
             extra_sections: String::new(),
             remediator_binary: None,
             clock_start: None,
+            task_state_timeout: Duration::from_secs(30),
         }
     }
 
@@ -153,8 +157,10 @@ impl StackSpec {
              [exporter.gaps]\ninterval = \"1s\"\ntimeout = \"20s\"\n\
              [exporter.maintenance]\ninterval = \"500ms\"\ntimeout = \"5s\"\n\n\
              [remediator]\nlisten = \"{remediator}\"\ntoken_file = \"{token_file}\"\n\
-             task_state_timeout = \"30s\"\n{}\n{}\n",
-            self.remediator_settings, self.extra_sections
+             task_state_timeout = \"{}ms\"\n{}\n{}\n",
+            self.task_state_timeout.as_millis(),
+            self.remediator_settings,
+            self.extra_sections
         ));
         text.push_str(&self.dbs.ledger_section());
         text
