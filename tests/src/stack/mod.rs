@@ -68,6 +68,9 @@ pub struct StackSpec {
     pub alertmanager: AlertmanagerTiming,
     /// `redshift.maintenance_window`, if any.
     pub maintenance_window: Option<String>,
+    /// `redshift.cluster_identifier`, if any: maintenance from the cluster's schedule
+    /// (`DescribeClusters`; set it in the lab with `LabControl::set_maintenance`).
+    pub cluster_identifier: Option<String>,
     /// Extra lines of the `[remediator]` section (e.g. `maintenance_hold = "10s"`).
     pub remediator_settings: String,
     /// Extra sections after `[remediator]` (e.g. `[remediator.fixes.memory]`).
@@ -101,6 +104,7 @@ impl StackSpec {
             time_scale: 60,
             alertmanager: AlertmanagerTiming::default(),
             maintenance_window: None,
+            cluster_identifier: None,
             remediator_settings: String::new(),
             extra_sections: String::new(),
             remediator_binary: None,
@@ -126,6 +130,9 @@ impl StackSpec {
         );
         if let Some(window) = &self.maintenance_window {
             text.push_str(&format!("maintenance_window = \"{window}\"\n"));
+        }
+        if let Some(cluster) = &self.cluster_identifier {
+            text.push_str(&format!("cluster_identifier = \"{cluster}\"\n"));
         }
         text.push_str(&format!(
             "\n[aws]\nendpoint_url = \"{}\"\nmax_attempts = {}\ntimeout = \"5s\"\n\n",
