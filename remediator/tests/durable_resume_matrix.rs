@@ -7,9 +7,9 @@
 //!
 //! | fix | slow stop/start | throttling | fails during the stop | remediator killed |
 //! |---|---|---|---|---|
-//! | F1 | here | here | here | |
+//! | F1 | here | here | here | here |
 //! | F2 | `chain_slow_control` (30 s) | here | `durable_resume` | here |
-//! | F3 | `durable_resume`, `chain_slow_control` | `durable_resume` | here | `simulator_fixes` (restart during the hold) |
+//! | F3 | `durable_resume`, `chain_slow_control` | `durable_resume` | here | here (before the resume is scheduled), `simulator_fixes` (during the hold) |
 //! | F5 | `durable_resume` | `durable_resume` | here | `durable_resume` |
 
 mod sim_lab;
@@ -227,6 +227,80 @@ async fn f1_failing(lab: &SimLab) -> anyhow::Result<()> {
     lab.assert_converges().await
 }
 
+/// Starts a hand run (`dmsguard-remediator run …`) in its own process with `config`, waits until
+/// `task` is `stopping` and SIGKILLs it: the remediator dies between the stop and the resume.
+async fn kill_hand_run_while_stopping(
+    lab: &SimLab,
+    config: &str,
+    args: &[&str],
+    task: &str,
+) -> anyhow::Result<()> {
+    dmsguard_lab::harness::ensure_test_credentials();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("dmsguard.toml");
+    std::fs::write(&path, config)?;
+    let log_path = dir.path().join("run.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dmsguard-remediator"))
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    // F1 repairs first (waiting for replication to pass the source read), then stops.
+    let stopping = wait_status(lab, task, "stopping", Duration::from_secs(150)).await;
+    child.kill().await?;
+    stopping.map_err(|e| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        e.context(format!("the hand run's output:\n{log}"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_remediator_killed_between_stop_and_resume() -> anyhow::Result<()> {
+    let lab = SimLab::start("matrix_f1_kill", false, |_| {}).await?;
+    run_scenario(lab, |lab| Box::pin(f1_killed(lab))).await
+}
+
+async fn f1_killed(lab: &SimLab) -> anyhow::Result<()> {
+    one_by_one(lab).await?;
+    let control = LabControl::new(&lab.moto.url());
+    control
+        .set_dms_timing(Duration::from_secs(5), Duration::from_secs(2))
+        .await?;
+    kill_hand_run_while_stopping(
+        lab,
+        &lab.config_text(EXTRA),
+        &["run", "one_by_one", "--task", TASK],
+        TASK,
+    )
+    .await?;
+    assert_eq!(
+        obligations(lab).await?,
+        vec![(TASK.to_owned(), "owed".to_owned(), None)],
+        "the resume was owed before the stop went out"
+    );
+    wait_status(lab, TASK, "stopped", Duration::from_secs(20)).await?;
+    let restarted = Instant::now();
+    let app = Running::spawn(lab.config(EXTRA)).await?;
+    wait_status(lab, TASK, "running", Duration::from_secs(30)).await?;
+    eprintln!(
+        "F1, remediator killed while stopping: task running again {:.1} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    eventually(
+        "the obligation settled",
+        Duration::from_secs(20),
+        || async { Ok((obligations(lab).await?[0].1 == "resumed").then_some(())) },
+    )
+    .await?;
+    app.stop().await?;
+    lab.sim.clear_fault();
+    lab.assert_converges().await
+}
+
 // ---------------------------------------------------------------------------------------------
 // F2
 
@@ -244,21 +318,13 @@ async fn f2_killed(lab: &SimLab) -> anyhow::Result<()> {
         .await?;
     // A threshold above the simulator's healthy 4 GiB: the fix acts.
     let extra = format!("{EXTRA}memory_threshold_bytes = 8000000000\n");
-    // A hand run in its own process, SIGKILLed while the task is stopping.
-    dmsguard_lab::harness::ensure_test_credentials();
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("dmsguard.toml");
-    std::fs::write(&path, lab.config_text(&extra))?;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dmsguard-remediator"))
-        .arg("--config")
-        .arg(&path)
-        .args(["run", "memory", "--replication-instance", INSTANCE])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    wait_status(lab, TASK, "stopping", Duration::from_secs(30)).await?;
-    child.kill().await?;
+    kill_hand_run_while_stopping(
+        lab,
+        &lab.config_text(&extra),
+        &["run", "memory", "--replication-instance", INSTANCE],
+        TASK,
+    )
+    .await?;
     assert_eq!(
         obligations(lab).await?,
         vec![(TASK.to_owned(), "owed".to_owned(), None)],
@@ -345,6 +411,61 @@ async fn f3_failing(lab: &SimLab) -> anyhow::Result<()> {
     );
     app.stop().await?;
     lab.tasks_api().resume(TASK).await?;
+    lab.assert_converges().await
+}
+
+/// Killed after the stops went out and before the resume step was scheduled: the obligations,
+/// recorded before the stops and due at the planned resume, bring both tasks back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f3_remediator_killed_between_stop_and_scheduling_the_resume() -> anyhow::Result<()> {
+    let lab = SimLab::start("matrix_f3_kill", true, |_| {}).await?;
+    run_scenario(lab, |lab| Box::pin(f3_killed(lab))).await
+}
+
+async fn f3_killed(lab: &SimLab) -> anyhow::Result<()> {
+    lab.applied_more(100).await?;
+    let control = LabControl::new(&lab.moto.url());
+    control
+        .set_dms_timing(Duration::from_secs(5), Duration::from_secs(2))
+        .await?;
+    let extra = format!("{EXTRA}maintenance_hold = \"6s\"\n");
+    // Both stops are sent before either is awaited: kill once the second one went out.
+    kill_hand_run_while_stopping(
+        lab,
+        &lab.config_text(&extra),
+        &["run", "maintenance"],
+        TASK_B,
+    )
+    .await?;
+    wait_status(lab, TASK_B, "stopped", Duration::from_secs(20)).await?;
+    let client = lab.dbs.source_client().await?;
+    let steps: i64 = client
+        .query_one("SELECT count(*) FROM dmsguard.scheduled_steps", &[])
+        .await?
+        .get(0);
+    assert_eq!(steps, 0, "killed before the resume step was scheduled");
+    let owed = obligations(lab).await?;
+    assert_eq!(owed.len(), 2, "{owed:?}");
+    assert!(owed.iter().all(|o| o.1 == "owed"), "{owed:?}");
+    let restarted = Instant::now();
+    let app = Running::spawn(lab.config(&extra)).await?;
+    for task in [TASK, TASK_B] {
+        wait_status(lab, task, "running", Duration::from_secs(60)).await?;
+    }
+    eprintln!(
+        "F3, remediator killed while stopping (6 s hold): both tasks running again {:.1} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    eventually(
+        "every obligation settled",
+        Duration::from_secs(20),
+        || async {
+            let owed = obligations(lab).await?;
+            Ok(owed.iter().all(|o| o.1 == "resumed").then_some(()))
+        },
+    )
+    .await?;
+    app.stop().await?;
     lab.assert_converges().await
 }
 
