@@ -1,4 +1,5 @@
-//! The HTTP API: `POST /alerts` (Alertmanager webhook), `/metrics`, `/healthz`, `/` status page.
+//! The HTTP API: `POST /alerts` (Alertmanager webhook), `/metrics`, `/healthz`, `/` status page,
+//! `GET /jobs` (recent jobs with their resume obligations, as JSON).
 //!
 //! The webhook only validates, records jobs in the ledger and wakes the worker: no fix ever
 //! runs on the request path, so acknowledgements stay fast whatever the fixes do.
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -73,6 +74,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/", get(status))
+        .route("/jobs", get(jobs))
         .with_state(state)
 }
 
@@ -316,10 +318,65 @@ async fn status(State(state): State<ApiState>) -> Response {
     let page = async {
         let jobs = ledger.recent_jobs(50).await?;
         let steps = ledger.steps(false, 100).await?;
-        Ok::<_, crate::ledger::LedgerError>(status_page::render(&jobs, &steps, chrono::Utc::now()))
+        let mut resumes = ledger.resumes(true, 100).await?;
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        for r in ledger.resumes_of_jobs(&ids).await? {
+            if r.state != "owed" {
+                resumes.push(r);
+            }
+        }
+        Ok::<_, crate::ledger::LedgerError>(status_page::render(
+            &jobs,
+            &steps,
+            &resumes,
+            chrono::Utc::now(),
+        ))
     };
     match page.await {
         Ok(html) => Html(html).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ledger unavailable: {}\n", error_chain(&error)),
+        )
+            .into_response(),
+    }
+}
+
+/// Query of `GET /jobs`.
+#[derive(Debug, serde::Deserialize)]
+struct JobsQuery {
+    /// How many jobs, newest first (default 50, at most 500).
+    limit: Option<i64>,
+}
+
+/// Recent jobs, newest first, each with the resume obligations it left (`resumes`), and the
+/// number of resumes owed now (`resumes_owed`).
+async fn jobs(State(state): State<ApiState>, Query(query): Query<JobsQuery>) -> Response {
+    let ledger = &state.inner.ledger;
+    let listing = async {
+        let jobs = ledger
+            .recent_jobs(query.limit.unwrap_or(50).clamp(1, 500))
+            .await?;
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let resumes = ledger.resumes_of_jobs(&ids).await?;
+        let owed = ledger.owed_resume_count().await?;
+        Ok::<_, crate::ledger::LedgerError>(json!({
+            "jobs": jobs
+                .iter()
+                .map(|j| {
+                    let mut job = serde_json::to_value(j).unwrap_or_else(|_| json!({}));
+                    job["resumes"] = json!(resumes
+                        .iter()
+                        .filter(|r| r.job_id == j.id)
+                        .collect::<Vec<_>>());
+                    job
+                })
+                .collect::<Vec<_>>(),
+            "resumes_owed": owed,
+        }))
+    };
+    match listing.await {
+        Ok(body) => Json(body).into_response(),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("ledger unavailable: {}\n", error_chain(&error)),

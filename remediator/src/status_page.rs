@@ -1,8 +1,10 @@
-//! The HTML status page at `/`: what the remediator did (recent jobs) and will do (pending steps).
+//! The HTML status page at `/`: what the remediator did (recent jobs) and will do (pending
+//! steps), and the resumes it owes: every task a fix stopped and that does not run again yet,
+//! and how the recent jobs' resumes ended (`resumed`, or `needs_human` with the reason).
 
 use chrono::{DateTime, Utc};
 
-use crate::ledger::{JobSummary, StepSummary};
+use crate::ledger::{JobSummary, ResumeSummary, StepSummary};
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(s: &str) -> String {
@@ -36,8 +38,31 @@ fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// Renders the page.
-pub fn render(jobs: &[JobSummary], steps: &[StepSummary], now: DateTime<Utc>) -> String {
+/// What a job's resume obligations say, for its row: `resume owed: t1; resumed: t2`.
+fn job_resumes(job_id: i64, resumes: &[ResumeSummary]) -> String {
+    resumes
+        .iter()
+        .filter(|r| r.job_id == job_id)
+        .map(|r| {
+            let state = match r.state.as_str() {
+                "owed" => "resume owed",
+                "needs_human" => "not resumed, needs a human",
+                other => other,
+            };
+            format!("{state}: {}", r.task)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Renders the page; `resumes` are the obligations to show (those owed, and those of the
+/// listed jobs).
+pub fn render(
+    jobs: &[JobSummary],
+    steps: &[StepSummary],
+    resumes: &[ResumeSummary],
+    now: DateTime<Utc>,
+) -> String {
     let mut html = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>dmsguard-remediator</title>\
@@ -78,13 +103,55 @@ pub fn render(jobs: &[JobSummary], steps: &[StepSummary], now: DateTime<Utc>) ->
         html.push_str("</table>\n");
     }
 
+    html.push_str("<h2>Resume obligations</h2>\n");
+    let owed = resumes.iter().filter(|r| r.state == "owed").count();
+    html.push_str(&format!(
+        "<p>{owed} task(s) stopped by a fix and owed a resume.</p>\n"
+    ));
+    if !resumes.is_empty() {
+        html.push_str(
+            "<table><tr><th>obligation</th><th>job</th><th>fix</th><th>task</th><th>state</th>\
+             <th>owed since</th><th>attempts</th><th>last status</th><th>last error / reason</th>\
+             <th>settled</th></tr>\n",
+        );
+        let mut ordered: Vec<&ResumeSummary> = resumes.iter().collect();
+        ordered.sort_by_key(|r| (r.state != "owed", std::cmp::Reverse(r.id)));
+        for r in ordered {
+            let why = r
+                .reason
+                .as_deref()
+                .or(r.last_error.as_deref())
+                .unwrap_or("");
+            html.push_str(&format!(
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({} ago)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                match r.state.as_str() {
+                    "owed" => "running",
+                    "resumed" => "succeeded",
+                    _ => "needs_human",
+                },
+                r.id,
+                r.job_id,
+                escape(&r.fix),
+                escape(&r.task),
+                escape(&r.state),
+                time(r.created_at),
+                format_duration(now - r.created_at),
+                r.attempts,
+                escape(r.last_status.as_deref().unwrap_or("")),
+                escape(why),
+                r.settled_at.map(time).unwrap_or_default(),
+            ));
+        }
+        html.push_str("</table>\n");
+    }
+
     html.push_str("<h2>Recent jobs</h2>\n");
     if jobs.is_empty() {
         html.push_str("<p>None yet.</p>\n");
     } else {
         html.push_str(
             "<table><tr><th>job</th><th>created</th><th>alert</th><th>fix</th><th>task / target</th>\
-             <th>state</th><th>outcome</th><th>duration</th><th>summary</th><th>error</th></tr>\n",
+             <th>state</th><th>outcome</th><th>resumes</th><th>duration</th><th>summary</th><th>error</th></tr>\n",
         );
         for j in jobs {
             let alert = match (&j.alertname, j.manual) {
@@ -97,7 +164,7 @@ pub fn render(jobs: &[JobSummary], steps: &[StepSummary], now: DateTime<Utc>) ->
                 outcome.push_str(" (alert resolved)");
             }
             html.push_str(&format!(
-                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                 escape(&j.state),
                 j.id,
                 time(j.created_at),
@@ -107,6 +174,7 @@ pub fn render(jobs: &[JobSummary], steps: &[StepSummary], now: DateTime<Utc>) ->
                 escape(&j.target),
                 escape(&j.state),
                 escape(&outcome),
+                escape(&job_resumes(j.id, resumes)),
                 j.duration().map(format_duration).unwrap_or_default(),
                 escape(j.summary.as_deref().unwrap_or("")),
                 escape(j.error.as_deref().unwrap_or("")),
@@ -163,7 +231,30 @@ mod tests {
             error: None,
             finished_at: None,
         };
-        let html = render(&[job], &[step], now);
+        let owed = ResumeSummary {
+            id: 11,
+            job_id: 7,
+            fix: "stalled_task".into(),
+            task: "<i>t1</i>".into(),
+            state: "owed".into(),
+            attempts: 2,
+            last_status: Some("stopping".into()),
+            last_error: Some("Rate exceeded".into()),
+            reason: None,
+            created_at: now - chrono::Duration::seconds(90),
+            settled_at: None,
+        };
+        let html = render(&[job], &[step], &[owed], now);
+        assert!(html.contains("1 task(s) stopped by a fix and owed a resume."));
+        assert!(
+            html.contains("resume owed: &lt;i&gt;t1&lt;/i&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>stopping</td><td>Rate exceeded</td>"),
+            "{html}"
+        );
+        assert!(html.contains("(1m 30s ago)"), "{html}");
         assert!(html.contains("&lt;b&gt;orders&lt;/b&gt;"));
         assert!(!html.contains("<b>orders"));
         assert!(html.contains("1.5s"));

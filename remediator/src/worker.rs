@@ -463,8 +463,17 @@ impl Worker {
     /// recoverably), vanished, or is still owed at its give-up time. A task locked by a job is
     /// left to that job. Returns how many obligations were looked at.
     pub async fn sweep_resumes(&self) -> Result<usize, LedgerError> {
+        self.sweep_resumes_of(None).await
+    }
+
+    /// [`Worker::sweep_resumes`] for the obligations of job `job_id` only, when given (what a
+    /// hand run does for the tasks its job stopped before it exits).
+    pub async fn sweep_resumes_of(&self, job_id: Option<i64>) -> Result<usize, LedgerError> {
         let inner = &self.inner;
-        let due = inner.ledger.due_resumes(RESUMES_PER_SWEEP).await?;
+        let due = inner
+            .ledger
+            .due_resumes_of(job_id, RESUMES_PER_SWEEP)
+            .await?;
         let n = due.len();
         for obligation in due {
             let Some(locks) = inner

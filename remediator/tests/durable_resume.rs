@@ -86,6 +86,15 @@ async fn fire(app: &Running, name: &str, labels: &[(&str, &str)], fp: &str) -> a
     Ok(())
 }
 
+/// `GET /jobs` of a running remediator.
+async fn jobs_api(app: &Running) -> anyhow::Result<serde_json::Value> {
+    Ok(reqwest::get(app.url("/jobs"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 async fn wait_status(
     lab: &SimLab,
     task: &str,
@@ -228,6 +237,20 @@ async fn f5_timeout(lab: &SimLab) -> anyhow::Result<()> {
             .contains("resume is owed"),
         "{job:?}"
     );
+    // People see the owed resume: the jobs API and the status page (the task is still
+    // stopping: the stop takes 6 s, the job gave up after 2 s).
+    let listing = jobs_api(&app).await?;
+    assert_eq!(listing["jobs"][0]["id"], json!(job.id), "{listing}");
+    let resumes = &listing["jobs"][0]["resumes"];
+    assert_eq!(resumes[0]["task"], json!(TASK), "{listing}");
+    assert_eq!(resumes[0]["state"], json!("owed"), "{listing}");
+    assert_eq!(listing["resumes_owed"], json!(1), "{listing}");
+    let page = reqwest::get(app.url("/")).await?.text().await?;
+    assert!(
+        page.contains("1 task(s) stopped by a fix and owed a resume."),
+        "{page}"
+    );
+    assert!(page.contains(&format!("resume owed: {TASK}")), "{page}");
     // The sweeper resumes it once stopped; the job then counts as succeeded.
     wait_status(lab, TASK, "running", Duration::from_secs(30)).await?;
     let took = alerted.elapsed();
@@ -239,6 +262,24 @@ async fn f5_timeout(lab: &SimLab) -> anyhow::Result<()> {
     assert_eq!(job.details["resumed_later"], json!([TASK]), "{job:?}");
     let owed = obligations(lab).await?;
     assert_eq!(owed[0].state, "resumed", "{owed:?}");
+    let listing = jobs_api(&app).await?;
+    assert_eq!(
+        listing["jobs"][0]["outcome"],
+        json!("succeeded"),
+        "{listing}"
+    );
+    assert_eq!(
+        listing["jobs"][0]["resumes"][0]["state"],
+        json!("resumed"),
+        "{listing}"
+    );
+    assert_eq!(listing["resumes_owed"], json!(0), "{listing}");
+    let page = reqwest::get(app.url("/")).await?.text().await?;
+    assert!(
+        page.contains("0 task(s) stopped by a fix and owed a resume."),
+        "{page}"
+    );
+    assert!(page.contains(&format!("resumed: {TASK}")), "{page}");
     eprintln!(
         "F5 with a 6 s stop outlasting a 2 s timeout: alert to running again (by the sweeper) in {:.1} s",
         took.as_secs_f64()
@@ -417,6 +458,14 @@ async fn f5_killed(lab: &SimLab) -> anyhow::Result<()> {
     // Nothing resumes the task while no remediator runs.
     wait_status(lab, TASK, "stopped", Duration::from_secs(20)).await?;
     assert_eq!(obligations(lab).await?[0].state, "owed");
+    // `jobs` tells people the resume is owed.
+    let (code, listing, err) = run_cli(&lab.config_text(EXTRA), &["jobs"]).await?;
+    assert_eq!(code, 0, "{listing}\n{err}");
+    assert!(listing.contains("resumes owed"), "{listing}");
+    assert!(
+        listing.contains(&format!("(stalled_task): task {TASK}, since")),
+        "{listing}"
+    );
     // A remediator starts again: its sweeper resumes the task.
     let restarted = Instant::now();
     let app = Running::spawn(lab.config(EXTRA)).await?;
@@ -539,4 +588,69 @@ async fn f3_schedule(lab: &SimLab) -> anyhow::Result<()> {
     );
     app.stop().await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f5_hand_run_carries_out_the_resume_it_owes_before_it_exits() -> anyhow::Result<()> {
+    let lab = SimLab::start("durable_cli", false, |_| {}).await?;
+    run_scenario(lab, |lab| Box::pin(f5_cli(lab))).await
+}
+
+/// No remediator service runs: a hand run whose stop outlasts `task_state_timeout` resumes the
+/// task itself before it exits, and says so.
+async fn f5_cli(lab: &SimLab) -> anyhow::Result<()> {
+    lab.applied_more(100).await?;
+    let control = LabControl::new(&lab.moto.url());
+    control
+        .set_dms_timing(Duration::from_secs(6), Duration::from_secs(2))
+        .await?;
+    let stalled_at = stall(lab).await?;
+    let text = lab.config_text(EXTRA).replace(
+        "task_state_timeout = \"20s\"",
+        "task_state_timeout = \"2s\"",
+    );
+    let started = Instant::now();
+    let (code, out, err) = run_cli(&text, &["run", "stalled_task", "--task", TASK]).await?;
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("outcome: failed"),
+        "the fix gave up waiting: {out}"
+    );
+    assert!(
+        out.contains(&format!("resume of task {TASK} owed")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("resume of task {TASK}: resumed")),
+        "{out}"
+    );
+    assert!(out.contains("outcome now: succeeded"), "{out}");
+    assert!(
+        took >= Duration::from_secs(6),
+        "waited for the stop: {took:?}"
+    );
+    assert_eq!(lab.moto_task(TASK).await?.status, "running");
+    let owed = obligations(lab).await?;
+    assert_eq!(owed.len(), 1, "{owed:?}");
+    assert_eq!(owed[0].state, "resumed", "{owed:?}");
+    let jobs = lab.jobs().await?;
+    assert_eq!(jobs[0].outcome(), "succeeded", "{:?}", jobs[0]);
+    assert_eq!(
+        jobs[0].details["resumed_later"],
+        json!([TASK]),
+        "{:?}",
+        jobs[0]
+    );
+    // `jobs` lists nothing owed any more.
+    let (code, listing, err) = run_cli(&text, &["jobs"]).await?;
+    assert_eq!(code, 0, "{listing}\n{err}");
+    assert!(!listing.contains("resumes owed"), "{listing}");
+    eprintln!(
+        "Hand run with a 6 s stop outlasting a 2 s timeout: exited with the task running after {:.1} s",
+        took.as_secs_f64()
+    );
+    lab.sim.clear_fault();
+    applies_again(lab, TASK, stalled_at).await?;
+    lab.assert_converges().await
 }

@@ -112,11 +112,11 @@ pub async fn run_fix_with(
     let report = core.worker.run_job(job, wait).await?;
     let code = match report {
         JobReport::Finished {
+            job_id,
             outcome,
             summary,
             error,
             plan,
-            ..
         } => {
             if let Some(plan) = plan {
                 println!("plan:\n{plan}");
@@ -125,10 +125,19 @@ pub async fn run_fix_with(
             if let Some(error) = error {
                 println!("error: {error}");
             }
-            i32::from(!matches!(
-                outcome,
-                JobOutcome::Succeeded | JobOutcome::DryRun
-            ))
+            let mut ok = matches!(outcome, JobOutcome::Succeeded | JobOutcome::DryRun);
+            if carry_out_owed_resumes(&core, job_id).await? {
+                // The ledger moved the job on (succeeded once resumed, or needs_human).
+                if let Some(job) = core.ledger.job(job_id).await? {
+                    let outcome = job.outcome.unwrap_or_default();
+                    println!(
+                        "outcome now: {outcome}: {}",
+                        job.summary.unwrap_or_default()
+                    );
+                    ok = outcome == JobOutcome::Succeeded.as_str();
+                }
+            }
+            i32::from(!ok)
         }
         JobReport::Requeued { job_id } => {
             println!(
@@ -141,11 +150,95 @@ pub async fn run_fix_with(
     Ok(code)
 }
 
-/// Prints the most recent jobs as a table.
+/// Carries out the resumes job `job_id` still owes once its fix returned (a stop that outlasted
+/// `task_state_timeout`, a throttled wait), as the service's sweeper would: a hand run must not
+/// leave a task stopped with no remediator running to resume it. Waits until each is resumed or
+/// handed to a human (at `resume_give_up_after`); stopping the CLI leaves them owed in the
+/// ledger, for the service's sweeper. F3's resumes wait for the end of the maintenance window
+/// and are the service's (its scheduled step and sweeper): they are listed, not awaited.
+/// Returns whether the job owed any resume this run carried out.
+async fn carry_out_owed_resumes(core: &Core, job_id: i64) -> anyhow::Result<bool> {
+    let ledger = &core.ledger;
+    let owed = || async move {
+        let resumes = ledger.resumes_of_jobs(&[job_id]).await?;
+        Ok::<_, crate::ledger::LedgerError>(
+            resumes
+                .into_iter()
+                .filter(|r| r.state == "owed")
+                .collect::<Vec<_>>(),
+        )
+    };
+    let first = owed().await?;
+    let (scheduled, mine): (Vec<_>, Vec<_>) = first
+        .into_iter()
+        .partition(|r| r.fix == FixName::Maintenance.as_str());
+    for r in &scheduled {
+        println!(
+            "resume of task {} owed (obligation {}): after the maintenance window, by the remediator service",
+            r.task, r.id
+        );
+    }
+    if mine.is_empty() {
+        return Ok(false);
+    }
+    for r in &mine {
+        println!(
+            "resume of task {} owed (obligation {}); resuming it once it is stopped (interrupting leaves it to the remediator service)",
+            r.task, r.id
+        );
+    }
+    let interval = core.config.remediator.resume_retry_interval;
+    loop {
+        core.worker.sweep_resumes_of(Some(job_id)).await?;
+        let left: Vec<_> = owed()
+            .await?
+            .into_iter()
+            .filter(|r| mine.iter().any(|m| m.id == r.id))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(interval.min(std::time::Duration::from_secs(5))).await;
+    }
+    for r in core.ledger.resumes_of_jobs(&[job_id]).await? {
+        if mine.iter().any(|m| m.id == r.id) {
+            println!(
+                "resume of task {}: {}{}",
+                r.task,
+                r.state,
+                r.reason.map(|why| format!(" ({why})")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(true)
+}
+
+/// Prints the most recent jobs as a table, then the resumes owed now.
 pub async fn list_jobs(config: Config, limit: i64) -> anyhow::Result<()> {
     let core = Core::open(config, FixRegistry::standard()).await?;
     let jobs = core.ledger.recent_jobs(limit).await?;
     print!("{}", jobs_table(&jobs));
+    let owed = core.ledger.resumes(true, 100).await?;
+    if !owed.is_empty() {
+        println!("\nresumes owed (tasks a fix stopped that do not run again yet):");
+        for r in owed {
+            println!(
+                "  obligation {} job {} ({}): task {}, since {}, {} attempt(s){}{}",
+                r.id,
+                r.job_id,
+                r.fix,
+                r.task,
+                r.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.attempts,
+                r.last_status
+                    .map(|s| format!(", last seen {s}"))
+                    .unwrap_or_default(),
+                r.last_error
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default(),
+            );
+        }
+    }
     Ok(())
 }
 

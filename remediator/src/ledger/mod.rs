@@ -180,7 +180,7 @@ pub struct NewStep {
 }
 
 /// One line of the recent-jobs listing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct JobSummary {
     pub id: i64,
     pub alertname: Option<String>,

@@ -44,8 +44,8 @@ pub struct ResumeObligation {
     pub created_at: DateTime<Utc>,
 }
 
-/// One line of the obligations listing.
-#[derive(Debug, Clone)]
+/// One line of the obligations listing (the status page, `GET /jobs`, `dmsguard-remediator jobs`).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ResumeSummary {
     pub id: i64,
     pub job_id: i64,
@@ -58,6 +58,22 @@ pub struct ResumeSummary {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
+}
+
+fn summary_from_row(r: &Row) -> ResumeSummary {
+    ResumeSummary {
+        id: r.get(0),
+        job_id: r.get(1),
+        fix: r.get(2),
+        task: r.get(3),
+        state: r.get(4),
+        attempts: r.get(5),
+        last_status: r.get(6),
+        last_error: r.get(7),
+        reason: r.get(8),
+        created_at: r.get(9),
+        settled_at: r.get(10),
+    }
 }
 
 const COLUMNS: &str = "id, job_id, fix, task, not_before, give_up_at, attempts, created_at";
@@ -102,6 +118,15 @@ impl Ledger {
 
     /// Owed resumes due now (not before passed), oldest first.
     pub async fn due_resumes(&self, limit: i64) -> Result<Vec<ResumeObligation>, LedgerError> {
+        self.due_resumes_of(None, limit).await
+    }
+
+    /// Owed resumes due now, of job `job_id` only when given, oldest first.
+    pub async fn due_resumes_of(
+        &self,
+        job_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ResumeObligation>, LedgerError> {
         let rows = self
             .client()
             .await?
@@ -109,9 +134,10 @@ impl Ledger {
                 &format!(
                     "SELECT {COLUMNS} FROM dmsguard.resume_obligations
                      WHERE state = 'owed' AND not_before <= now()
+                       AND ($2::bigint IS NULL OR job_id = $2)
                      ORDER BY not_before, id LIMIT $1"
                 ),
-                &[&limit],
+                &[&limit, &job_id],
             )
             .await
             .map_err(LedgerError::query("listing due resumes"))?;
@@ -247,6 +273,27 @@ impl Ledger {
             .get(0))
     }
 
+    /// The obligations of jobs `job_ids`, oldest first.
+    pub async fn resumes_of_jobs(
+        &self,
+        job_ids: &[i64],
+    ) -> Result<Vec<ResumeSummary>, LedgerError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, job_id, fix, task, state, attempts, last_status, last_error, reason,
+                     created_at, settled_at
+                 FROM dmsguard.resume_obligations
+                 WHERE job_id = ANY($1)
+                 ORDER BY id",
+                &[&job_ids],
+            )
+            .await
+            .map_err(LedgerError::query("listing a job's resumes"))?;
+        Ok(rows.iter().map(summary_from_row).collect())
+    }
+
     /// Obligations, newest first; with `owed_only`, only those still owed.
     pub async fn resumes(
         &self,
@@ -266,21 +313,6 @@ impl Ledger {
             )
             .await
             .map_err(LedgerError::query("listing resumes"))?;
-        Ok(rows
-            .iter()
-            .map(|r| ResumeSummary {
-                id: r.get(0),
-                job_id: r.get(1),
-                fix: r.get(2),
-                task: r.get(3),
-                state: r.get(4),
-                attempts: r.get(5),
-                last_status: r.get(6),
-                last_error: r.get(7),
-                reason: r.get(8),
-                created_at: r.get(9),
-                settled_at: r.get(10),
-            })
-            .collect())
+        Ok(rows.iter().map(summary_from_row).collect())
     }
 }

@@ -69,8 +69,8 @@ pub struct StackSpec {
     pub alertmanager: AlertmanagerTiming,
     /// `redshift.maintenance_window`, if any.
     pub maintenance_window: Option<String>,
-    /// `redshift.cluster_identifier`, if any: the maintenance schedule then comes from
-    /// `DescribeClusters` (the lab's control plane sets what it reports).
+    /// `redshift.cluster_identifier`, if any: maintenance from the cluster's schedule
+    /// (`DescribeClusters`; set it in the lab with `LabControl::set_maintenance`).
     pub cluster_identifier: Option<String>,
     /// Extra lines of the `[remediator]` section (e.g. `maintenance_hold = "10s"`).
     pub remediator_settings: String,
@@ -78,6 +78,9 @@ pub struct StackSpec {
     pub extra_sections: String,
     /// `[clock] start`: the calendar day windows are computed with, if not the system's.
     pub clock_start: Option<DateTime<Utc>>,
+    /// `remediator.task_state_timeout`: how long a fix waits for `stopped` / `running` (raise
+    /// it above the lab's DMS stop and start times, see `LabControl::set_dms_timing`).
+    pub task_state_timeout: Duration,
 }
 
 impl StackSpec {
@@ -104,6 +107,7 @@ impl StackSpec {
             remediator_settings: String::new(),
             extra_sections: String::new(),
             clock_start: None,
+            task_state_timeout: Duration::from_secs(30),
         }
     }
 
@@ -158,8 +162,10 @@ impl StackSpec {
              [exporter.gaps]\ninterval = \"1s\"\ntimeout = \"20s\"\n\
              [exporter.maintenance]\ninterval = \"500ms\"\ntimeout = \"5s\"\n\n\
              [remediator]\nlisten = \"{remediator}\"\ntoken_file = \"{token_file}\"\n\
-             task_state_timeout = \"30s\"\n{}\n{}\n",
-            self.remediator_settings, self.extra_sections
+             task_state_timeout = \"{}ms\"\n{}\n{}\n",
+            self.task_state_timeout.as_millis(),
+            self.remediator_settings,
+            self.extra_sections
         ));
         text.push_str(&self.dbs.ledger_section());
         text
