@@ -137,6 +137,21 @@ pub enum IamAuthError {
 }
 
 impl IamAuthConfig {
+    /// `method` with every other setting at its default and `aws` for the credentials.
+    pub fn new(method: IamMethod, aws: AwsConfig) -> Self {
+        Self {
+            method,
+            region: None,
+            cluster_identifier: None,
+            db_user: None,
+            auto_create: false,
+            db_groups: Vec::new(),
+            duration: default_duration(),
+            aws: Some(aws),
+            cache: LoginCache::default(),
+        }
+    }
+
     /// The login for a new connection to `host:port` as `url_user`: the cached one while it has
     /// more than [`REFRESH_MARGIN`] left, otherwise a new one from AWS.
     pub async fn login(
