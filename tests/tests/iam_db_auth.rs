@@ -130,7 +130,7 @@ async fn redshift_cluster_credentials_log_in_are_cached_and_refreshed() -> anyho
     // Close to its expiry the login is replaced before connecting: the role still has the old
     // password, so the new connection is refused, and the new one works once the role has it.
     shift.store(800, Ordering::SeqCst);
-    let err = db::connect(&config).await.err().expect("the old password");
+    let err = db::connect(&config).await.expect_err("the old password");
     let message = err.to_string();
     assert!(message.contains("28P01"), "{message}");
     let renewed = iam.cached().expect("a new login");
@@ -145,8 +145,7 @@ async fn redshift_cluster_credentials_log_in_are_cached_and_refreshed() -> anyho
     missing.cluster_identifier = Some("no-such-cluster".to_owned());
     let err = db::connect(&lab_database(&env, &db_user, missing))
         .await
-        .err()
-        .expect("no cluster");
+        .expect_err("no cluster");
     let message = err.to_string();
     assert!(
         message.contains("redshift:GetClusterCredentials")
