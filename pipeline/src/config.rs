@@ -383,6 +383,10 @@ pub struct ExporterConfig {
     /// Probe of the Redshift maintenance window.
     #[serde(default = "defaults::maintenance_probe")]
     pub maintenance: ProbeSchedule,
+    /// Run the `--preflight` checks once at start-up, log them and export
+    /// `dmsguard_preflight_ok{check}` (default true; the exporter runs on whatever they find).
+    #[serde(default = "defaults::yes")]
+    pub preflight: bool,
 }
 
 impl Default for ExporterConfig {
@@ -396,6 +400,7 @@ impl Default for ExporterConfig {
             dms: defaults::dms_probe(),
             gaps: defaults::gaps_probe(),
             maintenance: defaults::maintenance_probe(),
+            preflight: true,
         }
     }
 }

@@ -56,6 +56,29 @@ impl Report {
         });
     }
 
+    /// Logs each check (failures as warnings, with their fix) and a summary.
+    pub fn log(&self, binary: &str) {
+        for c in &self.checks {
+            if c.ok {
+                tracing::info!(check = %c.name, detail = %c.detail, "Preflight check passed.");
+            } else {
+                tracing::warn!(
+                    check = %c.name,
+                    detail = %c.detail,
+                    fix = c.fix.as_deref().unwrap_or(""),
+                    "Preflight check failed."
+                );
+            }
+        }
+        let failed = self.checks.iter().filter(|c| !c.ok).count();
+        tracing::info!(
+            binary,
+            checks = self.checks.len(),
+            failed,
+            "Preflight finished."
+        );
+    }
+
     /// The checklist as text: `[ok]`/`[FAIL]` lines, each failure followed by its fix.
     pub fn render(&self) -> String {
         let mut out = String::new();
