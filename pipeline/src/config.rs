@@ -590,6 +590,10 @@ pub struct RemediatorConfig {
     /// schedule is known (`NextMaintenanceWindowStartTime` and the preferred window's length).
     #[serde(default = "defaults::maintenance_margin", with = "humantime_serde")]
     pub maintenance_margin: Duration,
+    /// Run the `preflight` checks (with the remediator's: ledger, INSERT on the targets) once
+    /// at start-up and log each result (default true).
+    #[serde(default = "defaults::yes")]
+    pub preflight: bool,
 }
 
 impl Default for RemediatorConfig {
@@ -611,6 +615,7 @@ impl Default for RemediatorConfig {
             resume_retry_interval: defaults::resume_retry_interval(),
             resume_give_up_after: defaults::resume_give_up_after(),
             maintenance_margin: defaults::maintenance_margin(),
+            preflight: true,
         }
     }
 }
