@@ -184,8 +184,25 @@ impl Exporter {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let handles = self.start_probes()?;
-        tracing::info!(addr = %self.addr, probes = handles.len(), "Exporter listening.");
+        let mut handles = self.start_probes()?;
+        let probes = handles.len();
+        // The same checks as `--preflight`, once at start-up: logged, and exported as
+        // `dmsguard_preflight_ok{check}`; the exporter keeps running whatever they find.
+        let (config, preflight) = (self.config.clone(), self.metrics.preflight.clone());
+        if config.exporter.preflight {
+            handles.push(tokio::spawn(async move {
+                let report = dmsguard_pipeline::preflight::run(&config, false).await;
+                report.log("dmsguard-exporter");
+                for check in &report.checks {
+                    preflight
+                        .get_or_create(&metrics::PreflightLabels {
+                            check: check.name.clone(),
+                        })
+                        .set(i64::from(check.ok));
+                }
+            }));
+        }
+        tracing::info!(addr = %self.addr, probes, "Exporter listening.");
         let router = Router::new()
             .route("/metrics", get(metrics))
             .route("/", get(landing))

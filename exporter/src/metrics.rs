@@ -77,6 +77,9 @@ pub const PROBE_DURATION: &str = "probe_duration";
 /// `dmsguard_probe_last_success_timestamp_seconds`
 pub const PROBE_LAST_SUCCESS_TIMESTAMP: &str = "probe_last_success_timestamp";
 
+/// `dmsguard_preflight_ok`
+pub const PREFLIGHT_OK: &str = "preflight_ok";
+
 /// A gauge holding a float.
 pub type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -297,6 +300,12 @@ label_value_via_as_str!(DayWindow);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ProbeLabels {
     pub probe: ProbeName,
+}
+
+/// A preflight check, named as the checklist names it (e.g. `source table public.orders`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PreflightLabels {
+    pub check: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -695,11 +704,20 @@ pub struct Metrics {
     pub gaps: GapMetrics,
     pub maintenance: MaintenanceMetrics,
     pub thresholds: ThresholdMetrics,
+    /// The start-up preflight checklist: 1 passed, 0 failed; absent until it has run.
+    pub preflight: Family<PreflightLabels, Gauge>,
 }
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let preflight = Family::<PreflightLabels, Gauge>::default();
+        registry.register(
+            PREFLIGHT_OK,
+            "Whether the start-up preflight check passed (1) or failed (0); `--preflight` prints the fix.",
+            preflight.clone(),
+        );
         Self {
+            preflight,
             probes: ProbeMetrics::register(registry),
             statements: StatementMetrics::register(registry),
             cloudwatch: CloudWatchMetrics::register(registry),

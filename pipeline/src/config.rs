@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::iam_auth::IamMethod;
 use crate::secret::Secret;
 
 /// Exit code for an invalid configuration (`EX_USAGE` from sysexits.h).
@@ -95,6 +96,11 @@ pub struct DatabaseConfig {
     /// Server-side `statement_timeout` set on every session; 0 disables it.
     #[serde(default = "defaults::statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// Log in with IAM database credentials instead of a password (then leave out `password`
+    /// and `password_file`): `method = "rds"` for an RDS/Aurora IAM authentication token,
+    /// `method = "redshift"` with `cluster_identifier` for `GetClusterCredentials`. Obtained
+    /// for each new connection and reused until shortly before they expire.
+    pub iam: Option<crate::iam_auth::IamAuthConfig>,
 }
 
 /// Which family of Redshift system views to read.
@@ -133,6 +139,10 @@ pub struct RedshiftConfig {
     /// Server-side `statement_timeout` set on every session; 0 disables it.
     #[serde(default = "defaults::statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// Log in with IAM database credentials instead of a password (then leave out `password`
+    /// and `password_file`): `method = "redshift"` with `cluster_identifier` calls
+    /// `GetClusterCredentials`; the login user is the `IAM:`-prefixed name it returns.
+    pub iam: Option<crate::iam_auth::IamAuthConfig>,
     /// System views to read statements from: `sys` (default) or `stl`.
     #[serde(default)]
     pub system_views: SystemViews,
@@ -170,6 +180,7 @@ impl RedshiftConfig {
             sslrootcert: self.sslrootcert.clone(),
             connect_timeout: self.connect_timeout,
             statement_timeout: self.statement_timeout,
+            iam: self.iam.clone(),
         }
     }
 }
@@ -372,6 +383,10 @@ pub struct ExporterConfig {
     /// Probe of the Redshift maintenance window.
     #[serde(default = "defaults::maintenance_probe")]
     pub maintenance: ProbeSchedule,
+    /// Run the `--preflight` checks once at start-up, log them and export
+    /// `dmsguard_preflight_ok{check}` (default true; the exporter runs on whatever they find).
+    #[serde(default = "defaults::yes")]
+    pub preflight: bool,
 }
 
 impl Default for ExporterConfig {
@@ -385,6 +400,7 @@ impl Default for ExporterConfig {
             dms: defaults::dms_probe(),
             gaps: defaults::gaps_probe(),
             maintenance: defaults::maintenance_probe(),
+            preflight: true,
         }
     }
 }
@@ -574,6 +590,10 @@ pub struct RemediatorConfig {
     /// schedule is known (`NextMaintenanceWindowStartTime` and the preferred window's length).
     #[serde(default = "defaults::maintenance_margin", with = "humantime_serde")]
     pub maintenance_margin: Duration,
+    /// Run the `preflight` checks (with the remediator's: ledger, INSERT on the targets) once
+    /// at start-up and log each result (default true).
+    #[serde(default = "defaults::yes")]
+    pub preflight: bool,
 }
 
 impl Default for RemediatorConfig {
@@ -595,6 +615,7 @@ impl Default for RemediatorConfig {
             resume_retry_interval: defaults::resume_retry_interval(),
             resume_give_up_after: defaults::resume_give_up_after(),
             maintenance_margin: defaults::maintenance_margin(),
+            preflight: true,
         }
     }
 }
@@ -722,7 +743,26 @@ impl Config {
             .map_err(|e| ConfigError::key(e.path().to_string(), e.inner().to_string()))?;
         config.normalise_table_names()?;
         config.validate()?;
+        config.attach_aws_to_iam();
         Ok(config)
+    }
+
+    /// Gives each database that logs in with IAM credentials the `[aws]` settings to get them with.
+    fn attach_aws_to_iam(&mut self) {
+        let aws = self.aws.clone();
+        for iam in [
+            self.source.iam.as_mut(),
+            self.redshift.iam.as_mut(),
+            self.remediator
+                .ledger
+                .as_mut()
+                .and_then(|ledger| ledger.iam.as_mut()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            iam.aws = Some(aws.clone());
+        }
     }
 
     /// Rewrites every `[[tables]]` source and target to its canonical text (see
@@ -754,6 +794,11 @@ impl Config {
             check_secret_pair("remediator.ledger", &ledger.password, &ledger.password_file)?;
         }
         self.aws.validate()?;
+        check_iam("source", &self.source, IamMethod::Rds)?;
+        check_iam("redshift", &self.redshift.database(), IamMethod::Redshift)?;
+        if let Some(ledger) = &self.remediator.ledger {
+            check_iam("remediator.ledger", ledger, IamMethod::Rds)?;
+        }
         check_tls("source", &self.source)?;
         check_tls("redshift", &self.redshift.database())?;
         if let Some(ledger) = &self.remediator.ledger {
@@ -905,6 +950,68 @@ fn check_tls(section: &str, db: &DatabaseConfig) -> Result<(), ConfigError> {
             format!("{section}.sslrootcert"),
             TlsError::RootCertMissing(settings.mode).to_string(),
         ));
+    }
+    Ok(())
+}
+
+/// A database logging in with IAM has no password, the method its kind of database takes,
+/// and the method's settings.
+fn check_iam(section: &str, db: &DatabaseConfig, method: IamMethod) -> Result<(), ConfigError> {
+    let Some(iam) = &db.iam else {
+        return Ok(());
+    };
+    if db.password.is_some() || db.password_file.is_some() {
+        return Err(ConfigError::key(
+            format!("{section}.iam"),
+            "IAM database credentials replace the password: leave out `password` and `password_file`",
+        ));
+    }
+    if iam.method != method {
+        return Err(ConfigError::key(
+            format!("{section}.iam.method"),
+            format!("`{}` does not apply here; use `{method}`", iam.method),
+        ));
+    }
+    match iam.method {
+        IamMethod::Redshift => {
+            if iam.cluster_identifier.as_deref().unwrap_or("").is_empty() {
+                return Err(ConfigError::key(
+                    format!("{section}.iam.cluster_identifier"),
+                    "required by `method = \"redshift\"` (GetClusterCredentials)",
+                ));
+            }
+            // DurationSeconds: 900 to 3600
+            // (https://docs.aws.amazon.com/redshift/latest/APIReference/API_GetClusterCredentials.html).
+            if !(900..=3600).contains(&iam.duration.as_secs()) {
+                return Err(ConfigError::key(
+                    format!("{section}.iam.duration"),
+                    "must be between 15 and 60 minutes",
+                ));
+            }
+        }
+        IamMethod::Rds => {
+            for (key, set) in [
+                ("cluster_identifier", iam.cluster_identifier.is_some()),
+                ("db_user", iam.db_user.is_some()),
+                ("auto_create", iam.auto_create),
+                ("db_groups", !iam.db_groups.is_empty()),
+            ] {
+                if set {
+                    return Err(ConfigError::key(
+                        format!("{section}.iam.{key}"),
+                        "only used with `method = \"redshift\"`",
+                    ));
+                }
+            }
+            // RDS accepts IAM tokens only over TLS
+            // (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAMDBAuth.html).
+            if crate::db::tls_settings(db).is_ok_and(|t| t.mode == crate::tls::SslMode::Disable) {
+                return Err(ConfigError::key(
+                    format!("{section}.sslmode"),
+                    "RDS accepts IAM authentication tokens only over TLS: use `require` or `verify-full`",
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -1202,6 +1309,70 @@ mod tests {
         );
         assert_eq!(c.remediator.routes["DMSOneByOneMode"], FixName::OneByOne);
         assert_eq!(c.redshift.system_views, SystemViews::Sys);
+    }
+
+    #[test]
+    fn iam_credentials_are_checked_and_get_the_aws_settings() {
+        let base = r#"
+            [aws]
+            region = "eu-west-1"
+            [source]
+            url = "postgresql://dmsguard@db.example:5432/app"
+            sslmode = "require"
+            iam = { method = "rds" }
+            [redshift]
+            url = "postgresql://dmsguard@cluster.example:5439/dev"
+            iam = { method = "redshift", cluster_identifier = "prod", duration = "30m" }
+        "#;
+        let c = Config::from_toml(base, &env).unwrap();
+        let source = c.source.iam.as_ref().unwrap();
+        assert_eq!(source.method, IamMethod::Rds);
+        assert_eq!(source.aws.as_ref().unwrap().region, "eu-west-1");
+        let redshift = c.redshift.database().iam.unwrap();
+        assert_eq!(redshift.cluster_identifier.as_deref(), Some("prod"));
+        assert_eq!(redshift.duration, Duration::from_secs(1800));
+        assert!(redshift.aws.is_some());
+
+        for (change, key) in [
+            (
+                (
+                    "iam = { method = \"rds\" }",
+                    "iam = { method = \"rds\" }\npassword = \"x\"",
+                ),
+                "source.iam",
+            ),
+            (
+                (
+                    "iam = { method = \"rds\" }",
+                    "iam = { method = \"redshift\", cluster_identifier = \"c\" }",
+                ),
+                "source.iam.method",
+            ),
+            (
+                (
+                    "iam = { method = \"rds\" }",
+                    "iam = { method = \"rds\", db_user = \"x\" }",
+                ),
+                "source.iam.db_user",
+            ),
+            (
+                ("sslmode = \"require\"", "sslmode = \"disable\""),
+                "source.sslmode",
+            ),
+            (
+                ("cluster_identifier = \"prod\", ", ""),
+                "redshift.iam.cluster_identifier",
+            ),
+            (
+                ("duration = \"30m\"", "duration = \"2h\""),
+                "redshift.iam.duration",
+            ),
+        ] {
+            let text = base.replacen(change.0, change.1, 1);
+            assert_ne!(text, base);
+            let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -17,6 +17,15 @@ pub enum ConnectError {
     Url(#[source] tokio_postgres::Error),
     #[error("cannot read password file: {0}")]
     PasswordFile(#[source] std::io::Error),
+    #[error(
+        "IAM database credentials for {target}: {}",
+        crate::report::error_chain(source)
+    )]
+    Iam {
+        target: String,
+        #[source]
+        source: crate::iam_auth::IamAuthError,
+    },
     #[error("TLS settings of {target}: {source}")]
     Tls {
         target: String,
@@ -170,7 +179,17 @@ pub async fn connect_with_tls_state(
         target: target.clone(),
         source,
     })?;
-    let pg = client_config(config)?;
+    let mut pg = client_config(config)?;
+    if let Some(iam) = &config.iam {
+        let login = iam_login(iam, &pg)
+            .await
+            .map_err(|source| ConnectError::Iam {
+                target: target.clone(),
+                source,
+            })?;
+        pg.user(&login.user);
+        pg.password(login.password.expose());
+    }
     let rustls = tls::client_config(&settings).map_err(|source| ConnectError::Tls {
         target: target.clone(),
         source,
@@ -202,6 +221,28 @@ pub async fn connect_with_tls_state(
             .map_err(|source| ConnectError::Session { target, source })?;
     }
     Ok((client, state))
+}
+
+/// The IAM login for a connection with the driver config `pg` (its first host, port and user).
+pub async fn iam_login(
+    iam: &crate::iam_auth::IamAuthConfig,
+    pg: &tokio_postgres::Config,
+) -> Result<crate::iam_auth::Login, crate::iam_auth::IamAuthError> {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => {
+            return Err(crate::iam_auth::IamAuthError::Incomplete(
+                "IAM database credentials need a TCP host in the URL".into(),
+            ))
+        }
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let user = pg.get_user().ok_or_else(|| {
+        crate::iam_auth::IamAuthError::Incomplete(
+            "IAM database credentials need the database user in the URL".into(),
+        )
+    })?;
+    iam.login(user, &host, port).await
 }
 
 fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)

@@ -9,6 +9,7 @@ pub mod ddl;
 pub mod dms_tasks;
 pub mod frontier;
 pub mod gap_finder;
+pub mod iam_auth;
 pub mod maintenance;
 pub mod preflight;
 pub mod report;

@@ -56,6 +56,29 @@ impl Report {
         });
     }
 
+    /// Logs each check (failures as warnings, with their fix) and a summary.
+    pub fn log(&self, binary: &str) {
+        for c in &self.checks {
+            if c.ok {
+                tracing::info!(check = %c.name, detail = %c.detail, "Preflight check passed.");
+            } else {
+                tracing::warn!(
+                    check = %c.name,
+                    detail = %c.detail,
+                    fix = c.fix.as_deref().unwrap_or(""),
+                    "Preflight check failed."
+                );
+            }
+        }
+        let failed = self.checks.iter().filter(|c| !c.ok).count();
+        tracing::info!(
+            binary,
+            checks = self.checks.len(),
+            failed,
+            "Preflight finished."
+        );
+    }
+
     /// The checklist as text: `[ok]`/`[FAIL]` lines, each failure followed by its fix.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -153,7 +176,33 @@ async fn readable(
     }
 }
 
-/// Runs every check that applies to `config`; `ledger` adds the remediator's ledger database.
+/// `INSERT` on a target table (the remediator's repairs insert the missing rows): asked of the
+/// catalogue with `HAS_TABLE_PRIVILEGE`, which Redshift has as a leader-node function
+/// (https://docs.aws.amazon.com/redshift/latest/dg/r_HAS_TABLE_PRIVILEGE.html), so nothing is
+/// written.
+async fn insertable(
+    report: &mut Report,
+    client: &tokio_postgres::Client,
+    name: String,
+    table: &QualifiedName,
+    user: &str,
+) {
+    let grant = format!("GRANT INSERT ON {} TO {user};", table.quoted());
+    match client
+        .query_one(
+            "SELECT has_table_privilege($1, 'INSERT')",
+            &[&table.quoted()],
+        )
+        .await
+    {
+        Ok(row) if row.get::<_, bool>(0) => report.pass(name, "INSERT allowed"),
+        Ok(_) => report.fail(name, format!("{user} may not INSERT into {table}"), grant),
+        Err(e) => report.fail(name, db::error_chain(&e), grant),
+    }
+}
+
+/// Runs every check that applies to `config`; `ledger` adds what only the remediator needs:
+/// its ledger database and INSERT on the target tables.
 pub async fn run(config: &Config, ledger: bool) -> Report {
     let mut report = Report::default();
     let source = connection(&mut report, "source", &config.source).await;
@@ -199,6 +248,16 @@ pub async fn run(config: &Config, ledger: bool) -> Report {
                 &user,
             )
             .await;
+            if ledger {
+                insertable(
+                    &mut report,
+                    client,
+                    format!("target table {dst} insert"),
+                    &dst,
+                    &user,
+                )
+                .await;
+            }
         }
     }
     if let Some(client) = &redshift {

@@ -142,6 +142,15 @@ impl Remediator {
             metrics,
             registry,
         } = self.core;
+        if config.remediator.preflight {
+            // The checks of `dmsguard-remediator preflight`, logged once; they do not stop it.
+            let config = config.clone();
+            tokio::spawn(async move {
+                dmsguard_pipeline::preflight::run(&config, true)
+                    .await
+                    .log("dmsguard-remediator");
+            });
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let worker_task = tokio::spawn(worker.clone().run(stop_rx));
         let state = api::ApiState::new(

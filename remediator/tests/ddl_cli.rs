@@ -32,6 +32,7 @@ fn database(name: &str) -> DatabaseConfig {
         sslrootcert: None,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(60),
+        iam: None,
     }
 }
 

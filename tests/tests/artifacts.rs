@@ -51,6 +51,7 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_probe_success",
     "dmsguard_probe_duration_seconds",
     "dmsguard_probe_last_success_timestamp_seconds",
+    "dmsguard_preflight_ok",
     // Remediator.
     "dmsguard_remediator_webhooks_total",
     "dmsguard_remediator_jobs_total",

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 /// https://docs.aws.amazon.com/STS/latest/APIReference/API_GetCallerIdentity.html).
 const PERMISSION_FREE: &[&str] = &["sts:GetCallerIdentity"];
 
+/// Actions called only for IAM database credentials (`iam` in a database section): listed in
+/// the doc's own `iam-database` policy, not in the exporter's and remediator's.
+const DATABASE_LOGIN: &[&str] = &["redshift:GetClusterCredentials"];
+
 /// The only actions that change something; only the remediator may have them.
 const MUTATING: &[&str] = &["dms:StartReplicationTask", "dms:StopReplicationTask"];
 
@@ -155,9 +159,21 @@ fn the_policies_list_exactly_the_actions_the_code_calls() {
     }
     let needed: BTreeSet<String> = called
         .iter()
-        .filter(|a| !PERMISSION_FREE.contains(&a.as_str()))
+        .filter(|a| !PERMISSION_FREE.contains(&a.as_str()) && !DATABASE_LOGIN.contains(&a.as_str()))
         .cloned()
         .collect();
+    // The IAM database credentials policy: the login API the code calls, and RDS's `connect`
+    // (no API call: the token is signed locally and RDS checks this permission when it is used).
+    for login in DATABASE_LOGIN {
+        assert!(called.contains(*login), "{login} is no longer called");
+    }
+    let database: BTreeSet<String> = allowed(&policy(&doc, "iam-database"))
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    let mut expected: BTreeSet<String> = DATABASE_LOGIN.iter().map(|s| s.to_string()).collect();
+    expected.insert("rds-db:connect".to_owned());
+    assert_eq!(database, expected, "iam-database policy");
     let mutating: BTreeSet<String> = needed
         .iter()
         .filter(|a| {

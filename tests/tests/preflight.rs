@@ -1,6 +1,7 @@
 //! The preflight checklist against the lab: everything right (TLS verified against the lab CA,
-//! tables readable, moto's DMS task and instance found), then a source user without SELECT and a
-//! task that does not exist, each reported with its fix.
+//! tables readable and the targets insertable, moto's DMS task and instance found), then a
+//! source user without SELECT, a Redshift user without INSERT and a task that does not exist,
+//! each reported with its fix.
 
 use dmsguard_lab::harness::{self, create_dms_task, Moto, TestDatabases, REMEDIATOR_USER};
 use dmsguard_pipeline::aws::AwsClients;
@@ -12,18 +13,16 @@ fn config_text(
     moto: &str,
     source_url: &str,
     source_pw: &str,
+    redshift_url: &str,
     task: &str,
 ) -> String {
     let pw = &dbs.env.pg_password;
     format!(
         "[source]\nurl = \"{source_url}\"\npassword = \"{source_pw}\"\n\n\
-         [redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n\n\
+         [redshift]\nurl = \"{redshift_url}\"\npassword = \"{pw}\"\n\n\
          [aws]\nendpoint_url = \"{moto}\"\nmax_attempts = 1\ntimeout = \"10s\"\n\n\
          [[tasks]]\nname = \"{task}\"\nreplication_instance = \"pf-instance\"\n\n\
          [[tables]]\nsource = \"public.orders\"\ntask = \"{task}\"\n{}",
-        // The remediator's least-privilege user of docs/grants.md (the preflight with the
-        // ledger is `dmsguard-remediator preflight`), never a superuser.
-        dbs.remediator_redshift().url,
         dbs.ledger_section()
     )
 }
@@ -54,6 +53,8 @@ async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> any
         &moto.url(),
         &verified,
         &dbs.env.pg_password,
+        // The remediator's least-privilege user of docs/grants.md, never a superuser.
+        &dbs.remediator_redshift().url,
         "pf-task",
     );
     let report = preflight::run(&Config::from_toml(&text, &|_| None)?, true).await;
@@ -69,6 +70,7 @@ async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> any
         "[ok] ledger connection: ",
         "[ok] source table public.orders: SELECT works",
         "[ok] target table public.orders: SELECT works",
+        "[ok] target table public.orders insert: INSERT allowed",
         "[ok] redshift system view sys_query_history: readable",
         "[ok] AWS identity: arn:aws:",
         "[ok] DMS task pf-task: ",
@@ -86,7 +88,16 @@ async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> any
         .await?;
     let url = verified.replacen(&format!("//{REMEDIATOR_USER}@"), &format!("//{role}@"), 1);
     assert_ne!(url, verified);
-    let text = config_text(&dbs, &moto.url(), &url, "pf-secret", "no-such-task");
+    // Redshift as the exporter's user of docs/grants.md: SELECT, but no INSERT for repairs.
+    let exporter_redshift = dbs.exporter_redshift().url;
+    let text = config_text(
+        &dbs,
+        &moto.url(),
+        &url,
+        "pf-secret",
+        &exporter_redshift,
+        "no-such-task",
+    );
     let report = preflight::run(&Config::from_toml(&text, &|_| None)?, true).await;
     let out = report.render();
     println!("{out}");
@@ -96,10 +107,12 @@ async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> any
         "[ok] source connection: ",
         "[FAIL] source table public.orders: ERROR: permission denied for table orders (SQLSTATE 42501)",
         &format!("fix: GRANT USAGE ON SCHEMA \"public\" TO {role}; GRANT SELECT ON \"public\".\"orders\" TO {role};"),
-        "[ok] target table public.orders",
+        "[ok] target table public.orders: SELECT works",
+        "[FAIL] target table public.orders insert: dmsguard_exporter may not INSERT into public.orders",
+        "fix: GRANT INSERT ON \"public\".\"orders\" TO dmsguard_exporter;",
         "[FAIL] DMS task no-such-task: not found",
         "fix: fix [[tasks]].name",
-        "2 failed",
+        "3 failed",
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }

@@ -101,6 +101,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn config(env: &LabEnv, db: &str) -> DatabaseConfig {
     DatabaseConfig {
         statement_timeout: Duration::ZERO,
+        iam: None,
         ..env.database(db)
     }
 }

@@ -77,6 +77,7 @@ impl LabEnv {
             sslrootcert: None,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(120),
+            iam: None,
         }
     }
 }
@@ -94,6 +95,7 @@ pub fn database_config(url: &str) -> DatabaseConfig {
         sslrootcert: None,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(0),
+        iam: None,
     }
 }
 

@@ -1,0 +1,201 @@
+//! IAM database credentials end to end: Redshift's `GetClusterCredentials` against moto, and
+//! RDS IAM tokens computed locally. The lab's PostgreSQL plays the database: the test sets the
+//! lab role's password to what AWS handed out, then dmsguard connects through the IAM path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dmsguard_lab::harness::{self, LabEnv, Moto};
+use dmsguard_pipeline::aws::AwsClients;
+use dmsguard_pipeline::config::DatabaseConfig;
+use dmsguard_pipeline::db;
+use dmsguard_pipeline::iam_auth::{IamAuthConfig, IamMethod};
+
+/// A login role on the lab's PostgreSQL, dropped at the end.
+struct Role {
+    admin: tokio_postgres::Client,
+    name: String,
+}
+
+impl Role {
+    async fn create(env: &LabEnv, name: &str, password: &str) -> anyhow::Result<Self> {
+        let admin = db::connect(&env.database("postgres")).await?;
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        admin
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {quoted}; CREATE ROLE {quoted} LOGIN PASSWORD '{}'",
+                password.replace('\'', "''")
+            ))
+            .await?;
+        Ok(Self {
+            admin,
+            name: name.to_owned(),
+        })
+    }
+
+    async fn set_password(&self, password: &str) -> anyhow::Result<()> {
+        self.admin
+            .batch_execute(&format!(
+                "ALTER ROLE \"{}\" PASSWORD '{}'",
+                self.name.replace('"', "\"\""),
+                password.replace('\'', "''")
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn drop(self) -> anyhow::Result<()> {
+        self.admin
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS \"{}\"",
+                self.name.replace('"', "\"\"")
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+fn lab_database(env: &LabEnv, user: &str, iam: IamAuthConfig) -> DatabaseConfig {
+    DatabaseConfig {
+        url: format!(
+            "postgresql://{user}@{}:{}/postgres",
+            env.pg_host, env.pg_port
+        ),
+        password: None,
+        iam: Some(iam),
+        ..env.database("postgres")
+    }
+}
+
+async fn current_user(config: &DatabaseConfig) -> anyhow::Result<String> {
+    let client = db::connect(config).await?;
+    Ok(client
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0))
+}
+
+/// A clock that runs with the system's, shifted by a settable number of seconds.
+fn shifted_clock() -> (Arc<AtomicU64>, dmsguard_pipeline::iam_auth::Now) {
+    let shift = Arc::new(AtomicU64::new(0));
+    let s = shift.clone();
+    let now = Arc::new(move || SystemTime::now() + Duration::from_secs(s.load(Ordering::SeqCst)));
+    (shift, now)
+}
+
+#[tokio::test]
+async fn redshift_cluster_credentials_log_in_are_cached_and_refreshed() -> anyhow::Result<()> {
+    harness::ensure_test_credentials();
+    let env = LabEnv::from_env();
+    let moto = Moto::spawn().await?;
+    let aws_config = harness::aws_config(&moto.url());
+    let aws = AwsClients::new(&aws_config).await;
+    aws.redshift
+        .create_cluster()
+        .cluster_identifier("iam-cluster")
+        .node_type("ra3.xlplus")
+        .master_username("admin")
+        .master_user_password("Passw0rd1")
+        .send()
+        .await?;
+
+    let db_user = format!("dmsguard_iam_{}", std::process::id());
+    let mut iam = IamAuthConfig::new(IamMethod::Redshift, aws_config.clone());
+    iam.cluster_identifier = Some("iam-cluster".to_owned());
+    let (shift, now) = shifted_clock();
+    iam.set_clock(now);
+    let config = lab_database(&env, &db_user, iam.clone());
+
+    // The login GetClusterCredentials hands out: the user prefixed `IAM:` and a password.
+    let login = iam.login(&db_user, &env.pg_host, env.pg_port).await?;
+    assert_eq!(login.user, format!("IAM:{db_user}"));
+    let expires_in = login.expires.duration_since(SystemTime::now())?;
+    assert!(
+        expires_in > Duration::from_secs(800) && expires_in <= Duration::from_secs(900),
+        "{expires_in:?}"
+    );
+    let role = Role::create(&env, &login.user, login.password.expose()).await?;
+
+    // dmsguard connects as the `IAM:` user with that password; a second connection reuses the
+    // cached login (moto returns a new random password on every call, so a second call would
+    // fail to log in).
+    assert_eq!(current_user(&config).await?, login.user);
+    assert_eq!(current_user(&config).await?, login.user);
+    assert_eq!(
+        iam.cached().map(|l| l.password),
+        Some(login.password.clone())
+    );
+
+    // Close to its expiry the login is replaced before connecting: the role still has the old
+    // password, so the new connection is refused, and the new one works once the role has it.
+    shift.store(800, Ordering::SeqCst);
+    let err = db::connect(&config).await.expect_err("the old password");
+    let message = err.to_string();
+    assert!(message.contains("28P01"), "{message}");
+    let renewed = iam.cached().expect("a new login");
+    assert_ne!(renewed.password, login.password);
+    role.set_password(renewed.password.expose()).await?;
+    // (Back to the real time: at +800 s every new login would look as close to its expiry.)
+    shift.store(0, Ordering::SeqCst);
+    assert_eq!(current_user(&config).await?, login.user);
+
+    // A cluster that does not exist: the error names the API call and the cluster.
+    let mut missing = IamAuthConfig::new(IamMethod::Redshift, aws_config);
+    missing.cluster_identifier = Some("no-such-cluster".to_owned());
+    let err = db::connect(&lab_database(&env, &db_user, missing))
+        .await
+        .expect_err("no cluster");
+    let message = err.to_string();
+    assert!(
+        message.contains("redshift:GetClusterCredentials")
+            && message.contains("no-such-cluster")
+            && message.contains("ClusterNotFound"),
+        "{message}"
+    );
+    role.drop().await
+}
+
+#[tokio::test]
+async fn rds_iam_token_is_the_password_of_a_new_connection() -> anyhow::Result<()> {
+    harness::ensure_test_credentials();
+    let env = LabEnv::from_env();
+    // No AWS call is made: the token is signed locally with the chain's credentials.
+    let aws_config = harness::aws_config("http://127.0.0.1:9");
+    let user = format!("dmsguard_rds_{}", std::process::id());
+    let mut iam = IamAuthConfig::new(IamMethod::Rds, aws_config);
+    iam.region = Some("eu-west-1".to_owned());
+    let config = lab_database(&env, &user, iam.clone());
+
+    let login = iam.login(&user, &env.pg_host, env.pg_port).await?;
+    assert_eq!(login.user, user);
+    let token = login.password.expose();
+    let prefix = format!(
+        "{}:{}/?Action=connect&DBUser={user}&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=",
+        env.pg_host, env.pg_port
+    );
+    assert!(token.starts_with(&prefix), "{token}");
+    assert!(
+        token.contains("%2Feu-west-1%2Frds-db%2Faws4_request&")
+            && token.contains("&X-Amz-Expires=900&"),
+        "{token}"
+    );
+
+    let role = Role::create(&env, &user, token).await?;
+    let client = db::connect(&config).await?;
+    let who: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0);
+    assert_eq!(who, user);
+    // Over TLS, as RDS requires for IAM tokens (the lab's PostgreSQL offers it).
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(ssl);
+    role.drop().await
+}
