@@ -67,6 +67,11 @@ impl ChainLab {
         let aws_url = proxy.as_ref().map_or_else(|| moto.url(), TcpProxy::url);
         let mut sim_config = SimConfig::for_test(&dbs, &aws_url);
         sim_config.rate = 200;
+        // DMS applies a backlog in bounded batches (`BatchApplyTimeoutMax`,
+        // `BatchApplyMemoryLimit`, `BatchSplitSize`: "Change processing tuning settings",
+        // https://docs.aws.amazon.com/dms/latest/userguide/CHAP_Tasks.CustomizingTasks.TaskSettings.ChangeProcessingTuning.html);
+        // one batch of a whole backlog would be a silence of many scaled minutes here.
+        sim_config.batch.max_changes = 2_000;
         sim(&mut sim_config);
         let sim = Simulator::start(sim_config).await?;
         let mut stack_spec = StackSpec::for_simulator(&dbs, &aws_url, sim.config());
