@@ -69,7 +69,29 @@ async fn one_by_one_mode_is_repaired_through_the_chain() -> anyhow::Result<()> {
     }
     lab.step("DMSOneByOneMode resolved");
     lab.sim.clear_fault();
-    assert_eq!(lab.job_count("one_by_one").await?, 1, "one job");
+    // One job acted. If the fix outlasted the rule's (scaled) window, the alert resolved in
+    // between and a last counted rollback fired it anew: that job must not act again (the
+    // fix's cooldown hands it to a human), and no other fix may act.
+    let jobs = eventually("every job finished", Duration::from_secs(60), || async {
+        let jobs = lab.stack.jobs().await?;
+        Ok(jobs.iter().all(|j| j.finished_at.is_some()).then_some(jobs))
+    })
+    .await?;
+    let acted: Vec<_> = jobs.iter().filter(|j| j.state == "succeeded").collect();
+    assert_eq!(acted.len(), 1, "one job acted: {jobs:#?}");
+    assert_eq!(acted[0].id, job.id);
+    for other in jobs.iter().filter(|j| j.id != job.id) {
+        assert_eq!(other.fix, "one_by_one", "no other fix acted: {jobs:#?}");
+        assert_eq!(other.outcome.as_deref(), Some("needs_human"), "{other:#?}");
+        assert!(
+            other
+                .summary
+                .as_deref()
+                .is_some_and(|s| s.contains("within the cooldown")),
+            "{other:#?}"
+        );
+    }
+    assert_eq!(lab.sim.stats().task(TASK).unwrap().restarts, 1, "one restart");
     lab.stack
         .wait_value(
             "dmsguard_remediator_jobs_total{fix=\"one_by_one\",outcome=\"succeeded\"}",
