@@ -91,7 +91,11 @@ async fn one_by_one_mode_is_repaired_through_the_chain() -> anyhow::Result<()> {
             "{other:#?}"
         );
     }
-    assert_eq!(lab.sim.stats().task(TASK).unwrap().restarts, 1, "one restart");
+    assert_eq!(
+        lab.sim.stats().task(TASK).unwrap().restarts,
+        1,
+        "one restart"
+    );
     lab.stack
         .wait_value(
             "dmsguard_remediator_jobs_total{fix=\"one_by_one\",outcome=\"succeeded\"}",
