@@ -115,7 +115,9 @@ async fn one_stalled_task_among_two_is_restarted_alone() -> anyhow::Result<()> {
         .await?;
     lab.step("DMSTaskStalled resolved");
 
-    // The healthy task was never touched nor even pending in an alert.
+    // The healthy task never fired and was never touched. (Under a load of 20 on two cores a
+    // healthy task's apply can pause for the rule's scaled ten seconds and the alert go
+    // pending for an evaluation; its `for` is what keeps that from acting.)
     let stats = lab.sim.stats();
     let healthy = stats.task(TASK).expect("lab-task");
     assert_eq!(healthy.restarts, 0, "{healthy:?}");
@@ -123,11 +125,11 @@ async fn one_stalled_task_among_two_is_restarted_alone() -> anyhow::Result<()> {
     assert_eq!(
         lab.stack
             .query_value(&format!(
-                "count_over_time(ALERTS{{alertname=\"DMSTaskStalled\",task=\"{TASK}\"}}[1h])"
+                "count_over_time(ALERTS{{alertname=\"DMSTaskStalled\",alertstate=\"firing\",task=\"{TASK}\"}}[1h])"
             ))
             .await?,
         None,
-        "DMSTaskStalled was never pending or firing for {TASK}"
+        "DMSTaskStalled never fired for {TASK}"
     );
     let jobs = lab.stack.jobs().await?;
     assert_eq!(jobs.len(), 1, "one job: {jobs:?}");
