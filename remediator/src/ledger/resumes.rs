@@ -60,6 +60,10 @@ pub struct ResumeSummary {
     pub settled_at: Option<DateTime<Utc>>,
 }
 
+/// The columns `summary_from_row` reads, from the obligations table.
+const SUMMARY_SELECT: &str = "SELECT id, job_id, fix, task, state, attempts, last_status, \
+     last_error, reason, created_at, settled_at FROM dmsguard.resume_obligations";
+
 fn summary_from_row(r: &Row) -> ResumeSummary {
     ResumeSummary {
         id: r.get(0),
@@ -282,11 +286,7 @@ impl Ledger {
             .client()
             .await?
             .query(
-                "SELECT id, job_id, fix, task, state, attempts, last_status, last_error, reason,
-                     created_at, settled_at
-                 FROM dmsguard.resume_obligations
-                 WHERE job_id = ANY($1)
-                 ORDER BY id",
+                &format!("{SUMMARY_SELECT} WHERE job_id = ANY($1) ORDER BY id"),
                 &[&job_ids],
             )
             .await
@@ -304,11 +304,9 @@ impl Ledger {
             .client()
             .await?
             .query(
-                "SELECT id, job_id, fix, task, state, attempts, last_status, last_error, reason,
-                     created_at, settled_at
-                 FROM dmsguard.resume_obligations
-                 WHERE NOT $1 OR state = 'owed'
-                 ORDER BY id DESC LIMIT $2",
+                &format!(
+                    "{SUMMARY_SELECT} WHERE NOT $1 OR state = 'owed' ORDER BY id DESC LIMIT $2"
+                ),
                 &[&owed_only, &limit],
             )
             .await
