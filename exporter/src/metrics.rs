@@ -55,6 +55,8 @@ pub const TABLE_MISSING_IDS: &str = "table_missing_ids";
 pub const TABLE_EXTRA_IDS: &str = "table_extra_ids";
 /// `dmsguard_table_max_id_lag`
 pub const TABLE_MAX_ID_LAG: &str = "table_max_id_lag";
+/// `dmsguard_table_frontier_id`
+pub const TABLE_FRONTIER_ID: &str = "table_frontier_id";
 /// `dmsguard_config_memory_threshold_bytes`
 pub const CONFIG_MEMORY_THRESHOLD: &str = "config_memory_threshold";
 /// `dmsguard_config_maintenance_stop_before_seconds`
@@ -580,6 +582,7 @@ pub struct GapMetrics {
     pub missing_ids: Family<TableWindowLabels, Gauge>,
     pub extra_ids: Family<TableWindowLabels, Gauge>,
     pub max_id_lag: Family<TableLabels, Gauge>,
+    pub frontier_id: Family<TableLabels, Gauge>,
 }
 
 impl GapMetrics {
@@ -588,6 +591,7 @@ impl GapMetrics {
             missing_ids: Family::default(),
             extra_ids: Family::default(),
             max_id_lag: Family::default(),
+            frontier_id: Family::default(),
         };
         registry.register(
             TABLE_MISSING_IDS,
@@ -603,6 +607,11 @@ impl GapMetrics {
             TABLE_MAX_ID_LAG,
             "Newest source id minus newest target id.",
             m.max_id_lag.clone(),
+        );
+        registry.register(
+            TABLE_FRONTIER_ID,
+            "Newest source id replication progress has passed: absent ids up to it count as missing, newer ones are in flight.",
+            m.frontier_id.clone(),
         );
         m
     }

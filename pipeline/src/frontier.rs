@@ -16,6 +16,15 @@
 //! `P >= period_start - max_latency`. When no datapoint is known (no task, CloudWatch down,
 //! task stopped: DMS publishes task metrics only while it runs), `fallback_latency` applies.
 //! Both the margin and the fallback are configurable because no AWS document fixes them.
+//!
+//! Right after a task (re)starts, its latency is not evidence of progress: the documentation
+//! does not say what DMS publishes before the backlog built while the task was stopped
+//! reaches the target (nothing is then "waiting to be committed on the target", so a low
+//! value is plausible while DMS is minutes behind). A datapoint therefore counts only when
+//! all of it predates the task's latest `ReplicationTaskStartDate` (DescribeReplicationTasks,
+//! read after the datapoint was fetched, so a restart cannot slip in between) or its period
+//! starts `restart_settle` after that start. Progress then stays where it was before the stop
+//! until the restarted task's latency means something again.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -60,6 +69,10 @@ pub struct FrontierConfig {
     /// a multiple of 60 s on AWS).
     #[serde(default = "default_period", with = "humantime_serde")]
     pub cloudwatch_period: Duration,
+    /// After a task (re)starts, how long its `CDCLatencyTarget` says nothing about progress
+    /// (see the module docs): datapoints of periods starting earlier are ignored.
+    #[serde(default = "default_restart_settle", with = "humantime_serde")]
+    pub restart_settle: Duration,
 }
 
 fn default_margin() -> Duration {
@@ -74,6 +87,9 @@ fn default_wait() -> Duration {
 fn default_period() -> Duration {
     Duration::from_secs(60)
 }
+fn default_restart_settle() -> Duration {
+    Duration::from_secs(5 * 60)
+}
 
 impl Default for FrontierConfig {
     fn default() -> Self {
@@ -82,6 +98,7 @@ impl Default for FrontierConfig {
             fallback_latency: default_fallback_latency(),
             wait: default_wait(),
             cloudwatch_period: default_period(),
+            restart_settle: default_restart_settle(),
         }
     }
 }
@@ -95,6 +112,29 @@ impl FrontierConfig {
     /// Progress when only the fallback is known: `now - fallback_latency`.
     pub fn fallback_progress(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now - chrono::Duration::from_std(self.fallback_latency).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Whether a latency datapoint of the period starting at `period_start`, fetched at
+    /// `fetched_at`, is evidence of progress for a task whose latest (re)start is `started`
+    /// (as DescribeReplicationTasks reported it after the fetch): all of it before that start,
+    /// or its period starting `restart_settle` after it.
+    pub fn trusted(
+        &self,
+        period_start: DateTime<Utc>,
+        fetched_at: DateTime<Utc>,
+        started: Option<DateTime<Utc>>,
+    ) -> bool {
+        let Some(started) = started else {
+            return true;
+        };
+        let period = chrono::Duration::seconds(i64::from(self.period_seconds()));
+        let last_sample = (period_start + period).min(fetched_at);
+        let settle =
+            chrono::Duration::from_std(self.restart_settle).unwrap_or(chrono::Duration::MAX);
+        last_sample <= started
+            || started
+                .checked_add_signed(settle)
+                .is_some_and(|settled| period_start >= settled)
     }
 
     /// Whether a source read at `seen` is settled once replication reached `progress`.
@@ -203,6 +243,15 @@ fn aws_error<E: std::error::Error + 'static>(call: &'static str, err: E) -> Prog
 /// The task's resource id (the tail of its ARN), the `ReplicationTaskIdentifier` dimension
 /// CloudWatch publishes task metrics under.
 pub async fn task_resource_id(aws: &AwsClients, task: &str) -> Result<String, ProgressError> {
+    let (resource, _) = describe_task(aws, task).await?;
+    Ok(resource)
+}
+
+/// The task's resource id and its latest `ReplicationTaskStartDate`.
+async fn describe_task(
+    aws: &AwsClients,
+    task: &str,
+) -> Result<(String, Option<DateTime<Utc>>), ProgressError> {
     let out = aws
         .dms
         .describe_replication_tasks()
@@ -216,16 +265,23 @@ pub async fn task_resource_id(aws: &AwsClients, task: &str) -> Result<String, Pr
         .send()
         .await
         .map_err(|e| aws_error("DescribeReplicationTasks", e))?;
-    out.replication_tasks()
+    let found = out
+        .replication_tasks()
         .iter()
-        .find(|t| t.replication_task_identifier() == Some(task))
+        .find(|t| t.replication_task_identifier() == Some(task));
+    let resource = found
         .and_then(|t| t.replication_task_arn())
         .and_then(|arn| arn.rsplit(':').next())
         .map(str::to_owned)
-        .ok_or_else(|| ProgressError::UnknownTask(task.to_owned()))
+        .ok_or_else(|| ProgressError::UnknownTask(task.to_owned()))?;
+    let started = found
+        .and_then(|t| t.replication_task_start_date())
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()));
+    Ok((resource, started))
 }
 
-/// The task's progress from its latest `CDCLatencyTarget` datapoint within `window`, if any.
+/// The task's progress from its `CDCLatencyTarget` datapoints within `window`, if any: the
+/// furthest any datapoint [`FrontierConfig::trusted`] accepts proves.
 pub async fn task_progress(
     aws: &AwsClients,
     config: &FrontierConfig,
@@ -263,13 +319,18 @@ pub async fn task_progress(
         .send()
         .await
         .map_err(|e| aws_error("GetMetricData", e))?;
+    let fetched_at = Utc::now();
+    // The start date read after the fetch: a restart before it is known.
+    let (_, started) = describe_task(aws, &task.name).await?;
     let progress = out
         .metric_data_results()
         .iter()
         .flat_map(|r| r.timestamps().iter().zip(r.values()))
         .filter_map(|(t, v)| {
             let start = DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())?;
-            Some(progress_from_datapoint(start, *v))
+            config
+                .trusted(start, fetched_at, started)
+                .then(|| progress_from_datapoint(start, *v))
         })
         .max();
     Ok(progress)
@@ -356,6 +417,27 @@ mod tests {
         assert_eq!(b.get("t"), Some(at(10)));
         b.record("t", at(11));
         assert_eq!(b.get("t"), Some(at(11)));
+    }
+
+    #[test]
+    fn a_restart_hides_latency_until_it_settles() {
+        let c = FrontierConfig {
+            cloudwatch_period: Duration::from_secs(60),
+            restart_settle: Duration::from_secs(300),
+            ..FrontierConfig::default()
+        };
+        let started = Some(at(1000));
+        // No start known: every datapoint counts.
+        assert!(c.trusted(at(990), at(2000), None));
+        // Wholly before the restart (period ended, or fetched, by then).
+        assert!(c.trusted(at(940), at(2000), started));
+        assert!(c.trusted(at(990), at(1000), started));
+        // Straddling the restart or within the settle time after it.
+        assert!(!c.trusted(at(941), at(2000), started));
+        assert!(!c.trusted(at(1000), at(2000), started));
+        assert!(!c.trusted(at(1299), at(2000), started));
+        // Once settled.
+        assert!(c.trusted(at(1300), at(2000), started));
     }
 
     #[test]

@@ -123,6 +123,10 @@ struct SimulateArgs {
     /// them yesterday's (UTC) for the day-windowed gap metrics.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     created_age: Duration,
+    /// After a task resumes, publish its CDC latencies as 0 for this long (what DMS publishes
+    /// before a backlog reaches the target is undocumented; 0 is the hostile reading).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    latency_blind_after_resume: Duration,
     /// Least time between two batches (DMS BatchApplyTimeoutMin).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     batch_interval: Duration,
@@ -210,6 +214,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         initial_fault: args.fault,
         start_tasks: true,
         created_age: args.created_age,
+        latency_blind_after_resume: args.latency_blind_after_resume,
     };
     let sim = Simulator::start(config)
         .await

@@ -55,6 +55,7 @@ task = "lab-task"
 [frontier]
 margin = "2s"
 cloudwatch_period = "5s"
+restart_settle = "10s"
 [exporter]
 listen = "127.0.0.1:0"
 [exporter.redshift_statements]

@@ -210,7 +210,12 @@ impl CloudWatchProbe {
         Ok(latest)
     }
 
-    fn export(&self, targets: &[(Target, Metric)], latest: &HashMap<String, (DateTime, f64)>) {
+    fn export(
+        &self,
+        targets: &[(Target, Metric)],
+        latest: &HashMap<String, (DateTime, f64)>,
+        starts: Option<&TaskStarts>,
+    ) {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -238,12 +243,23 @@ impl CloudWatchProbe {
                     }
                 }
                 Target::Task { task, metric } => {
-                    if let (CloudWatchMetric::CdcLatencyTarget, Some((t, v))) = (metric, point) {
+                    if let (CloudWatchMetric::CdcLatencyTarget, Some((t, v)), Some(starts)) =
+                        (metric, point, starts)
+                    {
+                        let started = starts.started.get(task).copied().flatten();
                         if let Some(start) =
                             chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
                         {
-                            self.progress
-                                .record(task, progress_from_datapoint(start, *v));
+                            if self
+                                .config
+                                .frontier
+                                .trusted(start, starts.fetched_at, started)
+                            {
+                                self.progress
+                                    .record(task, progress_from_datapoint(start, *v));
+                            } else {
+                                tracing::debug!(task, "Latency datapoint within the restart settle time: not progress.");
+                            }
                         }
                     }
                     let labels = TaskLabels { task: task.clone() };
@@ -275,6 +291,12 @@ impl CloudWatchProbe {
     }
 }
 
+/// Each task's latest `ReplicationTaskStartDate`, read after the datapoints were fetched.
+struct TaskStarts {
+    fetched_at: chrono::DateTime<chrono::Utc>,
+    started: HashMap<String, Option<chrono::DateTime<chrono::Utc>>>,
+}
+
 impl Probe for CloudWatchProbe {
     fn name(&self) -> ProbeName {
         ProbeName::Cloudwatch
@@ -287,7 +309,29 @@ impl Probe for CloudWatchProbe {
             return Ok(());
         }
         let latest = self.fetch(&targets).await?;
-        self.export(&targets, &latest);
+        let fetched_at = chrono::Utc::now();
+        // Start dates read after the fetch, so a restart before it is known (see
+        // `FrontierConfig::trusted`). Without them no datapoint counts as progress this time.
+        let starts = match describe_tasks(&self.dms).await {
+            Ok(tasks) => Some(TaskStarts {
+                fetched_at,
+                started: tasks
+                    .iter()
+                    .filter_map(|t| {
+                        let name = t.replication_task_identifier()?;
+                        let start = t.replication_task_start_date().and_then(|d| {
+                            chrono::DateTime::from_timestamp(d.secs(), d.subsec_nanos())
+                        });
+                        Some((name.to_owned(), start))
+                    })
+                    .collect(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "Task start dates unknown: progress not updated.");
+                None
+            }
+        };
+        self.export(&targets, &latest, starts.as_ref());
         Ok(())
     }
 }

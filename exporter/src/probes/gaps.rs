@@ -123,6 +123,14 @@ impl GapsProbe {
                 tracing::debug!(table = %table.label, "No settled id yet: gaps not judged.");
                 continue;
             };
+            if source_max.is_some() {
+                self.metrics
+                    .frontier_id
+                    .get_or_create(&TableLabels {
+                        table: table.label.clone(),
+                    })
+                    .set(frontier);
+            }
             let Some(day_column) = &table.day_column else {
                 continue;
             };

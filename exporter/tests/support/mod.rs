@@ -44,6 +44,7 @@ connect_timeout = "2s"
 margin = "0s"
 fallback_latency = "0s"
 cloudwatch_period = "5s"
+restart_settle = "10s"
 [exporter]
 listen = "127.0.0.1:0"
 # Tests without moto would send the start-up checks to real AWS; tests/preflight_metric.rs

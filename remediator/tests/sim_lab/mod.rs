@@ -117,7 +117,7 @@ impl SimLab {
             }
         }
         text.push_str(
-            "[frontier]\nmargin = \"2s\"\ncloudwatch_period = \"5s\"\nwait = \"90s\"\n\n",
+            "[frontier]\nmargin = \"2s\"\ncloudwatch_period = \"5s\"\nrestart_settle = \"10s\"\nwait = \"90s\"\n\n",
         );
         text.push_str(&format!(
             "[remediator]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntask_state_timeout = \"20s\"\n{extra}"

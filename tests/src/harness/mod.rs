@@ -7,7 +7,7 @@ mod binaries;
 mod dms;
 mod grants;
 mod lab_control;
-mod processes;
+pub(crate) mod processes;
 mod proxy;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -452,7 +452,22 @@ pub fn ensure_test_credentials() {
     }
 }
 
-/// Polls `check` until it returns `Some`, or fails after `deadline` with the last reason.
+/// A condition that must never hold: returned from an [`eventually`] check, it fails the wait
+/// at once instead of being retried like other errors.
+#[derive(Debug)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` with the last reason. An
+/// error retries the check (services may be starting), except a [`Violation`], which fails
+/// at once.
 pub async fn eventually<T, F, Fut>(
     what: &str,
     deadline: Duration,
@@ -467,6 +482,9 @@ where
         let last = match check().await {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => "condition not met".to_owned(),
+            Err(e) if e.downcast_ref::<Violation>().is_some() => {
+                return Err(e.context(format!("while waiting for {what}")));
+            }
             Err(e) => format!("{e:#}"),
         };
         if start.elapsed() >= deadline {

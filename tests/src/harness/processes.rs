@@ -120,7 +120,7 @@ impl Moto {
         super::ensure_test_credentials();
         let env = LabEnv::from_env();
         let command = |port: u16, dir: &std::path::Path| {
-            let mut cmd = Command::new(&env.moto_python);
+            let mut cmd = child_command(&env.moto_python);
             cmd.arg(&env.moto_launcher)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .current_dir(dir);
@@ -150,7 +150,7 @@ impl Prometheus {
     pub async fn spawn(config: &str) -> anyhow::Result<Self> {
         let command = |port: u16, dir: &std::path::Path| {
             let config_path = dir.join("prometheus.yml");
-            let mut cmd = Command::new("prometheus");
+            let mut cmd = child_command("prometheus");
             if let Err(e) = std::fs::write(&config_path, config) {
                 // Prometheus then exits naming the missing file; say why too.
                 eprintln!("writing {}: {e}", config_path.display());
@@ -201,7 +201,7 @@ impl Alertmanager {
             if let Err(e) = std::fs::write(&config_path, config) {
                 eprintln!("writing {}: {e}", config_path.display());
             }
-            let mut cmd = Command::new("prometheus-alertmanager");
+            let mut cmd = child_command("prometheus-alertmanager");
             cmd.arg(format!("--config.file={}", config_path.display()))
                 .arg(format!("--storage.path={}", dir.join("data").display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
@@ -226,4 +226,15 @@ impl Alertmanager {
             .error_for_status()?;
         Ok(())
     }
+}
+
+/// A command for a child the harness starts, which dies with the test process however that
+/// ends: a test killed from outside (a CI timeout, ^C, SIGKILL) runs no destructor, so
+/// `kill_on_drop` alone would leave moto, Prometheus, Alertmanager and dmsguard running.
+/// util-linux's `setpriv --pdeathsig KILL` sets Linux's parent-death signal and then execs the
+/// program (same pid), so the child gets SIGKILL when the thread that started it exits.
+pub fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("setpriv");
+    command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    command
 }

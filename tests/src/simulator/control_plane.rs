@@ -349,13 +349,24 @@ async fn push_metrics(shared: &Shared, aws: &AwsClients) -> anyhow::Result<()> {
             continue;
         };
         let dims = || task_dimensions(instance, task_identifier(&arn));
-        let lag = lock(&t.lag).clone();
-        let target_latency = match lag.oldest_pending {
+        let mut lag = lock(&t.lag).clone();
+        let mut target_latency = match lag.oldest_pending {
             Some(oldest) if lag.pending > 0 => {
                 (now - oldest).num_milliseconds().max(0) as f64 / 1000.0
             }
-            _ => lag.last_batch_latency,
+            // Nothing read and waiting: the oldest change not applied was committed after the
+            // last batch was asked for (the slot is read again every `min_interval`, later
+            // under load), so its age is at most the time since.
+            _ => match lag.applied_through {
+                Some(at) => (now - at).num_milliseconds().max(0) as f64 / 1000.0,
+                None => lag.last_batch_latency,
+            },
         };
+        let blind = shared.config.latency_blind_after_resume;
+        if lock(&t.resumed_at).is_some_and(|at| at.elapsed() < blind) {
+            target_latency = 0.0;
+            lag.source_latency = 0.0;
+        }
         data.push(datum(
             CDC_LATENCY_SOURCE,
             dims(),

@@ -108,6 +108,11 @@ pub struct SimConfig {
     pub start_tasks: bool,
     /// How far in the past the workload's new rows are created (`created_at`); 0 for now.
     pub created_age: Duration,
+    /// For this long after a task resumes, its `CDCLatencySource` and `CDCLatencyTarget` are
+    /// published as 0 whatever the backlog: nothing has reached the target yet, so nothing is
+    /// "waiting to be committed" there. DMS's documentation does not say what it publishes
+    /// then; 0 is the hostile reading the frontier must survive.
+    pub latency_blind_after_resume: Duration,
 }
 
 impl SimConfig {
@@ -135,6 +140,7 @@ impl SimConfig {
             initial_fault: Fault::None,
             start_tasks: true,
             created_age: Duration::ZERO,
+            latency_blind_after_resume: Duration::from_secs(5),
         }
     }
 
@@ -264,6 +270,8 @@ pub(crate) struct Lag {
     pub source_latency: f64,
     /// Seconds between the oldest commit of the last batch and its apply.
     pub last_batch_latency: f64,
+    /// Every change committed before this instant is applied (set by each batch).
+    pub applied_through: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One task's live state, shared by its replicator, the control plane and the handle.
@@ -284,6 +292,8 @@ pub(crate) struct TaskRuntime {
     pub lag: Mutex<Lag>,
     /// Every source change up to this WAL position is applied (or known irrelevant).
     pub processed_lsn: AtomicU64,
+    /// When the task last resumed (a stop and start seen in moto).
+    pub resumed_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl TaskRuntime {
@@ -310,6 +320,7 @@ impl TaskRuntime {
             stats: Mutex::new(stats),
             lag: Mutex::new(Lag::default()),
             processed_lsn: AtomicU64::new(0),
+            resumed_at: Mutex::new(None),
         }
     }
 
@@ -333,6 +344,7 @@ impl TaskRuntime {
     pub fn restarted(&self) {
         *lock(&self.block) = None;
         *lock(&self.leaked_bytes) = 0.0;
+        *lock(&self.resumed_at) = Some(std::time::Instant::now());
         self.with_stats(|s| s.restarts += 1);
     }
 }

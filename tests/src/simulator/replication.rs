@@ -468,7 +468,9 @@ impl Replicator {
     }
 
     /// Reads whole transactions from the slot without consuming them.
-    async fn peek(&mut self, limit: i32) -> anyhow::Result<(Vec<Txn>, Option<u64>)> {
+    /// Reads up to `limit` changes (whole transactions); the flag says whether that was all
+    /// the slot held when read.
+    async fn peek(&mut self, limit: i32) -> anyhow::Result<(Vec<Txn>, Option<u64>, bool)> {
         let slot = self.rt.slot.clone();
         let add_tables = self.add_tables.clone();
         let rows = self
@@ -520,7 +522,8 @@ impl Replicator {
             decode_ms = queried.elapsed().as_millis() as u64,
             "Slot rows decoded."
         );
-        Ok((txns, last_commit))
+        let complete = rows.len() < usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok((txns, last_commit, complete))
     }
 
     fn parse_change(&self, data: W2jRow) -> anyhow::Result<Option<RawChange>> {
@@ -619,6 +622,9 @@ impl Replicator {
 
     async fn batch(&mut self) -> anyhow::Result<()> {
         let (checkpoint, last_seq) = self.checkpoint().await?;
+        // Every change committed before this instant is in the slot by the time the read
+        // below starts.
+        let asked_at = Utc::now();
         let before: String = self
             .source()
             .await?
@@ -629,7 +635,7 @@ impl Replicator {
         let limit = i32::try_from(self.shared.config.batch.max_changes).unwrap_or(i32::MAX);
         let read_at = Utc::now();
         let t0 = std::time::Instant::now();
-        let (txns, last_commit) = self.peek(limit).await?;
+        let (txns, last_commit, complete) = self.peek(limit).await?;
         let peeked = t0.elapsed();
         let txns: Vec<Txn> = txns
             .into_iter()
@@ -643,6 +649,9 @@ impl Replicator {
             let mut lag = lock(&self.rt.lag);
             lag.pending = 0;
             lag.oldest_pending = None;
+            if complete {
+                lag.applied_through = Some(asked_at);
+            }
             return Ok(());
         }
         if !self.rt.applying() {
@@ -782,6 +791,9 @@ impl Replicator {
             lag.last_batch_latency = oldest
                 .map(|o| (end - o).num_milliseconds().max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
+            // A batch that read the whole slot applied everything committed before it was
+            // asked for; a batch cut at `max_changes`, everything up to its newest commit.
+            lag.applied_through = if complete { Some(asked_at) } else { newest };
         }
         let applied = t2.elapsed();
         let t3 = std::time::Instant::now();

@@ -149,7 +149,7 @@ impl StackSpec {
         // The simulator publishes CloudWatch datapoints every second: short periods let the
         // frontier follow replication within seconds.
         text.push_str(
-            "[frontier]\nmargin = \"2s\"\ncloudwatch_period = \"5s\"\nwait = \"90s\"\n\n",
+            "[frontier]\nmargin = \"2s\"\ncloudwatch_period = \"5s\"\nrestart_settle = \"10s\"\nwait = \"90s\"\n\n",
         );
         if let Some(start) = self.clock_start {
             text.push_str(&format!("[clock]\nstart = \"{}\"\n\n", start.to_rfc3339()));
@@ -680,7 +680,7 @@ fn service_command(
     log: &std::path::Path,
 ) -> anyhow::Result<tokio::process::Command> {
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut command = tokio::process::Command::new(binary);
+    let mut command = crate::harness::processes::child_command(binary);
     command
         .env(
             "RUST_LOG",

@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_redshift::error::DisplayErrorContext;
-use dmsguard_lab::harness::{aws_config, eventually, LabControl, Moto, TcpProxy, TestDatabases};
+use dmsguard_lab::harness::{
+    aws_config, eventually, LabControl, Moto, TcpProxy, TestDatabases, Violation,
+};
 use dmsguard_lab::simulator::{SimConfig, SimHandle, Simulator};
 use dmsguard_lab::stack::{Stack, StackSpec};
 use dmsguard_pipeline::aws::AwsClients;
@@ -153,7 +155,10 @@ impl ChainLab {
             Duration::from_secs(10),
             || async {
                 let restarts = self.sim.stats().task(task).map_or(0, |t| t.restarts);
-                anyhow::ensure!(restarts <= n, "{restarts} restarts");
+                anyhow::ensure!(
+                    restarts <= n,
+                    Violation(format!("{restarts} restarts, expected {n}"))
+                );
                 Ok((restarts == n).then_some(()))
             },
         )
