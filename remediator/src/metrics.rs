@@ -60,14 +60,14 @@ impl EncodeLabelValue for RepairRowOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RepairRowLabels {
-    /// The target table, `schema.table`.
+    /// The table as configured (`[[tables]] source`), as the exporter labels it.
     pub table: String,
     pub outcome: RepairRowOutcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TableLabels {
-    /// The target table, `schema.table`.
+    /// The table as configured (`[[tables]] source`), as the exporter labels it.
     pub table: String,
 }
 
@@ -261,12 +261,12 @@ impl Metrics {
         );
         registry.register(
             REPAIR_ROWS,
-            "Rows repairs that insert rows have handled, by target table and outcome (inserted, already_present, gone_from_source, failed), counted as each batch commits",
+            "Rows repairs that insert rows have handled, by table and outcome (inserted, already_present, gone_from_source, failed), counted as each batch commits",
             metrics.repair_rows.clone(),
         );
         registry.register(
             REPAIR_ROWS_REMAINING,
-            "Rows a running repair has still to handle, by target table (0 once it ends)",
+            "Rows a running repair has still to handle, by table (0 when none runs)",
             metrics.repair_rows_remaining.clone(),
         );
         for result in WebhookResult::ALL {

@@ -246,6 +246,8 @@ async fn search(
 
 /// Source and target definitions and the translator between them.
 pub(crate) struct RowCopier {
+    /// The table as configured (`[[tables]] source`): its label in metrics, as the exporter's.
+    pub label: String,
     pub source_table: SourceTable,
     pub translator: Translator,
     pub id_column: String,
@@ -262,6 +264,7 @@ impl RowCopier {
         let target_table = Catalogue::load(target, &spec.target).await?;
         let translator = Translator::new(&source_table, &target_table, &table.id_column)?;
         Ok(Self {
+            label: table.source.clone(),
             source_table,
             translator,
             id_column: table.id_column.clone(),
@@ -323,7 +326,7 @@ impl RowCopier {
     ) -> Result<CopyResult, FixError> {
         let batch_rows = ctx.config().remediator.insert_batch_rows.max(1);
         let rate = ctx.config().remediator.repair_rows_per_second;
-        let table = target_name.to_string();
+        let table = self.label.clone();
         let mut result = CopyResult {
             found: ids.len() as u64,
             ..CopyResult::default()
