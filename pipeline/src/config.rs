@@ -586,6 +586,11 @@ pub struct RemediatorConfig {
     /// room; unset: as fast as the databases allow.
     #[serde(default)]
     pub repair_rows_per_second: Option<u64>,
+    /// Repairs that insert rows: the Redshift query group their session sets
+    /// (`SET query_group TO '…'`), so that a WLM queue can take them (and its rules limit them)
+    /// and `SYS_QUERY_HISTORY.query_label` names them; empty: not set.
+    #[serde(default = "defaults::repair_query_group")]
+    pub repair_query_group: String,
     /// How long to wait for a DMS task to reach `stopped` or `running`.
     #[serde(default = "defaults::task_state_timeout", with = "humantime_serde")]
     pub task_state_timeout: Duration,
@@ -629,6 +634,7 @@ impl Default for RemediatorConfig {
             repair_move_rows: defaults::repair_move_rows(),
             repair_statement_bytes: defaults::repair_statement_bytes(),
             repair_rows_per_second: None,
+            repair_query_group: defaults::repair_query_group(),
             task_state_timeout: defaults::task_state_timeout(),
             one_by_one_lookback: defaults::one_by_one_lookback(),
             resume_retry_interval: defaults::resume_retry_interval(),
@@ -726,6 +732,9 @@ pub mod defaults {
     }
     pub fn repair_move_rows() -> usize {
         50_000
+    }
+    pub fn repair_query_group() -> String {
+        "dmsguard".to_owned()
     }
     pub fn repair_statement_bytes() -> usize {
         8 * 1024 * 1024
@@ -914,6 +923,15 @@ impl Config {
             return Err(ConfigError::key(
                 "remediator.repair_move_rows",
                 "must be above 0",
+            ));
+        }
+        // A query group is a label of at most 320 characters (`SYS_QUERY_HISTORY.query_label`).
+        if self.remediator.repair_query_group.chars().count() > 320
+            || self.remediator.repair_query_group.contains(['\'', '\\'])
+        {
+            return Err(ConfigError::key(
+                "remediator.repair_query_group",
+                "must be at most 320 characters, without quotes or backslashes",
             ));
         }
         if self.remediator.repair_rows_per_second == Some(0) {

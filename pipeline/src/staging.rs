@@ -358,6 +358,28 @@ impl StagedWriter {
     }
 }
 
+/// `SET query_group TO 'group'`: the session's later statements run in that query group, which
+/// WLM queue assignment rules route to a queue ("WLM queue assignment rules",
+/// <https://docs.aws.amazon.com/redshift/latest/dg/cm-c-wlm-queue-assignment-rules.html>;
+/// "Assigning queries to queues", `cm-c-executing-queries`), and which Redshift records as the
+/// queries' label (`query_label` of `SYS_QUERY_HISTORY`). `group` must not hold a quote.
+pub fn query_group_sql(group: &str) -> String {
+    format!("SET query_group TO '{group}'")
+}
+
+/// Sets the session's query group; `Ok(false)` when the server has no such setting (SQLSTATE
+/// 42704: PostgreSQL, the lab's stand-in), which is logged and otherwise ignored.
+pub async fn set_query_group(client: &Client, group: &str) -> Result<bool, tokio_postgres::Error> {
+    match client.batch_execute(&query_group_sql(group)).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+            tracing::warn!(group, error = %crate::report::ErrorChain(&e), "The target has no query_group setting (not Redshift); repair statements run unlabelled.");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +441,7 @@ mod tests {
             is_valid_redshift_sql(&sql).unwrap_or_else(|e| panic!("{e}\n{sql}"));
             assert!(!sql.to_ascii_uppercase().contains("ON CONFLICT"), "{sql}");
         }
+        is_valid_redshift_sql(&query_group_sql("dmsguard")).unwrap();
         let load = w.load_sql(3);
         assert!(load.contains("$9") && !load.contains("$10"), "{load}");
         assert!(load.contains("JSON_PARSE($3::varchar(65535))"), "{load}");

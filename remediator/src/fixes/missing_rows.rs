@@ -24,7 +24,9 @@ use dmsguard_pipeline::frontier::task_progress;
 use dmsguard_pipeline::gap_finder::{
     id_range_for_day, id_range_of_tables, source_max_id, GapFinder, IdRange, TableSpec,
 };
-use dmsguard_pipeline::staging::{Moved, StageLimits, StagedWriter};
+use dmsguard_pipeline::staging::{
+    query_group_sql, set_query_group, Moved, StageLimits, StagedWriter,
+};
 use dmsguard_pipeline::type_translator::{fetch_source_rows, lock_sql, Translator};
 use serde_json::{json, Value};
 
@@ -286,7 +288,15 @@ impl RowCopier {
     /// row), for plans.
     pub fn write_sql(&self, ctx: &FixContext) -> Vec<(String, String)> {
         let writer = StagedWriter::new(&self.translator, Self::limits(ctx));
-        vec![
+        let group = &ctx.config().remediator.repair_query_group;
+        let mut steps = Vec::new();
+        if !group.is_empty() {
+            steps.push((
+                "Once per run: label the Redshift session's statements with the query group (for WLM queue routing).".to_owned(),
+                query_group_sql(group),
+            ));
+        }
+        steps.extend([
             (
                 "Once per run: a session temporary staging table shaped like the target.".to_owned(),
                 writer.create_sql(),
@@ -304,11 +314,15 @@ impl RowCopier {
                     "Every {} rows: move those still absent into the target in one transaction that first takes LOCK on it, then empty the stage.",
                     ctx.config().remediator.repair_move_rows
                 ),
-                format!("{};
-{};
-{}", lock_sql(self.translator.table()), writer.move_sql(), writer.truncate_sql()),
+                [
+                    lock_sql(self.translator.table()),
+                    writer.move_sql(),
+                    writer.truncate_sql(),
+                ]
+                .join(";\n"),
             ),
-        ]
+        ]);
+        steps
     }
 
     /// Fetches, translates and inserts the rows of `ids` (ascending) still absent: read from
@@ -337,6 +351,15 @@ impl RowCopier {
         );
         if let Some(m) = ctx.metrics() {
             m.set_repair_rows_remaining(&table, result.found);
+        }
+        let group = &ctx.config().remediator.repair_query_group;
+        if !group.is_empty() {
+            set_query_group(target, group)
+                .await
+                .map_err(|source| FixError::Query {
+                    what: format!("setting query_group `{group}` on Redshift"),
+                    source,
+                })?;
         }
         let mut writer = StagedWriter::new(&self.translator, Self::limits(ctx));
         let started = tokio::time::Instant::now();
