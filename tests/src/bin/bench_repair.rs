@@ -42,6 +42,12 @@ struct Args {
     /// Leave the bench databases in place.
     #[arg(long)]
     keep: bool,
+    /// Also repair the rows end to end with this `dmsguard-remediator` (`run missing_rows`:
+    /// gap finder, staged path, ledger progress), timed with its peak RSS by `/usr/bin/time`.
+    /// Default: the one next to this executable, if built (`cargo build --release -p
+    /// dmsguard-remediator`).
+    #[arg(long)]
+    remediator: Option<std::path::PathBuf>,
 }
 
 const SOURCE_DDL: &str = r#"
@@ -177,7 +183,7 @@ async fn run(args: &Args, dbs: &TestDatabases) -> anyhow::Result<()> {
             "GRANT SELECT ON public.awkward TO {REMEDIATOR_USER}; VACUUM ANALYZE public.awkward"
         ))
         .await?;
-    for name in ["awkward_new", "awkward_old", "awkward_copy"] {
+    for name in ["awkward_new", "awkward_old", "awkward_copy", "awkward_e2e"] {
         target_admin.batch_execute(&target_ddl(name)).await?;
     }
     println!(
@@ -196,13 +202,25 @@ async fn run(args: &Args, dbs: &TestDatabases) -> anyhow::Result<()> {
         rss_before.unwrap_or(f64::NAN),
         rss_after.unwrap_or(f64::NAN)
     );
+    let remediator = args.remediator.clone().or_else(|| {
+        let sibling = std::env::current_exe()
+            .ok()?
+            .with_file_name("dmsguard-remediator");
+        sibling.exists().then_some(sibling)
+    });
+    let mut checked = vec![("awkward_new", args.rows)];
+    if let Some(remediator) = &remediator {
+        timings.push(end_to_end(args, dbs, remediator).await?);
+        checked.push(("awkward_e2e", args.rows));
+    }
     if args.old_rows > 0 {
         timings.push(one_statement(args, dbs).await?);
+        checked.push(("awkward_old", args.old_rows));
     }
     timings.push(copy(dbs, &source_admin, &target_admin, args.rows).await?);
 
     // Every path wrote what COPY wrote, every column.
-    for (table, rows) in [("awkward_new", args.rows), ("awkward_old", args.old_rows)] {
+    for (table, rows) in checked {
         let row = target_admin
             .query_one(
                 &format!(
@@ -280,6 +298,77 @@ async fn staged(args: &Args, dbs: &TestDatabases) -> anyhow::Result<Timing> {
     );
     Ok(Timing {
         method: "staged (temp table + locked move)",
+        rows: args.rows,
+        elapsed,
+    })
+}
+
+/// `dmsguard-remediator run missing_rows` over ids 1..=rows into the empty `awkward_e2e`, as
+/// the remediator's users, its ledger in the source database; wall time and peak RSS from
+/// `/usr/bin/time`.
+async fn end_to_end(
+    args: &Args,
+    dbs: &TestDatabases,
+    remediator: &std::path::Path,
+) -> anyhow::Result<Timing> {
+    let pw = &dbs.env.pg_password;
+    let config = format!(
+        "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n\n\
+         [frontier]\nmargin = \"0s\"\nfallback_latency = \"0s\"\n\n\
+         [[tables]]\nsource = \"public.awkward\"\ntarget = \"public.awkward_e2e\"\n\n\
+         [remediator]\ninsert_batch_rows = {}\nrepair_move_rows = {}\nrepair_statement_bytes = {}\n{}",
+        dbs.remediator_source().url,
+        dbs.remediator_redshift().url,
+        args.batch_rows,
+        args.move_rows,
+        args.statement_bytes,
+        dbs.ledger_section(),
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("dmsguard.toml");
+    std::fs::write(&path, config)?;
+    let started = Instant::now();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "bench-repair-time %M %e"])
+        .arg(remediator)
+        .arg("--config")
+        .arg(&path)
+        .args([
+            "run",
+            "missing_rows",
+            "--table",
+            "public.awkward",
+            "--from-id",
+            "1",
+        ])
+        .args(["--to-id", &args.rows.to_string()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running dmsguard-remediator under /usr/bin/time")?;
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && stdout.contains("outcome: succeeded"),
+        "dmsguard-remediator failed:\n{stdout}\n{stderr}"
+    );
+    let max_rss_kib: f64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bench-repair-time "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    println!(
+        "End to end (dmsguard-remediator run missing_rows): {:.1} s, peak RSS {:.1} MiB; {}",
+        elapsed.as_secs_f64(),
+        max_rss_kib / 1024.0,
+        stdout
+            .lines()
+            .find(|l| l.contains("found,"))
+            .unwrap_or_default()
+            .trim()
+    );
+    Ok(Timing {
+        method: "dmsguard-remediator run missing_rows (gap finder + staged)",
         rows: args.rows,
         elapsed,
     })
