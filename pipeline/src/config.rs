@@ -567,11 +567,15 @@ pub struct RemediatorConfig {
     /// F3: how long after the stop the tasks are resumed.
     #[serde(default = "defaults::maintenance_hold", with = "humantime_serde")]
     pub maintenance_hold: Duration,
-    /// Repairs that insert rows: rows read from the source per query, and rows per statement
-    /// loading them into the session's staging table (fewer when the 32,767 bound parameters
-    /// or `repair_statement_bytes` are reached first).
+    /// Repairs that insert rows: rows read from the source per query.
     #[serde(default = "defaults::insert_batch_rows")]
     pub insert_batch_rows: usize,
+    /// Repairs that insert rows: most rows per multi-row `INSERT … VALUES` loading the
+    /// session's staging table (fewer when the 32,767 bound parameters or
+    /// `repair_statement_bytes` are reached first). On PostgreSQL a few hundred rows a
+    /// statement load fastest (`tests/BENCH-REPAIR.md`).
+    #[serde(default = "defaults::repair_statement_rows")]
+    pub repair_statement_rows: usize,
     /// Repairs that insert rows: rows moved from the staging table into the target per
     /// transaction. Each move holds the target's `LOCK` (blocking DMS's apply to that table)
     /// while it runs; progress is recorded after each.
@@ -631,6 +635,7 @@ impl Default for RemediatorConfig {
             maintenance_stop_before: defaults::maintenance_stop_before(),
             maintenance_hold: defaults::maintenance_hold(),
             insert_batch_rows: defaults::insert_batch_rows(),
+            repair_statement_rows: defaults::repair_statement_rows(),
             repair_move_rows: defaults::repair_move_rows(),
             repair_statement_bytes: defaults::repair_statement_bytes(),
             repair_rows_per_second: None,
@@ -729,6 +734,9 @@ pub mod defaults {
     }
     pub fn insert_batch_rows() -> usize {
         5000
+    }
+    pub fn repair_statement_rows() -> usize {
+        500
     }
     pub fn repair_move_rows() -> usize {
         50_000
@@ -916,6 +924,12 @@ impl Config {
         if self.remediator.insert_batch_rows == 0 {
             return Err(ConfigError::key(
                 "remediator.insert_batch_rows",
+                "must be above 0",
+            ));
+        }
+        if self.remediator.repair_statement_rows == 0 {
+            return Err(ConfigError::key(
+                "remediator.repair_statement_rows",
                 "must be above 0",
             ));
         }

@@ -72,7 +72,7 @@ impl Default for StageLimits {
     fn default() -> Self {
         Self {
             move_rows: 50_000,
-            statement_rows: MAX_PARAMS_PER_STATEMENT,
+            statement_rows: 500,
             statement_bytes: 8 * 1024 * 1024,
             max_attempts: 5,
         }
@@ -454,7 +454,15 @@ mod tests {
     #[test]
     fn statements_stay_under_the_parameter_limit() {
         let w = StagedWriter::new(&translator(), StageLimits::default());
-        assert_eq!(w.max_rows_per_statement(), MAX_PARAMS_PER_STATEMENT / 3);
+        assert_eq!(w.max_rows_per_statement(), 500);
+        let wide = StagedWriter::new(
+            &translator(),
+            StageLimits {
+                statement_rows: usize::MAX,
+                ..StageLimits::default()
+            },
+        );
+        assert_eq!(wide.max_rows_per_statement(), MAX_PARAMS_PER_STATEMENT / 3);
         let small = StagedWriter::new(
             &translator(),
             StageLimits {

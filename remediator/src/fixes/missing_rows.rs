@@ -278,7 +278,7 @@ impl RowCopier {
         let r = &ctx.config().remediator;
         StageLimits {
             move_rows: r.repair_move_rows,
-            statement_rows: r.insert_batch_rows,
+            statement_rows: r.repair_statement_rows,
             statement_bytes: r.repair_statement_bytes,
             max_attempts: INSERT_ATTEMPTS,
         }

@@ -30,9 +30,12 @@ struct Args {
     /// would take the better part of an hour); its rate is compared.
     #[arg(long, default_value_t = 20_000)]
     old_rows: i64,
-    /// Rows read from the source per query and per staging statement (`insert_batch_rows`).
+    /// Rows read from the source per query (`insert_batch_rows`).
     #[arg(long, default_value_t = 5000)]
     batch_rows: usize,
+    /// Most rows per staging statement (`repair_statement_rows`).
+    #[arg(long, default_value_t = 500)]
+    statement_rows: usize,
     /// Rows per locked move (`repair_move_rows`).
     #[arg(long, default_value_t = 50_000)]
     move_rows: usize,
@@ -180,8 +183,11 @@ async fn run(args: &Args, dbs: &TestDatabases) -> anyhow::Result<()> {
     source_admin.execute(FILL, &[&args.rows]).await?;
     source_admin
         .batch_execute(&format!(
-            "GRANT SELECT ON public.awkward TO {REMEDIATOR_USER}; VACUUM ANALYZE public.awkward"
+            "GRANT SELECT ON public.awkward TO {REMEDIATOR_USER}"
         ))
+        .await?;
+    source_admin
+        .batch_execute("VACUUM ANALYZE public.awkward")
         .await?;
     for name in ["awkward_new", "awkward_old", "awkward_copy", "awkward_e2e"] {
         target_admin.batch_execute(&target_ddl(name)).await?;
@@ -267,7 +273,7 @@ async fn staged(args: &Args, dbs: &TestDatabases) -> anyhow::Result<Timing> {
     let (source_table, translator) = translator(&source, &target, "awkward_new").await?;
     let limits = StageLimits {
         move_rows: args.move_rows,
-        statement_rows: args.batch_rows,
+        statement_rows: args.statement_rows,
         statement_bytes: args.statement_bytes,
         max_attempts: 5,
     };
@@ -277,24 +283,41 @@ async fn staged(args: &Args, dbs: &TestDatabases) -> anyhow::Result<Timing> {
     let mut writer = StagedWriter::new(&translator, limits);
     let mut inserted = 0;
     let mut moves = 0;
+    // Where the time goes: reading the source, translating, loading the stage, moving.
+    let mut phases = [Duration::ZERO; 4];
     for chunk in ids.chunks(args.batch_rows.max(1)) {
+        let t = Instant::now();
         let rows = fetch_source_rows(&source, &source_table, "id", chunk).await?;
+        phases[0] += t.elapsed();
+        let t = Instant::now();
         let (good, bad) = translator.translate_all(&rows);
         ensure!(bad.is_empty(), "{bad:?}");
+        phases[1] += t.elapsed();
+        let t = Instant::now();
         writer.stage(&target, &good).await?;
+        phases[2] += t.elapsed();
         if writer.is_full() {
+            let t = Instant::now();
             inserted += writer.move_staged(&mut target).await?.inserted;
+            phases[3] += t.elapsed();
             moves += 1;
         }
     }
     let statements = writer.load_statements();
+    let t = Instant::now();
     inserted += writer.finish(&mut target).await?.inserted;
+    phases[3] += t.elapsed();
     let elapsed = started.elapsed();
     ensure!(inserted == args.rows as u64, "inserted {inserted}");
     println!(
-        "Staged: {inserted} rows in {statements} load statements and {} moves, {:.1} s.",
+        "Staged: {inserted} rows in {statements} load statements and {} moves, {:.1} s: \
+         read {:.1} s, translate {:.1} s, load {:.1} s, move {:.1} s.",
         moves + 1,
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        phases[0].as_secs_f64(),
+        phases[1].as_secs_f64(),
+        phases[2].as_secs_f64(),
+        phases[3].as_secs_f64(),
     );
     Ok(Timing {
         method: "staged (temp table + locked move)",
@@ -316,10 +339,11 @@ async fn end_to_end(
         "[source]\nurl = \"{}\"\npassword = \"{pw}\"\n\n[redshift]\nurl = \"{}\"\npassword = \"{pw}\"\n\n\
          [frontier]\nmargin = \"0s\"\nfallback_latency = \"0s\"\n\n\
          [[tables]]\nsource = \"public.awkward\"\ntarget = \"public.awkward_e2e\"\n\n\
-         [remediator]\ninsert_batch_rows = {}\nrepair_move_rows = {}\nrepair_statement_bytes = {}\n{}",
+         [remediator]\ninsert_batch_rows = {}\nrepair_statement_rows = {}\nrepair_move_rows = {}\nrepair_statement_bytes = {}\n{}",
         dbs.remediator_source().url,
         dbs.remediator_redshift().url,
         args.batch_rows,
+        args.statement_rows,
         args.move_rows,
         args.statement_bytes,
         dbs.ledger_section(),
