@@ -567,9 +567,34 @@ pub struct RemediatorConfig {
     /// F3: how long after the stop the tasks are resumed.
     #[serde(default = "defaults::maintenance_hold", with = "humantime_serde")]
     pub maintenance_hold: Duration,
-    /// Rows per INSERT statement when repairing missing rows.
+    /// Repairs that insert rows: rows read from the source per query.
     #[serde(default = "defaults::insert_batch_rows")]
     pub insert_batch_rows: usize,
+    /// Repairs that insert rows: most rows per multi-row `INSERT … VALUES` loading the
+    /// session's staging table (fewer when the 32,767 bound parameters or
+    /// `repair_statement_bytes` are reached first). On PostgreSQL a few hundred rows a
+    /// statement load fastest (`tests/BENCH-REPAIR.md`).
+    #[serde(default = "defaults::repair_statement_rows")]
+    pub repair_statement_rows: usize,
+    /// Repairs that insert rows: rows moved from the staging table into the target per
+    /// transaction. Each move holds the target's `LOCK` (blocking DMS's apply to that table)
+    /// while it runs; progress is recorded after each.
+    #[serde(default = "defaults::repair_move_rows")]
+    pub repair_move_rows: usize,
+    /// Repairs that insert rows: most bytes of one statement loading the staging table, its
+    /// SQL text and bound values counted together (Redshift refuses statements over 16 MB).
+    #[serde(default = "defaults::repair_statement_bytes")]
+    pub repair_statement_bytes: usize,
+    /// Repairs that insert rows: at most this many rows per second are read and written
+    /// (averaged over the repair), so that a large repair leaves Redshift and DMS's own apply
+    /// room; unset: as fast as the databases allow.
+    #[serde(default)]
+    pub repair_rows_per_second: Option<u64>,
+    /// Repairs that insert rows: the Redshift query group their session sets
+    /// (`SET query_group TO '…'`), so that a WLM queue can take them (and its rules limit them)
+    /// and `SYS_QUERY_HISTORY.query_label` names them; empty: not set.
+    #[serde(default = "defaults::repair_query_group")]
+    pub repair_query_group: String,
     /// How long to wait for a DMS task to reach `stopped` or `running`.
     #[serde(default = "defaults::task_state_timeout", with = "humantime_serde")]
     pub task_state_timeout: Duration,
@@ -610,6 +635,11 @@ impl Default for RemediatorConfig {
             maintenance_stop_before: defaults::maintenance_stop_before(),
             maintenance_hold: defaults::maintenance_hold(),
             insert_batch_rows: defaults::insert_batch_rows(),
+            repair_statement_rows: defaults::repair_statement_rows(),
+            repair_move_rows: defaults::repair_move_rows(),
+            repair_statement_bytes: defaults::repair_statement_bytes(),
+            repair_rows_per_second: None,
+            repair_query_group: defaults::repair_query_group(),
             task_state_timeout: defaults::task_state_timeout(),
             one_by_one_lookback: defaults::one_by_one_lookback(),
             resume_retry_interval: defaults::resume_retry_interval(),
@@ -703,7 +733,19 @@ pub mod defaults {
         Duration::from_secs(35 * 60)
     }
     pub fn insert_batch_rows() -> usize {
+        5000
+    }
+    pub fn repair_statement_rows() -> usize {
         500
+    }
+    pub fn repair_move_rows() -> usize {
+        50_000
+    }
+    pub fn repair_query_group() -> String {
+        "dmsguard".to_owned()
+    }
+    pub fn repair_statement_bytes() -> usize {
+        8 * 1024 * 1024
     }
     pub fn resume_retry_interval() -> Duration {
         Duration::from_secs(15)
@@ -883,6 +925,39 @@ impl Config {
             return Err(ConfigError::key(
                 "remediator.insert_batch_rows",
                 "must be above 0",
+            ));
+        }
+        if self.remediator.repair_statement_rows == 0 {
+            return Err(ConfigError::key(
+                "remediator.repair_statement_rows",
+                "must be above 0",
+            ));
+        }
+        if self.remediator.repair_move_rows == 0 {
+            return Err(ConfigError::key(
+                "remediator.repair_move_rows",
+                "must be above 0",
+            ));
+        }
+        // A query group is a label of at most 320 characters (`SYS_QUERY_HISTORY.query_label`).
+        if self.remediator.repair_query_group.chars().count() > 320
+            || self.remediator.repair_query_group.contains(['\'', '\\'])
+        {
+            return Err(ConfigError::key(
+                "remediator.repair_query_group",
+                "must be at most 320 characters, without quotes or backslashes",
+            ));
+        }
+        if self.remediator.repair_rows_per_second == Some(0) {
+            return Err(ConfigError::key(
+                "remediator.repair_rows_per_second",
+                "must be above 0 (leave it out for no limit)",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.remediator.repair_statement_bytes) {
+            return Err(ConfigError::key(
+                "remediator.repair_statement_bytes",
+                "must be between 1024 and 16777216 (Redshift's 16 MB statement limit)",
             ));
         }
         for fix in FixName::ALL {

@@ -15,6 +15,7 @@ pub mod preflight;
 pub mod report;
 pub mod secret;
 pub mod service;
+pub mod staging;
 pub mod statement_parser;
 pub mod system_views;
 pub mod tls;

@@ -125,6 +125,13 @@ pub enum InsertError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("staging rows for {table} failed ({action}): {source}")]
+    Stage {
+        table: String,
+        action: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("inserting into {table}: still conflicting with concurrent writers after {attempts} attempts")]
     Conflict { table: String, attempts: u32 },
 }
@@ -516,6 +523,23 @@ impl Translator {
     /// The target columns written, in [`TranslatedRow::values`] order.
     pub fn columns(&self) -> impl Iterator<Item = &str> {
         self.columns.iter().map(|c| c.target.name.as_str())
+    }
+
+    /// The target table written.
+    pub fn table(&self) -> &QualifiedName {
+        &self.table
+    }
+
+    /// The target's id column, as the target spells it.
+    pub fn id_column(&self) -> &str {
+        &self.id_column
+    }
+
+    /// The SQL reading bound text parameter `$n` as a value of written column `i`'s type (the
+    /// `i`-th of [`Self::columns`]).
+    pub fn value_expression(&self, i: usize, n: usize) -> String {
+        let column = &self.columns[i];
+        param_expression(&column.class, &column.target, n)
     }
 
     /// Rows per statement that stay under [`MAX_PARAMS_PER_STATEMENT`].

@@ -69,6 +69,10 @@ impl Core {
         }
         let mut registry = Registry::with_prefix("dmsguard");
         let metrics = Metrics::register(&mut registry);
+        // Every configured table's repair series exist from the start, at 0.
+        for table in &config.tables {
+            metrics.set_repair_rows_remaining(&table.source, 0);
+        }
         let worker = Worker::new(config.clone(), ledger.clone(), fixes, ctx, metrics.clone());
         Ok(Self {
             config,

@@ -18,6 +18,58 @@ pub const JOBS_IN_FLIGHT: &str = "remediator_jobs_in_flight";
 pub const SCHEDULED_STEPS_PENDING: &str = "remediator_scheduled_steps_pending";
 pub const RESUMES_OWED: &str = "remediator_resumes_owed";
 pub const RESUMES: &str = "remediator_resumes";
+pub const REPAIR_ROWS: &str = "remediator_repair_rows";
+pub const REPAIR_ROWS_REMAINING: &str = "remediator_repair_rows_remaining";
+
+/// What became of a row a repair set out to insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RepairRowOutcome {
+    /// Inserted into the target.
+    Inserted,
+    /// Another writer (DMS, another run) had inserted it meanwhile; left alone.
+    AlreadyPresent,
+    /// Deleted at the source since it was found missing.
+    GoneFromSource,
+    /// The translator refused it (a value the target column cannot hold).
+    Failed,
+}
+
+impl RepairRowOutcome {
+    pub const ALL: [RepairRowOutcome; 4] = [
+        RepairRowOutcome::Inserted,
+        RepairRowOutcome::AlreadyPresent,
+        RepairRowOutcome::GoneFromSource,
+        RepairRowOutcome::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepairRowOutcome::Inserted => "inserted",
+            RepairRowOutcome::AlreadyPresent => "already_present",
+            RepairRowOutcome::GoneFromSource => "gone_from_source",
+            RepairRowOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for RepairRowOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RepairRowLabels {
+    /// The table as configured (`[[tables]] source`), as the exporter labels it.
+    pub table: String,
+    pub outcome: RepairRowOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TableLabels {
+    /// The table as configured (`[[tables]] source`), as the exporter labels it.
+    pub table: String,
+}
 
 /// How an owed resume (a task a fix stopped) was settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +206,8 @@ pub struct Metrics {
     steps_pending: Gauge,
     resumes_owed: Gauge,
     resumes: Family<ResumeLabels, Counter>,
+    repair_rows: Family<RepairRowLabels, Counter>,
+    repair_rows_remaining: Family<TableLabels, Gauge>,
 }
 
 impl Metrics {
@@ -167,6 +221,8 @@ impl Metrics {
             steps_pending: Gauge::default(),
             resumes_owed: Gauge::default(),
             resumes: Family::default(),
+            repair_rows: Family::default(),
+            repair_rows_remaining: Family::default(),
         };
         registry.register(
             WEBHOOKS,
@@ -202,6 +258,16 @@ impl Metrics {
             RESUMES,
             "Owed resumes settled, by fix and result (resumed, or needs_human: the task stays stopped and a human is told)",
             metrics.resumes.clone(),
+        );
+        registry.register(
+            REPAIR_ROWS,
+            "Rows repairs that insert rows have handled, by table and outcome (inserted, already_present, gone_from_source, failed), counted as each batch commits",
+            metrics.repair_rows.clone(),
+        );
+        registry.register(
+            REPAIR_ROWS_REMAINING,
+            "Rows a running repair has still to handle, by table (0 when none runs)",
+            metrics.repair_rows_remaining.clone(),
         );
         for result in WebhookResult::ALL {
             let _ = metrics.webhooks.get_or_create(&WebhookLabels { result });
@@ -275,6 +341,34 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+}
+
+impl Metrics {
+    /// Counts `n` rows of a repair of `table` with `outcome`.
+    pub fn repair_rows(&self, table: &str, outcome: RepairRowOutcome, n: u64) {
+        self.repair_rows
+            .get_or_create(&RepairRowLabels {
+                table: table.to_owned(),
+                outcome,
+            })
+            .inc_by(n);
+    }
+
+    /// Sets the rows a repair of `table` has still to handle; the first call for a table also
+    /// creates its row counters at 0, so `rate()` sees the first batch.
+    pub fn set_repair_rows_remaining(&self, table: &str, n: u64) {
+        for outcome in RepairRowOutcome::ALL {
+            let _ = self.repair_rows.get_or_create(&RepairRowLabels {
+                table: table.to_owned(),
+                outcome,
+            });
+        }
+        self.repair_rows_remaining
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 

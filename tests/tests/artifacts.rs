@@ -59,6 +59,8 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_remediator_scheduled_steps_pending",
     "dmsguard_remediator_resumes_owed",
     "dmsguard_remediator_resumes_total",
+    "dmsguard_remediator_repair_rows_total",
+    "dmsguard_remediator_repair_rows_remaining",
 ];
 
 /// Exported histograms: queries use their `_bucket`, `_sum` and `_count` series.

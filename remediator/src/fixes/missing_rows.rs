@@ -24,11 +24,16 @@ use dmsguard_pipeline::frontier::task_progress;
 use dmsguard_pipeline::gap_finder::{
     id_range_for_day, id_range_of_tables, source_max_id, GapFinder, IdRange, TableSpec,
 };
-use dmsguard_pipeline::type_translator::{fetch_source_rows, TranslatedRow, Translator};
+use dmsguard_pipeline::staging::{
+    query_group_sql, set_query_group, Moved, StageLimits, StagedWriter,
+};
+use dmsguard_pipeline::type_translator::{fetch_source_rows, lock_sql, Translator};
 use serde_json::{json, Value};
 
 use super::{Fix, FixContext, FixError, Outcome, Plan};
+use crate::ledger::repairs::{RepairKey, RepairProgress};
 use crate::ledger::Job;
+use crate::metrics::RepairRowOutcome;
 use dmsguard_pipeline::report::ErrorChain;
 
 /// Ids listed in a plan's facts; the count is always complete.
@@ -243,6 +248,8 @@ async fn search(
 
 /// Source and target definitions and the translator between them.
 pub(crate) struct RowCopier {
+    /// The table as configured (`[[tables]] source`): its label in metrics, as the exporter's.
+    pub label: String,
     pub source_table: SourceTable,
     pub translator: Translator,
     pub id_column: String,
@@ -259,26 +266,69 @@ impl RowCopier {
         let target_table = Catalogue::load(target, &spec.target).await?;
         let translator = Translator::new(&source_table, &target_table, &table.id_column)?;
         Ok(Self {
+            label: table.source.clone(),
             source_table,
             translator,
             id_column: table.id_column.clone(),
         })
     }
 
-    /// The INSERT one batch sends, values as `$n` placeholders (shown for one row).
-    pub fn insert_sql(&self) -> String {
-        let row = TranslatedRow {
-            id: 0,
-            values: vec![None; self.translator.columns().count()],
-        };
-        self.translator
-            .build_insert(&[row])
-            .map(|s| s.sql)
-            .unwrap_or_default()
+    /// The write limits of the config.
+    pub fn limits(ctx: &FixContext) -> StageLimits {
+        let r = &ctx.config().remediator;
+        StageLimits {
+            move_rows: r.repair_move_rows,
+            statement_rows: r.repair_statement_rows,
+            statement_bytes: r.repair_statement_bytes,
+            max_attempts: INSERT_ATTEMPTS,
+        }
     }
 
-    /// Fetches, translates and inserts the rows of `ids` still absent, in batches of
-    /// `batch_rows`; reports progress after each batch.
+    /// The statements the write path sends, values as `$n` placeholders (loads shown for one
+    /// row), for plans.
+    pub fn write_sql(&self, ctx: &FixContext) -> Vec<(String, String)> {
+        let writer = StagedWriter::new(&self.translator, Self::limits(ctx));
+        let group = &ctx.config().remediator.repair_query_group;
+        let mut steps = Vec::new();
+        if !group.is_empty() {
+            steps.push((
+                "Once per run: label the Redshift session's statements with the query group (for WLM queue routing).".to_owned(),
+                query_group_sql(group),
+            ));
+        }
+        steps.extend([
+            (
+                "Once per run: a session temporary staging table shaped like the target.".to_owned(),
+                writer.create_sql(),
+            ),
+            (
+                format!(
+                    "Load each batch into it with multi-row INSERT … VALUES (shown for one row; up to {} rows a statement, within 32,767 parameters and {} bytes).",
+                    writer.max_rows_per_statement(),
+                    ctx.config().remediator.repair_statement_bytes
+                ),
+                writer.load_sql(1),
+            ),
+            (
+                format!(
+                    "Every {} rows: move those still absent into the target in one transaction that first takes LOCK on it, then empty the stage.",
+                    ctx.config().remediator.repair_move_rows
+                ),
+                [
+                    lock_sql(self.translator.table()),
+                    writer.move_sql(),
+                    writer.truncate_sql(),
+                ]
+                .join(";\n"),
+            ),
+        ]);
+        steps
+    }
+
+    /// Fetches, translates and inserts the rows of `ids` (ascending) still absent: read from
+    /// the source `insert_batch_rows` at a time, staged, and moved into the target every
+    /// `repair_move_rows` rows (see `dmsguard_pipeline::staging`). After each move, progress is
+    /// reported, counted in the metrics and, with a `checkpoint`, recorded in the ledger.
     pub async fn copy(
         &self,
         ctx: &FixContext,
@@ -286,8 +336,11 @@ impl RowCopier {
         target: &mut tokio_postgres::Client,
         target_name: &QualifiedName,
         ids: &[i64],
+        checkpoint: Option<Checkpoint<'_>>,
     ) -> Result<CopyResult, FixError> {
-        let batch_rows = ctx.config().remediator.insert_batch_rows;
+        let batch_rows = ctx.config().remediator.insert_batch_rows.max(1);
+        let rate = ctx.config().remediator.repair_rows_per_second;
+        let table = self.label.clone();
         let mut result = CopyResult {
             found: ids.len() as u64,
             ..CopyResult::default()
@@ -296,31 +349,141 @@ impl RowCopier {
             &format!("Inserting missing rows of {target_name}"),
             result.found,
         );
+        if let Some(m) = ctx.metrics() {
+            m.set_repair_rows_remaining(&table, result.found);
+        }
+        let group = &ctx.config().remediator.repair_query_group;
+        if !group.is_empty() {
+            set_query_group(target, group)
+                .await
+                .map_err(|source| FixError::Query {
+                    what: format!("setting query_group `{group}` on Redshift"),
+                    source,
+                })?;
+        }
+        let mut writer = StagedWriter::new(&self.translator, Self::limits(ctx));
+        let started = tokio::time::Instant::now();
         let mut done = 0u64;
-        for chunk in ids.chunks(batch_rows.max(1)) {
+        // Counted when the batch's rows are committed in the target.
+        let mut pending = Pending::default();
+        for chunk in ids.chunks(batch_rows) {
+            if let Some(rate) = rate {
+                // Averaged over the repair: wait until the rows done so far are due.
+                let due = started + Duration::from_secs_f64(done as f64 / rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
             let rows =
                 fetch_source_rows(source, &self.source_table, &self.id_column, chunk).await?;
-            result.gone_from_source += (chunk.len() - rows.len()) as u64;
+            pending.gone += (chunk.len() - rows.len()) as u64;
             let (good, bad) = self.translator.translate_all(&rows);
-            result.failed += bad.len() as u64;
+            pending.failed += bad.len() as u64;
             for error in bad {
                 tracing::warn!(table = %target_name, error = %ErrorChain(&error), "Row cannot be translated; not inserted.");
                 if result.errors.len() < MAX_ERRORS_IN_DETAILS {
                     result.errors.push(error.to_string());
                 }
             }
-            let inserted = self
-                .translator
-                .insert_absent(target, &good, batch_rows, INSERT_ATTEMPTS)
-                .await?;
-            result.inserted += inserted;
-            result.already_present += good.len() as u64 - inserted;
+            writer.stage(target, &good).await?;
             done += chunk.len() as u64;
+            pending.through = chunk.last().copied();
+            if writer.is_full() {
+                let moved = writer.move_staged(target).await?;
+                self.settle(
+                    ctx,
+                    &table,
+                    &mut result,
+                    &mut pending,
+                    moved,
+                    done,
+                    checkpoint.as_ref(),
+                )
+                .await?;
+            }
             ctx.progress().update(done, result.inserted);
         }
+        let moved = writer.finish(target).await?;
+        self.settle(
+            ctx,
+            &table,
+            &mut result,
+            &mut pending,
+            moved,
+            done,
+            checkpoint.as_ref(),
+        )
+        .await?;
+        ctx.progress().update(done, result.inserted);
         ctx.progress().finish(&result.summary());
         Ok(result)
     }
+
+    /// Counts a committed move and records how far the copy got.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        ctx: &FixContext,
+        table: &str,
+        result: &mut CopyResult,
+        pending: &mut Pending,
+        moved: Moved,
+        done: u64,
+        checkpoint: Option<&Checkpoint<'_>>,
+    ) -> Result<(), FixError> {
+        result.inserted += moved.inserted;
+        result.already_present += moved.already_present();
+        result.gone_from_source += pending.gone;
+        result.failed += pending.failed;
+        if let Some(m) = ctx.metrics() {
+            m.repair_rows(table, RepairRowOutcome::Inserted, moved.inserted);
+            m.repair_rows(
+                table,
+                RepairRowOutcome::AlreadyPresent,
+                moved.already_present(),
+            );
+            m.repair_rows(table, RepairRowOutcome::GoneFromSource, pending.gone);
+            m.repair_rows(table, RepairRowOutcome::Failed, pending.failed);
+            m.set_repair_rows_remaining(table, result.found.saturating_sub(done));
+        }
+        if let (Some(c), Some(through)) = (checkpoint, pending.through) {
+            let progress = RepairProgress {
+                range_lo: c.range.lo,
+                range_hi: c.range.hi,
+                done_through: through,
+                inserted: c.inserted_before + result.inserted as i64,
+                job_id: Some(c.job_id),
+            };
+            ctx.ledger()
+                .record_repair_progress(c.key, Some(c.job_id), &progress)
+                .await?;
+            tracing::info!(
+                table,
+                done_through = through,
+                inserted = result.inserted,
+                "Repair progress recorded."
+            );
+        }
+        *pending = Pending::default();
+        Ok(())
+    }
+}
+
+/// Rows handled since the last move, counted when it commits.
+#[derive(Default)]
+struct Pending {
+    gone: u64,
+    failed: u64,
+    /// The highest id handled.
+    through: Option<i64>,
+}
+
+/// Where a resumable copy records its progress.
+pub(crate) struct Checkpoint<'a> {
+    pub key: &'a RepairKey,
+    pub job_id: i64,
+    /// The whole window's ids.
+    pub range: IdRange,
+    /// Rows earlier runs of the same repair inserted.
+    pub inserted_before: i64,
 }
 
 /// What a copy did.
@@ -384,6 +547,9 @@ impl Fix for MissingRowsFix {
         let target = ctx.connect_redshift().await?;
         // The plan does not wait for replication: rows still on their way may be listed.
         let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let key = repair_key(table, &window);
+        let recorded = ctx.ledger().repair_progress(&key).await?;
+        let (sighting, resumed_from) = resume(sighting, recorded.as_ref());
         let found = search(&source, &target, &spec, &sighting).await?;
         let copier = RowCopier::load(&source, &target, table).await?;
         let batch = ctx.config().remediator.insert_batch_rows;
@@ -418,6 +584,12 @@ impl Fix for MissingRowsFix {
         if !found.missing.is_empty() {
             plan.step("Ids listed below may still be on their way: the run judges them only after the wait.");
         }
+        if let Some(from) = resumed_from {
+            plan.facts.insert("resumed_from".into(), json!(from));
+            plan.step(format!(
+                "Continue an unfinished repair of {window} (recorded in the ledger): every id below {from} was handled; search only from {from} on."
+            ));
+        }
         match found.range {
             None => {
                 plan.step(format!(
@@ -441,12 +613,9 @@ impl Fix for MissingRowsFix {
                         "Fetch their rows from the source {} in batches of {batch} and translate them to the target's column types.",
                         spec.source
                     ));
-                    plan.sql_step(
-                        format!(
-                            "Insert each batch where the id is still absent, in one transaction that first takes LOCK on the table (shown for one row; a batch repeats the UNION ALL SELECT up to {batch} rows)."
-                        ),
-                        copier.insert_sql(),
-                    );
+                    for (action, sql) in copier.write_sql(ctx) {
+                        plan.sql_step(action, sql);
+                    }
                 }
             }
         }
@@ -477,18 +646,30 @@ impl Fix for MissingRowsFix {
         // Read again: the plan may be stale, and the search is cheap next to a repair.
         let sighting = sight(&source, &target, table, &spec, &window).await?;
         let progress = wait_settled(ctx, table, sighting.seen).await?;
+        let key = repair_key(table, &window);
+        let recorded = ctx.ledger().repair_progress(&key).await?;
+        let whole = sighting.range;
+        let (sighting, resumed_from) = resume(sighting, recorded.as_ref());
+        if let Some(from) = resumed_from {
+            tracing::info!(job = job.id, table = %table.source, %window, from, "Continuing an unfinished repair from the progress in the ledger.");
+        }
         let found = search(&source, &target, &spec, &sighting).await?;
         let mut details = json!({
             "seen_at": sighting.seen.to_rfc3339(),
             "replicated_until": progress.to_rfc3339(),
             "table": table.source,
             "window": window.to_string(),
-            "id_range": found.range.map(|r| json!({ "from": r.lo, "to": r.hi })),
+            "id_range": whole.map(|r| json!({ "from": r.lo, "to": r.hi })),
+            "searched": found.range.map(|r| json!({ "from": r.lo, "to": r.hi })),
+            "resumed_from": resumed_from,
             "missing": ids_fact(&found.missing),
             "extra": found.extra,
             "frontier": found.frontier,
         });
         if found.missing.is_empty() {
+            if recorded.is_some() {
+                ctx.ledger().clear_repair_progress(&key).await?;
+            }
             merge(&mut details, CopyResult::default().details());
             return Ok(Outcome::succeeded(
                 format!(
@@ -499,9 +680,27 @@ impl Fix for MissingRowsFix {
             ));
         }
         let copier = RowCopier::load(&source, &target, table).await?;
+        let checkpoint = whole.map(|range| Checkpoint {
+            key: &key,
+            job_id: job.id,
+            range,
+            inserted_before: recorded
+                .as_ref()
+                .filter(|_| resumed_from.is_some())
+                .map_or(0, |p| p.inserted),
+        });
         let result = copier
-            .copy(ctx, &source, &mut target, &spec.target, &found.missing)
+            .copy(
+                ctx,
+                &source,
+                &mut target,
+                &spec.target,
+                &found.missing,
+                checkpoint,
+            )
             .await?;
+        // Finished: the next run of this repair searches the whole window again.
+        ctx.ledger().clear_repair_progress(&key).await?;
         merge(&mut details, result.details());
         let summary = format!("{} for {window}: {}.", table.source, result.summary());
         Ok(if result.failed > 0 {
@@ -510,6 +709,36 @@ impl Fix for MissingRowsFix {
             Outcome::succeeded(summary, details)
         })
     }
+}
+
+/// The ledger's key of a repair of `table` over `window`.
+fn repair_key(table: &TableConfig, window: &Window) -> RepairKey {
+    RepairKey {
+        fix: FixName::MissingRows,
+        table: table.source.clone(),
+        window: window.to_string(),
+    }
+}
+
+/// Narrows the sighting to the ids after `recorded`, the progress of an unfinished run of the
+/// same repair over the same window (same first id): those before were handled. Returns the
+/// first id searched when it continues one.
+fn resume(sighting: Sighting, recorded: Option<&RepairProgress>) -> (Sighting, Option<i64>) {
+    let Some((range, p)) = sighting.range.zip(recorded) else {
+        return (sighting, None);
+    };
+    if p.range_lo != range.lo || p.done_through < range.lo {
+        return (sighting, None);
+    }
+    let from = p.done_through.saturating_add(1);
+    let narrowed = IdRange::new(from, range.hi).ok();
+    (
+        Sighting {
+            range: narrowed,
+            ..sighting
+        },
+        Some(from),
+    )
 }
 
 /// Adds the keys of `more` (an object) to `details` (an object).

@@ -233,6 +233,11 @@ impl FixContext {
         self
     }
 
+    /// The worker's metrics (none for a CLI run).
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
+    }
+
     fn count_resume(&self, fix: FixName, result: ResumeResult) {
         if let Some(metrics) = &self.metrics {
             metrics.resume_settled(fix, result);

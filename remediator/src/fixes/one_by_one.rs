@@ -521,10 +521,9 @@ impl Fix for OneByOneFix {
             "Fetch their rows from the source {} and translate them to the target's column types.",
             update.table.source
         ));
-        plan.sql_step(
-            "Insert the rows whose id is still absent, in one transaction that first takes LOCK on the table (shown for one row).",
-            copier.insert_sql(),
-        );
+        for (action, sql) in copier.write_sql(ctx) {
+            plan.sql_step(action, sql);
+        }
         plan.step(format!("Stop task {task} and wait until it is stopped."));
         plan.step(format!(
             "Resume task {task} (resume-processing) and wait until it is running."
@@ -580,7 +579,7 @@ impl Fix for OneByOneFix {
         }
         let copier = RowCopier::load(&source, &redshift, &update.table).await?;
         let copied = copier
-            .copy(ctx, &source, &mut redshift, &update.target, &missing)
+            .copy(ctx, &source, &mut redshift, &update.target, &missing, None)
             .await?;
         merge(&mut details, copied.details());
         // Checked on the ids themselves: the seq range's rows may be replaced by now.

@@ -117,6 +117,27 @@ CREATE INDEX resume_obligations_owed ON dmsguard.resume_obligations (not_before)
 CREATE INDEX resume_obligations_job ON dmsguard.resume_obligations (job_id);
 "#,
     },
+    Migration {
+        version: 3,
+        name: "repair progress",
+        sql: r#"
+-- How far an unfinished repair of one table and window got: every id of the window up to
+-- done_through was inserted (or found present) in the target. A later run of the same repair
+-- searches only the ids after it; a finished repair deletes its row.
+CREATE TABLE dmsguard.repair_progress (
+    fix          text NOT NULL,
+    table_name   text NOT NULL,
+    window_key   text NOT NULL,
+    range_lo     bigint NOT NULL,
+    range_hi     bigint NOT NULL,
+    done_through bigint NOT NULL,
+    inserted     bigint NOT NULL DEFAULT 0,
+    job_id       bigint REFERENCES dmsguard.jobs (id),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (fix, table_name, window_key)
+);
+"#,
+    },
 ];
 
 /// Applies the migrations not yet recorded in `dmsguard.schema_migrations`; returns how many.

@@ -2,6 +2,7 @@
 
 pub mod locks;
 pub mod migrations;
+pub mod repairs;
 pub mod resumes;
 
 use std::sync::Arc;
