@@ -14,9 +14,10 @@ use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::Router;
 use dmsguard_pipeline::aws::AwsClients;
-use dmsguard_pipeline::config::Config;
+use dmsguard_pipeline::config::{Config, ConfigError};
 use dmsguard_pipeline::frontier::ProgressBoard;
-use dmsguard_pipeline::service::{self, LogFormat};
+use dmsguard_pipeline::service::{self, LogFormat, LogLevel};
+use dmsguard_pipeline::web::{WebConfig, WebHandle};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
@@ -42,9 +43,44 @@ pub struct Cli {
     /// the config needs, print a checklist with a fix per failure, and exit (0 if all pass, 1 if not).
     #[arg(long)]
     pub preflight: bool,
-    /// Log format: text or json.
-    #[arg(long, default_value = "text")]
+    /// Log format: text, logfmt or json.
+    #[arg(long = "log.format", alias = "log-format", default_value = "text")]
     pub log_format: LogFormat,
+    /// Least severe level logged: debug, info, warn or error (`RUST_LOG`, when set, wins).
+    #[arg(long = "log.level", default_value = "info")]
+    pub log_level: LogLevel,
+    /// Address to serve on; overrides `exporter.listen`.
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    pub web_listen_address: Option<SocketAddr>,
+    /// exporter-toolkit web configuration file (TLS, client CA, basic auth users); overrides
+    /// `exporter.web_config_file`.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// Path the metrics are served on; overrides `exporter.telemetry_path`.
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    pub web_telemetry_path: Option<String>,
+}
+
+impl Cli {
+    /// The config with the `--web.*` flags applied over the TOML's settings.
+    pub fn apply_flags(&self, mut config: Config) -> Result<Config, ConfigError> {
+        if let Some(addr) = self.web_listen_address {
+            config.exporter.listen = addr;
+        }
+        if let Some(file) = &self.web_config_file {
+            config.exporter.web_config_file = Some(file.clone());
+        }
+        if let Some(path) = &self.web_telemetry_path {
+            dmsguard_pipeline::config::check_telemetry_path(path).map_err(|message| {
+                ConfigError::Key {
+                    key: "--web.telemetry-path".into(),
+                    message,
+                }
+            })?;
+            config.exporter.telemetry_path = path.clone();
+        }
+        Ok(config)
+    }
 }
 
 /// The built exporter: bound listener, metrics, and the probes' clients.
@@ -55,17 +91,24 @@ pub struct Exporter {
     aws: AwsClients,
     metrics: Metrics,
     state: Arc<AppState>,
+    web: WebHandle,
 }
 
 struct AppState {
     registry: Registry,
     board: Arc<StatusBoard>,
+    telemetry_path: String,
 }
 
 impl Exporter {
-    /// Registers the metrics, builds the AWS clients and binds the listen address from the
-    /// config (port 0 picks a free port). Probes start with [`Exporter::run_until`].
+    /// Registers the metrics, builds the AWS clients, reads `exporter.web_config_file` and
+    /// binds the listen address from the config (port 0 picks a free port). Probes start with
+    /// [`Exporter::run_until`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let web = match &config.exporter.web_config_file {
+            Some(path) => WebConfig::load(path)?,
+            None => WebConfig::default(),
+        };
         let (listener, addr) = service::bind(config.exporter.listen)
             .await
             .with_context(|| format!("binding {}", config.exporter.listen))?;
@@ -76,13 +119,15 @@ impl Exporter {
         Ok(Self {
             listener,
             addr,
-            config: Arc::new(config),
             aws,
             metrics,
             state: Arc::new(AppState {
                 registry,
                 board: Arc::new(StatusBoard::default()),
+                telemetry_path: config.exporter.telemetry_path.clone(),
             }),
+            web: WebHandle::new(web, &[]),
+            config: Arc::new(config),
         })
     }
 
@@ -202,13 +247,22 @@ impl Exporter {
                 }
             }));
         }
-        tracing::info!(addr = %self.addr, probes, "Exporter listening.");
+        let web = self.web.current();
+        tracing::info!(
+            addr = %self.addr,
+            scheme = web.scheme(),
+            client_auth = ?web.client_auth,
+            basic_auth = web.basic_auth(),
+            path = %self.state.telemetry_path,
+            probes,
+            "Exporter listening."
+        );
         let router = Router::new()
-            .route("/metrics", get(metrics))
+            .route(&self.state.telemetry_path, get(metrics))
             .route("/", get(landing))
             .route("/healthz", get(|| async { "ok\n" }))
             .with_state(self.state);
-        let served = service::serve(self.listener, router, shutdown)
+        let served = dmsguard_pipeline::web::serve(self.listener, router, self.web, shutdown)
             .await
             .context("serving HTTP");
         for handle in handles {
@@ -224,9 +278,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// The landing page: every probe with its last result, duration and error.
 async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
-    let mut page = String::from(
+    let path = escape_html(&state.telemetry_path);
+    let mut page = format!(
         "<!doctype html><html><head><title>dmsguard-exporter</title></head><body>\
-         <h1>dmsguard-exporter</h1><p><a href=\"/metrics\">/metrics</a> · \
+         <h1>dmsguard-exporter</h1><p><a href=\"{path}\">{path}</a> · \
          <a href=\"/healthz\">/healthz</a></p><table border=\"1\" cellpadding=\"4\">\
          <tr><th>probe</th><th>state</th><th>interval</th><th>runs</th><th>last run (UTC)</th>\
          <th>duration</th><th>last success (UTC)</th><th>error</th></tr>",

@@ -13,9 +13,10 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
+use axum::{Extension, Json};
 use dmsguard_pipeline::report::error_chain;
 use dmsguard_pipeline::secret::Secret;
+use dmsguard_pipeline::web::AuthenticatedUser;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -26,6 +27,10 @@ use crate::metrics::{Metrics, WebhookResult};
 use crate::routing::{Route, Router};
 use crate::status_page;
 use crate::worker::Worker;
+
+/// Paths that check the bearer token themselves: with basic auth users configured, a request
+/// there may carry either a user's credentials or the token.
+pub const BEARER_PATHS: &[&str] = &["/alerts", "/-/reload"];
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -129,10 +134,11 @@ fn authorized(headers: &HeaderMap, token: &Secret) -> bool {
 
 async fn receive_alerts(
     State(state): State<ApiState>,
+    user: Option<Extension<AuthenticatedUser>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle_alerts(&state, &headers, body).await {
+    match handle_alerts(&state, user.is_some(), &headers, body).await {
         Ok(response) => response,
         Err(refusal) => {
             if let Some(result) = refusal.result {
@@ -150,11 +156,13 @@ async fn receive_alerts(
 
 async fn handle_alerts(
     state: &ApiState,
+    basic_auth_user: bool,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
     let inner = &state.inner;
-    if !authorized(headers, &inner.token) {
+    // A web config basic auth user (checked by the web layer) stands in for the token.
+    if !basic_auth_user && !authorized(headers, &inner.token) {
         return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             WebhookResult::Unauthorized,

@@ -19,6 +19,7 @@ use anyhow::Context;
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::{resolve_secret, Config};
 use dmsguard_pipeline::service;
+use dmsguard_pipeline::web::{WebConfig, WebHandle};
 use prometheus_client::registry::Registry;
 
 use crate::fixes::{FixContext, FixRegistry};
@@ -86,6 +87,7 @@ pub struct Remediator {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     token: dmsguard_pipeline::secret::Secret,
+    web: WebHandle,
 }
 
 impl Remediator {
@@ -94,9 +96,13 @@ impl Remediator {
         Self::build_with(config, FixRegistry::standard()).await
     }
 
-    /// Reads the webhook token, opens the ledger (running migrations) and binds the listen
-    /// address (port 0 picks a free port).
+    /// Reads the webhook token and `remediator.web_config_file`, opens the ledger (running
+    /// migrations) and binds the listen address (port 0 picks a free port).
     pub async fn build_with(config: Config, fixes: FixRegistry) -> anyhow::Result<Self> {
+        let web = match &config.remediator.web_config_file {
+            Some(path) => WebConfig::load(path)?,
+            None => WebConfig::default(),
+        };
         let token = resolve_secret(&config.remediator.token, &config.remediator.token_file)
             .context("reading remediator.token_file")?
             .filter(|t| !t.is_empty())
@@ -111,6 +117,7 @@ impl Remediator {
             listener,
             addr,
             token,
+            web: WebHandle::new(web, api::BEARER_PATHS),
         })
     }
 
@@ -162,8 +169,15 @@ impl Remediator {
             worker,
         );
         let router = api::router(state, config.remediator.max_body_bytes);
-        tracing::info!(addr = %self.addr, "Remediator listening.");
-        let served = service::serve(self.listener, router, shutdown).await;
+        let web = self.web.current();
+        tracing::info!(
+            addr = %self.addr,
+            scheme = web.scheme(),
+            client_auth = ?web.client_auth,
+            basic_auth = web.basic_auth(),
+            "Remediator listening."
+        );
+        let served = dmsguard_pipeline::web::serve(self.listener, router, self.web, shutdown).await;
         let _ = stop_tx.send(true);
         worker_task.await.context("worker task")?;
         served.context("serving HTTP")

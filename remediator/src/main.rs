@@ -12,8 +12,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    service::init_telemetry(cli.log_format);
-    let config = service::load_config_or_exit(&cli.config);
+    service::init_logging(cli.log_format, cli.log_level);
+    let config = cli.apply_flags(service::load_config_or_exit(&cli.config));
     let needs_ledger = cli.check_config
         || matches!(
             cli.command,
@@ -26,6 +26,12 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     if cli.check_config {
+        if let Some(web) = &config.remediator.web_config_file {
+            if let Err(error) = dmsguard_pipeline::web::WebConfig::load(web) {
+                eprintln!("error: invalid web configuration: {error}");
+                std::process::exit(dmsguard_pipeline::config::EXIT_CONFIG);
+            }
+        }
         println!("config ok: {}", cli.config.display());
         return Ok(());
     }
