@@ -13,6 +13,7 @@ pub mod iam_auth;
 pub mod maintenance;
 pub mod preflight;
 pub mod process;
+pub mod reload;
 pub mod report;
 pub mod secret;
 pub mod service;

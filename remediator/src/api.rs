@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
+use dmsguard_pipeline::reload::Reloader;
 use dmsguard_pipeline::report::error_chain;
 use dmsguard_pipeline::secret::Secret;
 use dmsguard_pipeline::web::AuthenticatedUser;
@@ -45,9 +46,20 @@ struct Inner {
     metrics: Metrics,
     registry: Registry,
     worker: Worker,
+    reloader: Option<Reloader>,
 }
 
 impl ApiState {
+    /// Serves `POST /-/reload` with `reloader`.
+    pub fn with_reloader(self, reloader: Option<Reloader>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            unreachable!("with_reloader is called once, before the state is shared")
+        });
+        Self {
+            inner: Arc::new(Inner { reloader, ..inner }),
+        }
+    }
+
     pub fn new(
         token: Secret,
         ledger: Ledger,
@@ -64,6 +76,7 @@ impl ApiState {
                 metrics,
                 registry,
                 worker,
+                reloader: None,
             }),
         }
     }
@@ -80,6 +93,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> axum::Router {
         .route("/healthz", get(healthz))
         .route("/", get(status))
         .route("/jobs", get(jobs))
+        .route("/-/reload", post(reload))
         .with_state(state)
 }
 
@@ -297,6 +311,26 @@ async fn handle_alerts(
         })),
     )
         .into_response())
+}
+
+/// `POST /-/reload`: the bearer token or a web config user; 200 applied, 500 refused.
+async fn reload(
+    State(state): State<ApiState>,
+    user: Option<Extension<AuthenticatedUser>>,
+    headers: HeaderMap,
+) -> Response {
+    if user.is_none() && !authorized(&headers, &state.inner.token) {
+        return Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            result: None,
+            reason: "missing or wrong bearer token".into(),
+        }
+        .into_response();
+    }
+    match &state.inner.reloader {
+        Some(reloader) => dmsguard_pipeline::reload::reload_response(reloader).await,
+        None => (StatusCode::NOT_FOUND, "reload is not set up\n").into_response(),
+    }
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

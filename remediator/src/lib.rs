@@ -18,6 +18,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::{resolve_secret, Config};
+use dmsguard_pipeline::reload::{ConfigLoader, LiveConfig, ReloadMetrics, Reloader};
 use dmsguard_pipeline::service;
 use dmsguard_pipeline::web::{WebConfig, WebHandle};
 use prometheus_client::registry::Registry;
@@ -88,6 +89,7 @@ pub struct Remediator {
     addr: SocketAddr,
     token: dmsguard_pipeline::secret::Secret,
     web: WebHandle,
+    reload: Option<ConfigLoader>,
 }
 
 impl Remediator {
@@ -118,7 +120,17 @@ impl Remediator {
             addr,
             token,
             web: WebHandle::new(web, api::BEARER_PATHS),
+            reload: None,
         })
+    }
+
+    /// Reloads on SIGHUP and `POST /-/reload` with `loader` (the config file and the command
+    /// line's overrides). Routes, each fix's `enabled`, `dry_run`, `cooldown`, the resume retry
+    /// interval and the web config file apply from the next alert, job or connection; other
+    /// changes need a restart (logged). Without a loader, `/-/reload` answers 404.
+    pub fn reload_from(mut self, loader: ConfigLoader) -> Self {
+        self.reload = Some(loader);
+        self
     }
 
     /// The address the API is served on.
@@ -147,8 +159,17 @@ impl Remediator {
             ledger,
             worker,
             metrics,
-            registry,
+            mut registry,
         } = self.core;
+        let reload_metrics = ReloadMetrics::register(&mut registry);
+        let reloader = self.reload.map(|loader| {
+            Reloader::new(
+                loader,
+                live_settings(worker.live_config(), self.web.clone()),
+                reload_metrics,
+            )
+        });
+        let sighup = reloader.as_ref().map(Reloader::on_sighup);
         if config.remediator.preflight {
             // The checks of `dmsguard-remediator preflight`, logged once; they do not stop it.
             let config = config.clone();
@@ -163,11 +184,12 @@ impl Remediator {
         let state = api::ApiState::new(
             self.token,
             ledger,
-            routing::Router::new(config.clone()),
+            routing::Router::live(worker.live_config()),
             metrics,
             registry,
             worker,
-        );
+        )
+        .with_reloader(reloader);
         let router = api::router(state, config.remediator.max_body_bytes);
         let web = self.web.current();
         tracing::info!(
@@ -178,8 +200,43 @@ impl Remediator {
             "Remediator listening."
         );
         let served = dmsguard_pipeline::web::serve(self.listener, router, self.web, shutdown).await;
+        if let Some(sighup) = sighup {
+            sighup.abort();
+        }
         let _ = stop_tx.send(true);
         worker_task.await.context("worker task")?;
         served.context("serving HTTP")
     }
+}
+
+/// What a reload applies: the new file's routes, fix switches (`enabled`, `dry_run`,
+/// `cooldown`), resume retry interval and web config; everything else keeps its start-up value
+/// (databases, AWS, tasks, tables and the listener are held by running parts).
+fn live_settings(live: LiveConfig, web: WebHandle) -> dmsguard_pipeline::reload::ConfigApplier {
+    Arc::new(move |new: Config| {
+        let web_config = match &new.remediator.web_config_file {
+            Some(path) => WebConfig::load(path)?,
+            None => WebConfig::default(),
+        };
+        let old = live.current();
+        let keep_live = |config: &mut Config, from: &Config| {
+            config.remediator.routes = from.remediator.routes.clone();
+            config.remediator.fixes = from.remediator.fixes.clone();
+            config.remediator.resume_retry_interval = from.remediator.resume_retry_interval;
+            config.remediator.web_config_file = from.remediator.web_config_file.clone();
+        };
+        let mut applied = (*old).clone();
+        keep_live(&mut applied, &new);
+        // Web first: it refuses turning TLS on or off, and then nothing has changed.
+        web.replace(web_config)?;
+        if dmsguard_pipeline::reload::restart_needed(&old, &new, keep_live) {
+            tracing::warn!(
+                "The new configuration changes settings only a restart applies (databases, AWS, \
+                 tasks, tables, listen address, token, concurrency, timeouts); they keep their \
+                 start-up values until then."
+            );
+        }
+        live.replace(applied);
+        Ok(())
+    })
 }

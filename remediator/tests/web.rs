@@ -216,3 +216,215 @@ async fn remediator_api_over_tls_takes_users_or_the_token_and_alertmanager_deliv
     drop(served);
     lab.dbs.drop().await
 }
+
+/// The newest job of alert `alertname`, from `GET /jobs` (a web config user's view).
+async fn job_of(
+    client: &reqwest::Client,
+    base: &str,
+    alertname: &str,
+) -> anyhow::Result<Option<Value>> {
+    let jobs: Value = client
+        .get(format!("{base}/jobs"))
+        .basic_auth("ops", Some("s3cret-ops"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(jobs["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| j["alertname"] == alertname)
+        .cloned())
+}
+
+/// The value of an unlabelled sample, or of the series whose labels contain `labels`.
+fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .find(|l| l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn sighup_and_post_reload_change_switches_and_routes_and_a_bad_config_is_refused(
+) -> anyhow::Result<()> {
+    let lab = Lab::start("rem_reload", &[("web-task", "web-instance")]).await?;
+    let fixture = WebFixture::create()?;
+    let web_config = fixture.write_web_config("web.yml", None, &[("ops", "s3cret-ops")])?;
+    let section = |fixes: &str, routes: &str| {
+        lab.config_text(&format!(
+            "[remediator]\ntoken = \"{TOKEN}\"\npreflight = false\n{routes}[remediator.fixes.stalled_task]\n{fixes}"
+        ))
+    };
+    // At start: the fix is switched off, so an alert only records a disabled job.
+    let mut served = serve(
+        &fixture,
+        &section("enabled = false\ndry_run = false\n", ""),
+        &web_config,
+        "remediator",
+    )
+    .await?;
+    let config_path = fixture.dir().join("remediator.toml");
+    let base = served.base.clone();
+    let client = fixture.client(None)?;
+    let post = |alertname: &'static str, fingerprint: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let alert = alert(
+                alertname,
+                &[("task", "web-task")],
+                fingerprint,
+                &chrono::Utc::now().to_rfc3339(),
+            );
+            let status = client
+                .post(format!("{base}/alerts"))
+                .bearer_auth(TOKEN)
+                .json(&payload(vec![alert]))
+                .send()
+                .await?
+                .status();
+            anyhow::ensure!(status == StatusCode::ACCEPTED, "webhook: {status}");
+            anyhow::Ok(())
+        }
+    };
+    let metrics = || async {
+        anyhow::Ok(
+            client
+                .get(format!("{base}/metrics"))
+                .basic_auth("ops", Some("s3cret-ops"))
+                .send()
+                .await?
+                .text()
+                .await?,
+        )
+    };
+    post("DMSTaskStalled", "b000000000000001").await?;
+    let first = job_of(&client, &base, "DMSTaskStalled")
+        .await?
+        .expect("a job");
+    assert_eq!(first["dry_run"], false, "{first}");
+    assert_eq!(first["outcome"], "disabled", "{first}");
+    assert_eq!(
+        metric(
+            &metrics().await?,
+            "dmsguard_config_last_reload_successful",
+            ""
+        ),
+        Some(1.0)
+    );
+
+    // SIGHUP with the fix switched on in dry-run mode: the next alert's job only plans.
+    std::fs::write(
+        &config_path,
+        section("enabled = true\ndry_run = true\n", ""),
+    )?;
+    served.process.signal("HUP")?;
+    eventually("the SIGHUP reload", Duration::from_secs(20), || async {
+        let text = metrics().await?;
+        Ok(
+            (metric(&text, "dmsguard_config_reloads_total", "result=\"applied\"") == Some(1.0))
+                .then_some(()),
+        )
+    })
+    .await?;
+    post("DMSTaskStalled", "b000000000000002").await?;
+    let second = eventually(
+        "the dry-run job to finish",
+        Duration::from_secs(30),
+        || async {
+            let job = job_of(&client, &base, "DMSTaskStalled").await?;
+            Ok(job.filter(|j| j["id"] != first["id"] && j["outcome"] == "dry_run"))
+        },
+    )
+    .await?;
+    assert_eq!(second["dry_run"], true, "{second}");
+    assert_eq!(
+        lab.task("web-task").await?.status,
+        "running",
+        "a dry run changes nothing"
+    );
+
+    // A config that does not parse is refused: 500 naming the key, the metric says so, and
+    // the previous configuration keeps routing.
+    std::fs::write(
+        &config_path,
+        section("enabled = true\ndry_run = false\ncooldwn = \"1m\"\n", ""),
+    )?;
+    let refused = client
+        .post(format!("{base}/-/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = refused.text().await?;
+    assert!(reason.contains("cooldwn"), "{reason}");
+    let text = metrics().await?;
+    assert_eq!(
+        metric(&text, "dmsguard_config_last_reload_successful", ""),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "dmsguard_config_reloads_total", "result=\"refused\""),
+        Some(1.0)
+    );
+    assert!(metric(
+        &text,
+        "dmsguard_config_last_reload_success_timestamp_seconds",
+        ""
+    )
+    .is_some());
+    // /-/reload wants the token or a user, like the webhook.
+    let anonymous = client.post(format!("{base}/-/reload")).send().await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    // A new route through POST /-/reload (a web config user this time): an alert that had no
+    // route gets a job.
+    post("LabCustomStall", "b000000000000003").await?;
+    assert!(
+        job_of(&client, &base, "LabCustomStall").await?.is_none(),
+        "no route yet"
+    );
+    std::fs::write(
+        &config_path,
+        section(
+            "enabled = true\ndry_run = true\n",
+            "[remediator.routes]\nLabCustomStall = \"stalled_task\"\nDMSTaskStalled = \"stalled_task\"\n",
+        ),
+    )?;
+    let applied = client
+        .post(format!("{base}/-/reload"))
+        .basic_auth("ops", Some("s3cret-ops"))
+        .send()
+        .await?;
+    assert_eq!(
+        applied.status(),
+        StatusCode::OK,
+        "{}",
+        applied.text().await?
+    );
+    assert_eq!(
+        metric(
+            &metrics().await?,
+            "dmsguard_config_last_reload_successful",
+            ""
+        ),
+        Some(1.0)
+    );
+    post("LabCustomStall", "b000000000000004").await?;
+    let routed = job_of(&client, &base, "LabCustomStall")
+        .await?
+        .expect("routed now");
+    assert_eq!(routed["fix"], "stalled_task", "{routed}");
+
+    served.process.ensure_running()?;
+    let log = served.process.log_text();
+    assert!(log.contains("Configuration reloaded."), "{log}");
+    assert!(log.contains("SIGHUP"), "{log}");
+    assert!(log.contains("New configuration refused"), "{log}");
+    drop(served);
+    lab.dbs.drop().await
+}
