@@ -14,11 +14,15 @@ use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::Router;
 use dmsguard_pipeline::aws::AwsClients;
-use dmsguard_pipeline::config::{Config, ConfigError};
+use std::collections::BTreeMap;
+
+use dmsguard_pipeline::config::{Config, ConfigError, ExporterConfig, ProbeSchedule};
 use dmsguard_pipeline::frontier::ProgressBoard;
+use dmsguard_pipeline::reload::{ConfigApplier, ConfigLoader, LiveConfig, ReloadMetrics, Reloader};
 use dmsguard_pipeline::service::{self, LogFormat, LogLevel};
 use dmsguard_pipeline::web::{WebConfig, WebHandle};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::{Metrics, ProbeName};
@@ -83,6 +87,80 @@ impl Cli {
     }
 }
 
+/// The schedule senders of the probes that run, by probe.
+type Schedules = BTreeMap<ProbeName, watch::Sender<ProbeSchedule>>;
+
+/// Starts `probe` on a schedule a reload can change, recording its sender in `schedules`.
+fn start_live<P: probes::Probe>(
+    schedules: &mut Schedules,
+    probe: P,
+    schedule: &ProbeSchedule,
+    metrics: metrics::ProbeMetrics,
+    board: Arc<StatusBoard>,
+) -> JoinHandle<()> {
+    let (tx, rx) = watch::channel(schedule.clone());
+    schedules.insert(probe.name(), tx);
+    probes::spawn_live(probe, rx, metrics, board)
+}
+
+/// The `[exporter.<probe>]` schedule of `name`.
+fn schedule_mut(e: &mut ExporterConfig, name: ProbeName) -> &mut ProbeSchedule {
+    match name {
+        ProbeName::RedshiftStatements => &mut e.redshift_statements,
+        ProbeName::Cloudwatch => &mut e.cloudwatch,
+        ProbeName::Dms => &mut e.dms,
+        ProbeName::Gaps => &mut e.gaps,
+        ProbeName::Maintenance => &mut e.maintenance,
+    }
+}
+
+/// What a reload applies: each running probe's `enabled`, `interval` and `timeout`, and the
+/// web config file; everything else keeps its start-up value until a restart (logged). A probe
+/// that did not start cannot be started by a reload.
+fn live_settings(live: LiveConfig, schedules: Schedules, web: WebHandle) -> ConfigApplier {
+    Arc::new(move |new: Config| {
+        let web_config = match &new.exporter.web_config_file {
+            Some(path) => WebConfig::load(path)?,
+            None => WebConfig::default(),
+        };
+        let old = live.current();
+        let keep_live = |config: &mut Config, from: &Config| {
+            for name in ProbeName::ALL {
+                let schedule = schedule_mut(&mut from.exporter.clone(), name).clone();
+                *schedule_mut(&mut config.exporter, name) = schedule;
+            }
+            config.exporter.web_config_file = from.exporter.web_config_file.clone();
+        };
+        web.replace(web_config)?;
+        let mut new_exporter = new.exporter.clone();
+        for (name, sender) in &schedules {
+            let schedule = schedule_mut(&mut new_exporter, *name).clone();
+            if probes::schedule_changed(&sender.borrow(), &schedule) {
+                sender.send_replace(schedule);
+            }
+        }
+        for name in ProbeName::ALL {
+            if !schedules.contains_key(&name) && schedule_mut(&mut new_exporter, name).enabled {
+                let old_enabled = schedule_mut(&mut old.exporter.clone(), name).enabled;
+                if !old_enabled {
+                    tracing::warn!(probe = %name, "A probe that did not start needs a restart to run.");
+                }
+            }
+        }
+        if dmsguard_pipeline::reload::restart_needed(&old, &new, keep_live) {
+            tracing::warn!(
+                "The new configuration changes settings only a restart applies (databases, AWS, \
+                 tasks, tables, listen address, telemetry path); they keep their start-up values \
+                 until then."
+            );
+        }
+        let mut applied = (*old).clone();
+        keep_live(&mut applied, &new);
+        live.replace(applied);
+        Ok(())
+    })
+}
+
 /// The built exporter: bound listener, metrics, and the probes' clients.
 pub struct Exporter {
     listener: tokio::net::TcpListener,
@@ -90,14 +168,17 @@ pub struct Exporter {
     config: Arc<Config>,
     aws: AwsClients,
     metrics: Metrics,
+    reload_metrics: ReloadMetrics,
     state: Arc<AppState>,
     web: WebHandle,
+    reload: Option<ConfigLoader>,
 }
 
 struct AppState {
     registry: Registry,
     board: Arc<StatusBoard>,
     telemetry_path: String,
+    reloader: std::sync::OnceLock<Reloader>,
 }
 
 impl Exporter {
@@ -114,6 +195,7 @@ impl Exporter {
             .with_context(|| format!("binding {}", config.exporter.listen))?;
         let mut registry = Registry::with_prefix(metrics::PREFIX);
         let metrics = Metrics::register(&mut registry);
+        let reload_metrics = ReloadMetrics::register(&mut registry);
         metrics.thresholds.set(&config.remediator);
         let aws = AwsClients::new(&config.aws).await;
         Ok(Self {
@@ -121,14 +203,25 @@ impl Exporter {
             addr,
             aws,
             metrics,
+            reload_metrics,
             state: Arc::new(AppState {
                 registry,
                 board: Arc::new(StatusBoard::default()),
                 telemetry_path: config.exporter.telemetry_path.clone(),
+                reloader: std::sync::OnceLock::new(),
             }),
             web: WebHandle::new(web, &[]),
+            reload: None,
             config: Arc::new(config),
         })
+    }
+
+    /// Reloads on SIGHUP and `POST /-/reload` with `loader` (the config file and the command
+    /// line's overrides): probe schedules and the web config apply live. Without a loader,
+    /// `/-/reload` answers 404.
+    pub fn reload_from(mut self, loader: ConfigLoader) -> Self {
+        self.reload = Some(loader);
+        self
     }
 
     /// The address `/metrics` is served on.
@@ -136,8 +229,9 @@ impl Exporter {
         self.addr
     }
 
-    /// Starts every enabled probe in the background.
-    fn start_probes(&self) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    /// Starts every enabled probe in the background, each on a schedule a reload can change.
+    fn start_probes(&self) -> anyhow::Result<(Vec<JoinHandle<()>>, Schedules)> {
+        let mut schedules = Schedules::new();
         let c = &self.config;
         let e = &c.exporter;
         let board = &self.state.board;
@@ -151,7 +245,8 @@ impl Exporter {
         };
         if e.redshift_statements.enabled {
             let probe = RedshiftStatementsProbe::new(c.clone(), self.metrics.statements.clone());
-            handles.push(probes::spawn(
+            handles.push(start_live(
+                &mut schedules,
                 probe,
                 &e.redshift_statements,
                 probe_metrics(),
@@ -172,7 +267,8 @@ impl Exporter {
                 self.metrics.cloudwatch.clone(),
                 progress.clone(),
             );
-            handles.push(probes::spawn(
+            handles.push(start_live(
+                &mut schedules,
                 probe,
                 &e.cloudwatch,
                 probe_metrics(),
@@ -185,7 +281,13 @@ impl Exporter {
             off(ProbeName::Dms, "no [[tasks]] configured");
         } else {
             let probe = DmsProbe::new(c.clone(), self.aws.dms.clone(), self.metrics.dms.clone());
-            handles.push(probes::spawn(probe, &e.dms, probe_metrics(), board.clone()));
+            handles.push(start_live(
+                &mut schedules,
+                probe,
+                &e.dms,
+                probe_metrics(),
+                board.clone(),
+            ));
         }
         if !e.gaps.enabled {
             off(ProbeName::Gaps, "disabled in config");
@@ -194,7 +296,8 @@ impl Exporter {
         } else {
             let probe = GapsProbe::new(c.clone(), self.metrics.gaps.clone(), progress)
                 .context("configuring the gaps probe")?;
-            handles.push(probes::spawn(
+            handles.push(start_live(
+                &mut schedules,
                 probe,
                 &e.gaps,
                 probe_metrics(),
@@ -213,15 +316,14 @@ impl Exporter {
             ),
             Some(source) => {
                 let probe = MaintenanceProbe::new(source, self.metrics.maintenance.clone());
-                handles.push(probes::spawn(
-                    probe,
+                handles.push(start_live(&mut schedules, probe,
                     &e.maintenance,
                     probe_metrics(),
                     board.clone(),
                 ));
             }
         }
-        Ok(handles)
+        Ok((handles, schedules))
     }
 
     /// Starts the probes and serves `/metrics`, `/` and `/healthz` until `shutdown` resolves.
@@ -229,7 +331,22 @@ impl Exporter {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let mut handles = self.start_probes()?;
+        let (mut handles, schedules) = self.start_probes()?;
+        let mut sighup = None;
+        if let Some(loader) = self.reload.clone() {
+            let metrics = self.reload_metrics.clone();
+            let reloader = Reloader::new(
+                loader,
+                live_settings(
+                    LiveConfig::new(self.config.clone()),
+                    schedules,
+                    self.web.clone(),
+                ),
+                metrics,
+            );
+            sighup = Some(reloader.on_sighup());
+            let _ = self.state.reloader.set(reloader);
+        }
         let probes = handles.len();
         // The same checks as `--preflight`, once at start-up: logged, and exported as
         // `dmsguard_preflight_ok{check}`; the exporter keeps running whatever they find.
@@ -261,14 +378,24 @@ impl Exporter {
             .route(&self.state.telemetry_path, get(metrics))
             .route("/", get(landing))
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/-/reload", axum::routing::post(reload))
             .with_state(self.state);
         let served = dmsguard_pipeline::web::serve(self.listener, router, self.web, shutdown)
             .await
             .context("serving HTTP");
-        for handle in handles {
+        for handle in handles.into_iter().chain(sighup) {
             handle.abort();
         }
         served
+    }
+}
+
+/// `POST /-/reload`: 200 applied, 500 refused (behind basic auth when the web config has users).
+async fn reload(State(state): State<Arc<AppState>>) -> Response {
+    use axum::response::IntoResponse;
+    match state.reloader.get() {
+        Some(reloader) => dmsguard_pipeline::reload::reload_response(reloader).await,
+        None => (axum::http::StatusCode::NOT_FOUND, "reload is not set up\n").into_response(),
     }
 }
 

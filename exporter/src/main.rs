@@ -35,6 +35,14 @@ async fn run() -> anyhow::Result<()> {
         print!("{}", report.render());
         std::process::exit(if report.ok() { 0 } else { 1 });
     }
-    let exporter = Exporter::build(config).await?;
+    let cli = std::sync::Arc::new(cli);
+    let loader = {
+        let cli = cli.clone();
+        std::sync::Arc::new(move || {
+            let config = dmsguard_pipeline::config::Config::load(&cli.config)?;
+            Ok(cli.apply_flags(config)?)
+        })
+    };
+    let exporter = Exporter::build(config).await?.reload_from(loader);
     exporter.run_until(service::shutdown_signal()).await
 }

@@ -257,3 +257,160 @@ fn an_invalid_web_config_is_refused_by_check_config_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tls_server_config.client_auth_type"), "{err}");
 }
+
+/// The landing page's cells for `probe`: name, state, interval, runs, ….
+fn probe_row(page: &str, probe: &str) -> Option<Vec<String>> {
+    let start = page.find(&format!("<tr><td>{probe}</td>"))?;
+    let row = &page[start..start + page[start..].find("</tr>")?];
+    Some(
+        row.split("<td>")
+            .skip(1)
+            .map(|cell| cell.trim_end_matches("</td>").to_owned())
+            .collect(),
+    )
+}
+
+fn maintenance_config(schedule: &str) -> String {
+    let base = CONFIG.replace(
+        "[exporter.maintenance]\nenabled = false\ninterval = \"1m\"\ntimeout = \"10s\"\n",
+        "",
+    );
+    format!(
+        "{}[exporter.maintenance]\n{schedule}",
+        base.replace(
+            "password = \"unused\"\n[aws]",
+            "password = \"unused\"\nmaintenance_window = \"sun:05:00-sun:05:30\"\n[aws]"
+        )
+    )
+}
+
+#[tokio::test]
+async fn sighup_and_post_reload_change_probe_schedules_and_a_bad_config_is_refused(
+) -> anyhow::Result<()> {
+    dmsguard_lab::harness::ensure_test_credentials();
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("dmsguard.toml");
+    // The maintenance probe needs neither a database nor AWS with a fixed window.
+    std::fs::write(
+        &config,
+        maintenance_config("interval = \"1h\"\ntimeout = \"5s\"\n"),
+    )?;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut exporter = BinaryProcess::start(
+        env!("CARGO_BIN_EXE_dmsguard-exporter").as_ref(),
+        &[
+            "-c",
+            &config.display().to_string(),
+            "--web.listen-address",
+            &listen,
+        ],
+        dir.path().join("exporter.log"),
+    )?;
+    let base = format!("http://{listen}");
+    let client = reqwest::Client::new();
+    let row = || async {
+        let page = client.get(format!("{base}/")).send().await?.text().await?;
+        probe_row(&page, "maintenance").ok_or_else(|| anyhow::anyhow!("no row in {page}"))
+    };
+    let metrics = || async {
+        anyhow::Ok(
+            client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?,
+        )
+    };
+    let first = eventually("the first maintenance run", Duration::from_secs(20), || {
+        let running = exporter.ensure_running();
+        async move {
+            running?;
+            let row = row().await?;
+            Ok((row[1] == "ok").then_some(row))
+        }
+    })
+    .await?;
+    assert_eq!(
+        (first[2].as_str(), first[3].as_str()),
+        ("1h", "1"),
+        "{first:?}"
+    );
+
+    // SIGHUP with a 200 ms interval: the probe runs again and again without a restart.
+    std::fs::write(
+        &config,
+        maintenance_config("interval = \"200ms\"\ntimeout = \"5s\"\n"),
+    )?;
+    exporter.signal("HUP")?;
+    let faster = eventually(
+        "runs on the new interval",
+        Duration::from_secs(20),
+        || async {
+            let row = row().await?;
+            Ok((row[2] == "200ms" && row[3].parse::<u64>()? >= 4).then_some(row))
+        },
+    )
+    .await?;
+    assert_eq!(faster[1], "ok", "{faster:?}");
+    let text = metrics().await?;
+    assert_eq!(
+        sample(&text, "dmsguard_config_last_reload_successful"),
+        Some(1.0)
+    );
+
+    // POST /-/reload switching the probe off: it pauses.
+    std::fs::write(
+        &config,
+        maintenance_config("enabled = false\ninterval = \"200ms\"\ntimeout = \"5s\"\n"),
+    )?;
+    let applied = client.post(format!("{base}/-/reload")).send().await?;
+    assert_eq!(applied.status(), StatusCode::OK);
+    let paused = eventually("the probe to pause", Duration::from_secs(10), || async {
+        let row = row().await?;
+        Ok((row[1] == "off").then_some(row))
+    })
+    .await?;
+    let runs: u64 = paused[3].parse()?;
+
+    // An invalid file is refused: 500 naming the key, the metric drops to 0, and the running
+    // configuration stays (still paused, same interval).
+    std::fs::write(
+        &config,
+        maintenance_config("interval = \"200ms\"\ntimeout = \"5s\"\nevery = \"1s\"\n"),
+    )?;
+    let refused = client.post(format!("{base}/-/reload")).send().await?;
+    assert_eq!(refused.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = refused.text().await?;
+    assert!(reason.contains("exporter.maintenance.every"), "{reason}");
+    let text = metrics().await?;
+    assert_eq!(
+        sample(&text, "dmsguard_config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert!(
+        text.contains("dmsguard_config_reloads_total{result=\"refused\"} 1"),
+        "{text}"
+    );
+    assert!(sample(
+        &text,
+        "dmsguard_config_last_reload_success_timestamp_seconds"
+    )
+    .is_some());
+    // The reload answered after deciding: the refused file (which would switch the probe back
+    // on) left it paused, with the run count it had.
+    let row = row().await?;
+    assert_eq!(
+        (row[1].as_str(), row[2].as_str()),
+        ("off", "200ms"),
+        "{row:?}"
+    );
+    assert_eq!(row[3].parse::<u64>()?, runs, "{row:?}");
+
+    exporter.ensure_running()?;
+    let log = exporter.log_text();
+    assert!(log.contains("Probe schedule changed."), "{log}");
+    assert!(log.contains("New configuration refused"), "{log}");
+    Ok(())
+}
