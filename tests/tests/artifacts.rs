@@ -59,6 +59,11 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_remediator_scheduled_steps_pending",
     "dmsguard_remediator_resumes_owed",
     "dmsguard_remediator_resumes_total",
+    // Both binaries.
+    "dmsguard_build_info",
+    "dmsguard_config_last_reload_successful",
+    "dmsguard_config_last_reload_success_timestamp_seconds",
+    "dmsguard_config_reloads_total",
 ];
 
 /// Exported histograms: queries use their `_bucket`, `_sum` and `_count` series.
