@@ -148,7 +148,7 @@ mod logfmt {
         }
     }
 
-    /// The value as is when it is a plain word, else in double quotes with `"`, `\\` and
+    /// The value as is when it is a plain word, else in double quotes with `"`, `\` and
     /// control characters escaped.
     pub(super) fn quote(value: &str) -> String {
         let plain = !value.is_empty()
