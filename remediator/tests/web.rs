@@ -395,6 +395,23 @@ async fn sighup_and_post_reload_change_switches_and_routes_and_a_bad_config_is_r
             "[remediator.routes]\nLabCustomStall = \"stalled_task\"\nDMSTaskStalled = \"stalled_task\"\n",
         ),
     )?;
+    // The same reload re-reads the web config file: a new user can log in afterwards.
+    let oncall = || async {
+        anyhow::Ok(
+            client
+                .get(format!("{base}/jobs"))
+                .basic_auth("oncall", Some("pager"))
+                .send()
+                .await?
+                .status(),
+        )
+    };
+    assert_eq!(oncall().await?, StatusCode::UNAUTHORIZED);
+    fixture.write_web_config(
+        "web.yml",
+        None,
+        &[("ops", "s3cret-ops"), ("oncall", "pager")],
+    )?;
     let applied = client
         .post(format!("{base}/-/reload"))
         .basic_auth("ops", Some("s3cret-ops"))
@@ -406,6 +423,7 @@ async fn sighup_and_post_reload_change_switches_and_routes_and_a_bad_config_is_r
         "{}",
         applied.text().await?
     );
+    assert_eq!(oncall().await?, StatusCode::OK);
     assert_eq!(
         metric(
             &metrics().await?,
