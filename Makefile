@@ -1,5 +1,5 @@
 # dmsguard — the two commands a new user needs, plus helpers.
-.PHONY: test demo lab-up lab-down fmt lint dist
+.PHONY: test demo lab-up lab-down fmt lint dist dist-check
 
 test:   ## Install and start the lab services, then run every check and test.
 	bash scripts/test
@@ -30,3 +30,6 @@ dist:   ## Stripped release binaries and Debian packages with hardened systemd u
 		cargo deb --no-build --profile dist -p $$p || exit 1; \
 	done
 	ls -l target/dist/dmsguard-exporter target/dist/dmsguard-remediator target/debian/*.deb
+
+dist-check: dist   ## Unpack the packages, run the installed exporter with its unit's command line.
+	bash deploy/check-packages target/debian
