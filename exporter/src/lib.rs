@@ -114,11 +114,23 @@ fn schedule_mut(e: &mut ExporterConfig, name: ProbeName) -> &mut ProbeSchedule {
     }
 }
 
+/// The `[exporter.<probe>]` schedule of `name`, read only.
+fn schedule_of(e: &ExporterConfig, name: ProbeName) -> &ProbeSchedule {
+    match name {
+        ProbeName::RedshiftStatements => &e.redshift_statements,
+        ProbeName::Cloudwatch => &e.cloudwatch,
+        ProbeName::Dms => &e.dms,
+        ProbeName::Gaps => &e.gaps,
+        ProbeName::Maintenance => &e.maintenance,
+    }
+}
+
 /// What a reload applies: each running probe's `enabled`, `interval` and `timeout`, and the
 /// web config file; everything else keeps its start-up value until a restart (logged). A probe
 /// that did not start cannot be started by a reload.
 fn live_settings(live: LiveConfig, schedules: Schedules, web: WebHandle) -> ConfigApplier {
     Arc::new(move |new: Config| {
+        // Everything is checked before anything is applied.
         let web_config = match &new.exporter.web_config_file {
             Some(path) => WebConfig::load(path)?,
             None => WebConfig::default(),
@@ -126,25 +138,27 @@ fn live_settings(live: LiveConfig, schedules: Schedules, web: WebHandle) -> Conf
         let old = live.current();
         let keep_live = |config: &mut Config, from: &Config| {
             for name in ProbeName::ALL {
-                let schedule = schedule_mut(&mut from.exporter.clone(), name).clone();
-                *schedule_mut(&mut config.exporter, name) = schedule;
+                *schedule_mut(&mut config.exporter, name) =
+                    schedule_of(&from.exporter, name).clone();
             }
             config.exporter.web_config_file = from.exporter.web_config_file.clone();
         };
+        // Refuses turning TLS on or off, before any schedule changes.
         web.replace(web_config)?;
-        let mut new_exporter = new.exporter.clone();
         for (name, sender) in &schedules {
-            let schedule = schedule_mut(&mut new_exporter, *name).clone();
-            if probes::schedule_changed(&sender.borrow(), &schedule) {
-                sender.send_replace(schedule);
+            let schedule = schedule_of(&new.exporter, *name);
+            if probes::schedule_changed(&sender.borrow(), schedule) {
+                sender.send_replace(schedule.clone());
             }
         }
         for name in ProbeName::ALL {
-            if !schedules.contains_key(&name) && schedule_mut(&mut new_exporter, name).enabled {
-                let old_enabled = schedule_mut(&mut old.exporter.clone(), name).enabled;
-                if !old_enabled {
-                    tracing::warn!(probe = %name, "A probe that did not start needs a restart to run.");
-                }
+            let switched_on = schedule_of(&new.exporter, name).enabled
+                && !schedule_of(&old.exporter, name).enabled;
+            if switched_on && !schedules.contains_key(&name) {
+                tracing::warn!(
+                    probe = %name,
+                    "The probe was disabled at start-up; a reload cannot start it: restart the exporter."
+                );
             }
         }
         if dmsguard_pipeline::reload::restart_needed(&old, &new, keep_live) {
