@@ -1,5 +1,5 @@
 # dmsguard — the two commands a new user needs, plus helpers.
-.PHONY: test demo lab-up lab-down fmt lint
+.PHONY: test demo lab-up lab-down fmt lint dist dist-check
 
 test:   ## Install and start the lab services, then run every check and test.
 	bash scripts/test
@@ -19,3 +19,17 @@ fmt:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# Stripped release binaries (profile `dist`) and a Debian package per binary in target/debian.
+# Slow (a full optimised build): never part of `make test`. cargo-deb comes from crates.io.
+dist:   ## Stripped release binaries and Debian packages with hardened systemd units.
+	DMSGUARD_REVISION=$$(git rev-parse --short HEAD) cargo build --locked --profile dist \
+		--bin dmsguard-exporter --bin dmsguard-remediator
+	command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+	for p in dmsguard-exporter dmsguard-remediator; do \
+		cargo deb --no-build --profile dist -p $$p || exit 1; \
+	done
+	ls -l target/dist/dmsguard-exporter target/dist/dmsguard-remediator target/debian/*.deb
+
+dist-check: dist   ## Unpack the packages, run the installed exporter with its unit's command line.
+	bash deploy/check-packages target/debian

@@ -14,10 +14,15 @@ use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::Router;
 use dmsguard_pipeline::aws::AwsClients;
-use dmsguard_pipeline::config::Config;
+use std::collections::BTreeMap;
+
+use dmsguard_pipeline::config::{Config, ConfigError, ExporterConfig, ProbeSchedule};
 use dmsguard_pipeline::frontier::ProgressBoard;
-use dmsguard_pipeline::service::{self, LogFormat};
+use dmsguard_pipeline::reload::{ConfigApplier, ConfigLoader, LiveConfig, ReloadMetrics, Reloader};
+use dmsguard_pipeline::service::{self, LogFormat, LogLevel};
+use dmsguard_pipeline::web::{WebConfig, WebHandle};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::{Metrics, ProbeName};
@@ -42,9 +47,132 @@ pub struct Cli {
     /// the config needs, print a checklist with a fix per failure, and exit (0 if all pass, 1 if not).
     #[arg(long)]
     pub preflight: bool,
-    /// Log format: text or json.
-    #[arg(long, default_value = "text")]
+    /// Log format: text, logfmt or json.
+    #[arg(long = "log.format", alias = "log-format", default_value = "text")]
     pub log_format: LogFormat,
+    /// Least severe level logged: debug, info, warn or error (`RUST_LOG`, when set, wins).
+    #[arg(long = "log.level", default_value = "info")]
+    pub log_level: LogLevel,
+    /// Address to serve on; overrides `exporter.listen`.
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    pub web_listen_address: Option<SocketAddr>,
+    /// exporter-toolkit web configuration file (TLS, client CA, basic auth users); overrides
+    /// `exporter.web_config_file`.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// Path the metrics are served on; overrides `exporter.telemetry_path`.
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    pub web_telemetry_path: Option<String>,
+}
+
+impl Cli {
+    /// The config with the `--web.*` flags applied over the TOML's settings.
+    pub fn apply_flags(&self, mut config: Config) -> Result<Config, ConfigError> {
+        if let Some(addr) = self.web_listen_address {
+            config.exporter.listen = addr;
+        }
+        if let Some(file) = &self.web_config_file {
+            config.exporter.web_config_file = Some(file.clone());
+        }
+        if let Some(path) = &self.web_telemetry_path {
+            dmsguard_pipeline::config::check_telemetry_path(path).map_err(|message| {
+                ConfigError::Key {
+                    key: "--web.telemetry-path".into(),
+                    message,
+                }
+            })?;
+            config.exporter.telemetry_path = path.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// The schedule senders of the probes that run, by probe.
+type Schedules = BTreeMap<ProbeName, watch::Sender<ProbeSchedule>>;
+
+/// Starts `probe` on a schedule a reload can change, recording its sender in `schedules`.
+fn start_live<P: probes::Probe>(
+    schedules: &mut Schedules,
+    probe: P,
+    schedule: &ProbeSchedule,
+    metrics: metrics::ProbeMetrics,
+    board: Arc<StatusBoard>,
+) -> JoinHandle<()> {
+    let (tx, rx) = watch::channel(schedule.clone());
+    schedules.insert(probe.name(), tx);
+    probes::spawn_live(probe, rx, metrics, board)
+}
+
+/// The `[exporter.<probe>]` schedule of `name`.
+fn schedule_mut(e: &mut ExporterConfig, name: ProbeName) -> &mut ProbeSchedule {
+    match name {
+        ProbeName::RedshiftStatements => &mut e.redshift_statements,
+        ProbeName::Cloudwatch => &mut e.cloudwatch,
+        ProbeName::Dms => &mut e.dms,
+        ProbeName::Gaps => &mut e.gaps,
+        ProbeName::Maintenance => &mut e.maintenance,
+    }
+}
+
+/// The `[exporter.<probe>]` schedule of `name`, read only.
+fn schedule_of(e: &ExporterConfig, name: ProbeName) -> &ProbeSchedule {
+    match name {
+        ProbeName::RedshiftStatements => &e.redshift_statements,
+        ProbeName::Cloudwatch => &e.cloudwatch,
+        ProbeName::Dms => &e.dms,
+        ProbeName::Gaps => &e.gaps,
+        ProbeName::Maintenance => &e.maintenance,
+    }
+}
+
+/// What a reload applies: each running probe's `enabled`, `interval` and `timeout`, and the
+/// web config file; everything else keeps its start-up value until a restart (logged). A probe
+/// that did not start cannot be started by a reload.
+fn live_settings(live: LiveConfig, schedules: Schedules, web: WebHandle) -> ConfigApplier {
+    Arc::new(move |new: Config| {
+        // Everything is checked before anything is applied.
+        let web_config = match &new.exporter.web_config_file {
+            Some(path) => WebConfig::load(path)?,
+            None => WebConfig::default(),
+        };
+        let old = live.current();
+        let keep_live = |config: &mut Config, from: &Config| {
+            for name in ProbeName::ALL {
+                *schedule_mut(&mut config.exporter, name) =
+                    schedule_of(&from.exporter, name).clone();
+            }
+            config.exporter.web_config_file = from.exporter.web_config_file.clone();
+        };
+        // Refuses turning TLS on or off, before any schedule changes.
+        web.replace(web_config)?;
+        for (name, sender) in &schedules {
+            let schedule = schedule_of(&new.exporter, *name);
+            if probes::schedule_changed(&sender.borrow(), schedule) {
+                sender.send_replace(schedule.clone());
+            }
+        }
+        for name in ProbeName::ALL {
+            let switched_on = schedule_of(&new.exporter, name).enabled
+                && !schedule_of(&old.exporter, name).enabled;
+            if switched_on && !schedules.contains_key(&name) {
+                tracing::warn!(
+                    probe = %name,
+                    "The probe was disabled at start-up; a reload cannot start it: restart the exporter."
+                );
+            }
+        }
+        if dmsguard_pipeline::reload::restart_needed(&old, &new, keep_live) {
+            tracing::warn!(
+                "The new configuration changes settings only a restart applies (databases, AWS, \
+                 tasks, tables, listen address, telemetry path); they keep their start-up values \
+                 until then."
+            );
+        }
+        let mut applied = (*old).clone();
+        keep_live(&mut applied, &new);
+        live.replace(applied);
+        Ok(())
+    })
 }
 
 /// The built exporter: bound listener, metrics, and the probes' clients.
@@ -54,36 +182,60 @@ pub struct Exporter {
     config: Arc<Config>,
     aws: AwsClients,
     metrics: Metrics,
+    reload_metrics: ReloadMetrics,
     state: Arc<AppState>,
+    web: WebHandle,
+    reload: Option<ConfigLoader>,
 }
 
 struct AppState {
     registry: Registry,
     board: Arc<StatusBoard>,
+    telemetry_path: String,
+    reloader: std::sync::OnceLock<Reloader>,
 }
 
 impl Exporter {
-    /// Registers the metrics, builds the AWS clients and binds the listen address from the
-    /// config (port 0 picks a free port). Probes start with [`Exporter::run_until`].
+    /// Registers the metrics, builds the AWS clients, reads `exporter.web_config_file` and
+    /// binds the listen address from the config (port 0 picks a free port). Probes start with
+    /// [`Exporter::run_until`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let web = match &config.exporter.web_config_file {
+            Some(path) => WebConfig::load(path)?,
+            None => WebConfig::default(),
+        };
         let (listener, addr) = service::bind(config.exporter.listen)
             .await
             .with_context(|| format!("binding {}", config.exporter.listen))?;
         let mut registry = Registry::with_prefix(metrics::PREFIX);
         let metrics = Metrics::register(&mut registry);
+        let reload_metrics = ReloadMetrics::register(&mut registry);
         metrics.thresholds.set(&config.remediator);
         let aws = AwsClients::new(&config.aws).await;
         Ok(Self {
             listener,
             addr,
-            config: Arc::new(config),
             aws,
             metrics,
+            reload_metrics,
             state: Arc::new(AppState {
                 registry,
                 board: Arc::new(StatusBoard::default()),
+                telemetry_path: config.exporter.telemetry_path.clone(),
+                reloader: std::sync::OnceLock::new(),
             }),
+            web: WebHandle::new(web, &[]),
+            reload: None,
+            config: Arc::new(config),
         })
+    }
+
+    /// Reloads on SIGHUP and `POST /-/reload` with `loader` (the config file and the command
+    /// line's overrides): probe schedules and the web config apply live. Without a loader,
+    /// `/-/reload` answers 404.
+    pub fn reload_from(mut self, loader: ConfigLoader) -> Self {
+        self.reload = Some(loader);
+        self
     }
 
     /// The address `/metrics` is served on.
@@ -91,8 +243,9 @@ impl Exporter {
         self.addr
     }
 
-    /// Starts every enabled probe in the background.
-    fn start_probes(&self) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    /// Starts every enabled probe in the background, each on a schedule a reload can change.
+    fn start_probes(&self) -> anyhow::Result<(Vec<JoinHandle<()>>, Schedules)> {
+        let mut schedules = Schedules::new();
         let c = &self.config;
         let e = &c.exporter;
         let board = &self.state.board;
@@ -106,7 +259,8 @@ impl Exporter {
         };
         if e.redshift_statements.enabled {
             let probe = RedshiftStatementsProbe::new(c.clone(), self.metrics.statements.clone());
-            handles.push(probes::spawn(
+            handles.push(start_live(
+                &mut schedules,
                 probe,
                 &e.redshift_statements,
                 probe_metrics(),
@@ -127,7 +281,8 @@ impl Exporter {
                 self.metrics.cloudwatch.clone(),
                 progress.clone(),
             );
-            handles.push(probes::spawn(
+            handles.push(start_live(
+                &mut schedules,
                 probe,
                 &e.cloudwatch,
                 probe_metrics(),
@@ -140,7 +295,13 @@ impl Exporter {
             off(ProbeName::Dms, "no [[tasks]] configured");
         } else {
             let probe = DmsProbe::new(c.clone(), self.aws.dms.clone(), self.metrics.dms.clone());
-            handles.push(probes::spawn(probe, &e.dms, probe_metrics(), board.clone()));
+            handles.push(start_live(
+                &mut schedules,
+                probe,
+                &e.dms,
+                probe_metrics(),
+                board.clone(),
+            ));
         }
         if !e.gaps.enabled {
             off(ProbeName::Gaps, "disabled in config");
@@ -149,7 +310,8 @@ impl Exporter {
         } else {
             let probe = GapsProbe::new(c.clone(), self.metrics.gaps.clone(), progress)
                 .context("configuring the gaps probe")?;
-            handles.push(probes::spawn(
+            handles.push(start_live(
+                &mut schedules,
                 probe,
                 &e.gaps,
                 probe_metrics(),
@@ -168,15 +330,14 @@ impl Exporter {
             ),
             Some(source) => {
                 let probe = MaintenanceProbe::new(source, self.metrics.maintenance.clone());
-                handles.push(probes::spawn(
-                    probe,
+                handles.push(start_live(&mut schedules, probe,
                     &e.maintenance,
                     probe_metrics(),
                     board.clone(),
                 ));
             }
         }
-        Ok(handles)
+        Ok((handles, schedules))
     }
 
     /// Starts the probes and serves `/metrics`, `/` and `/healthz` until `shutdown` resolves.
@@ -184,7 +345,22 @@ impl Exporter {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let mut handles = self.start_probes()?;
+        let (mut handles, schedules) = self.start_probes()?;
+        let mut sighup = None;
+        if let Some(loader) = self.reload.clone() {
+            let metrics = self.reload_metrics.clone();
+            let reloader = Reloader::new(
+                loader,
+                live_settings(
+                    LiveConfig::new(self.config.clone()),
+                    schedules,
+                    self.web.clone(),
+                ),
+                metrics,
+            );
+            sighup = Some(reloader.on_sighup());
+            let _ = self.state.reloader.set(reloader);
+        }
         let probes = handles.len();
         // The same checks as `--preflight`, once at start-up: logged, and exported as
         // `dmsguard_preflight_ok{check}`; the exporter keeps running whatever they find.
@@ -202,19 +378,38 @@ impl Exporter {
                 }
             }));
         }
-        tracing::info!(addr = %self.addr, probes, "Exporter listening.");
+        let web = self.web.current();
+        tracing::info!(
+            addr = %self.addr,
+            scheme = web.scheme(),
+            client_auth = ?web.client_auth,
+            basic_auth = web.basic_auth(),
+            path = %self.state.telemetry_path,
+            probes,
+            "Exporter listening."
+        );
         let router = Router::new()
-            .route("/metrics", get(metrics))
+            .route(&self.state.telemetry_path, get(metrics))
             .route("/", get(landing))
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/-/reload", axum::routing::post(reload))
             .with_state(self.state);
-        let served = service::serve(self.listener, router, shutdown)
+        let served = dmsguard_pipeline::web::serve(self.listener, router, self.web, shutdown)
             .await
             .context("serving HTTP");
-        for handle in handles {
+        for handle in handles.into_iter().chain(sighup) {
             handle.abort();
         }
         served
+    }
+}
+
+/// `POST /-/reload`: 200 applied, 500 refused (behind basic auth when the web config has users).
+async fn reload(State(state): State<Arc<AppState>>) -> Response {
+    use axum::response::IntoResponse;
+    match state.reloader.get() {
+        Some(reloader) => dmsguard_pipeline::reload::reload_response(reloader).await,
+        None => (axum::http::StatusCode::NOT_FOUND, "reload is not set up\n").into_response(),
     }
 }
 
@@ -224,9 +419,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// The landing page: every probe with its last result, duration and error.
 async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
-    let mut page = String::from(
+    let path = escape_html(&state.telemetry_path);
+    let mut page = format!(
         "<!doctype html><html><head><title>dmsguard-exporter</title></head><body>\
-         <h1>dmsguard-exporter</h1><p><a href=\"/metrics\">/metrics</a> · \
+         <h1>dmsguard-exporter</h1><p><a href=\"{path}\">{path}</a> · \
          <a href=\"/healthz\">/healthz</a></p><table border=\"1\" cellpadding=\"4\">\
          <tr><th>probe</th><th>state</th><th>interval</th><th>runs</th><th>last run (UTC)</th>\
          <th>duration</th><th>last success (UTC)</th><th>error</th></tr>",

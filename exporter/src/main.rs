@@ -11,9 +11,22 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    service::init_telemetry(cli.log_format);
+    service::init_logging(cli.log_format, cli.log_level);
     let config = service::load_config_or_exit(&cli.config);
+    let config = match cli.apply_flags(config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: invalid configuration: {error}");
+            std::process::exit(dmsguard_pipeline::config::EXIT_CONFIG);
+        }
+    };
     if cli.check_config {
+        if let Some(web) = &config.exporter.web_config_file {
+            if let Err(error) = dmsguard_pipeline::web::WebConfig::load(web) {
+                eprintln!("error: invalid web configuration: {error}");
+                std::process::exit(dmsguard_pipeline::config::EXIT_CONFIG);
+            }
+        }
         println!("config ok: {}", cli.config.display());
         return Ok(());
     }
@@ -22,6 +35,14 @@ async fn run() -> anyhow::Result<()> {
         print!("{}", report.render());
         std::process::exit(if report.ok() { 0 } else { 1 });
     }
-    let exporter = Exporter::build(config).await?;
+    let cli = std::sync::Arc::new(cli);
+    let loader = {
+        let cli = cli.clone();
+        std::sync::Arc::new(move || {
+            let config = dmsguard_pipeline::config::Config::load(&cli.config)?;
+            Ok(cli.apply_flags(config)?)
+        })
+    };
+    let exporter = Exporter::build(config).await?.reload_from(loader);
     exporter.run_until(service::shutdown_signal()).await
 }

@@ -359,9 +359,16 @@ impl ProbeSchedule {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExporterConfig {
-    /// Address `/metrics` is served on.
+    /// Address `/metrics` is served on (`--web.listen-address` overrides it).
     #[serde(default = "defaults::exporter_listen")]
     pub listen: SocketAddr,
+    /// Path the metrics are served on (`--web.telemetry-path` overrides it).
+    #[serde(default = "defaults::telemetry_path")]
+    pub telemetry_path: String,
+    /// exporter-toolkit web configuration file (YAML: TLS certificate and key, client CA,
+    /// basic auth users with bcrypt hashes); relative to the working directory. Unset: plain
+    /// HTTP without authentication. `--web.config.file` overrides it.
+    pub web_config_file: Option<PathBuf>,
     /// How far back the statements probe looks on its first run.
     #[serde(default = "defaults::lookback", with = "humantime_serde")]
     pub statements_lookback: Duration,
@@ -393,6 +400,8 @@ impl Default for ExporterConfig {
     fn default() -> Self {
         Self {
             listen: defaults::exporter_listen(),
+            telemetry_path: defaults::telemetry_path(),
+            web_config_file: None,
             statements_lookback: defaults::lookback(),
             cloudwatch_window: defaults::cloudwatch_window(),
             redshift_statements: defaults::statements_probe(),
@@ -534,9 +543,15 @@ impl FixesConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemediatorConfig {
-    /// Address the webhook API, `/metrics` and the status page are served on.
+    /// Address the webhook API, `/metrics` and the status page are served on
+    /// (`--web.listen-address` overrides it).
     #[serde(default = "defaults::remediator_listen")]
     pub listen: SocketAddr,
+    /// exporter-toolkit web configuration file (YAML: TLS certificate and key, client CA,
+    /// basic auth users with bcrypt hashes) for the API; relative to the working directory.
+    /// With basic auth users, `/alerts` and `/-/reload` take either a user or the bearer
+    /// token. Unset: plain HTTP. `--web.config.file` overrides it.
+    pub web_config_file: Option<PathBuf>,
     /// Bearer token Alertmanager must send, usually as `${ENV_VAR}`. Exclusive with `token_file`.
     pub token: Option<Secret>,
     /// A file whose content (trailing newline stripped) is the bearer token.
@@ -625,6 +640,7 @@ impl Default for RemediatorConfig {
     fn default() -> Self {
         Self {
             listen: defaults::remediator_listen(),
+            web_config_file: None,
             token: None,
             token_file: None,
             max_body_bytes: defaults::max_body_bytes(),
@@ -648,6 +664,19 @@ impl Default for RemediatorConfig {
             preflight: true,
         }
     }
+}
+
+/// A metrics path must start with `/` and not take the landing page's or `/healthz`'s place.
+pub fn check_telemetry_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err(format!(
+            "`{path}` must start with `/` and name a path (e.g. /metrics)"
+        ));
+    }
+    if ["/healthz", "/-/reload"].contains(&path) {
+        return Err(format!("`{path}` is taken by the exporter itself"));
+    }
+    Ok(())
 }
 
 /// Named defaults, one function each so serde and `Default` share them.
@@ -683,6 +712,9 @@ pub mod defaults {
     }
     pub fn exporter_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9854))
+    }
+    pub fn telemetry_path() -> String {
+        "/metrics".into()
     }
     pub fn remediator_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9855))
@@ -826,6 +858,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        check_telemetry_path(&self.exporter.telemetry_path)
+            .map_err(|m| ConfigError::key("exporter.telemetry_path", m))?;
         check_secret_pair("source", &self.source.password, &self.source.password_file)?;
         check_secret_pair(
             "redshift",

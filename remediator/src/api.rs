@@ -13,9 +13,11 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
+use axum::{Extension, Json};
+use dmsguard_pipeline::reload::Reloader;
 use dmsguard_pipeline::report::error_chain;
 use dmsguard_pipeline::secret::Secret;
+use dmsguard_pipeline::web::AuthenticatedUser;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -26,6 +28,10 @@ use crate::metrics::{Metrics, WebhookResult};
 use crate::routing::{Route, Router};
 use crate::status_page;
 use crate::worker::Worker;
+
+/// Paths that check the bearer token themselves: with basic auth users configured, a request
+/// there may carry either a user's credentials or the token.
+pub const BEARER_PATHS: &[&str] = &["/alerts", "/-/reload"];
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -40,9 +46,20 @@ struct Inner {
     metrics: Metrics,
     registry: Registry,
     worker: Worker,
+    reloader: Option<Reloader>,
 }
 
 impl ApiState {
+    /// Serves `POST /-/reload` with `reloader`.
+    pub fn with_reloader(self, reloader: Option<Reloader>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            unreachable!("with_reloader is called once, before the state is shared")
+        });
+        Self {
+            inner: Arc::new(Inner { reloader, ..inner }),
+        }
+    }
+
     pub fn new(
         token: Secret,
         ledger: Ledger,
@@ -59,6 +76,7 @@ impl ApiState {
                 metrics,
                 registry,
                 worker,
+                reloader: None,
             }),
         }
     }
@@ -75,6 +93,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> axum::Router {
         .route("/healthz", get(healthz))
         .route("/", get(status))
         .route("/jobs", get(jobs))
+        .route("/-/reload", post(reload))
         .with_state(state)
 }
 
@@ -129,10 +148,11 @@ fn authorized(headers: &HeaderMap, token: &Secret) -> bool {
 
 async fn receive_alerts(
     State(state): State<ApiState>,
+    user: Option<Extension<AuthenticatedUser>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle_alerts(&state, &headers, body).await {
+    match handle_alerts(&state, user.is_some(), &headers, body).await {
         Ok(response) => response,
         Err(refusal) => {
             if let Some(result) = refusal.result {
@@ -150,11 +170,13 @@ async fn receive_alerts(
 
 async fn handle_alerts(
     state: &ApiState,
+    basic_auth_user: bool,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
     let inner = &state.inner;
-    if !authorized(headers, &inner.token) {
+    // A web config basic auth user (checked by the web layer) stands in for the token.
+    if !basic_auth_user && !authorized(headers, &inner.token) {
         return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             WebhookResult::Unauthorized,
@@ -289,6 +311,26 @@ async fn handle_alerts(
         })),
     )
         .into_response())
+}
+
+/// `POST /-/reload`: the bearer token or a web config user; 200 applied, 500 refused.
+async fn reload(
+    State(state): State<ApiState>,
+    user: Option<Extension<AuthenticatedUser>>,
+    headers: HeaderMap,
+) -> Response {
+    if user.is_none() && !authorized(&headers, &state.inner.token) {
+        return Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            result: None,
+            reason: "missing or wrong bearer token".into(),
+        }
+        .into_response();
+    }
+    match &state.inner.reloader {
+        Some(reloader) => dmsguard_pipeline::reload::reload_response(reloader).await,
+        None => (StatusCode::NOT_FOUND, "reload is not set up\n").into_response(),
+    }
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

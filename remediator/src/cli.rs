@@ -6,7 +6,7 @@ use anyhow::Context;
 use dmsguard_pipeline::config::{Config, FixName, TableConfig};
 use dmsguard_pipeline::db;
 use dmsguard_pipeline::ddl::{self, CompressionFile, DdlOptions};
-use dmsguard_pipeline::service::LogFormat;
+use dmsguard_pipeline::service::{LogFormat, LogLevel};
 
 #[derive(Debug, clap::Parser)]
 #[command(name = "dmsguard-remediator", version, about)]
@@ -23,11 +23,39 @@ pub struct Cli {
     /// Validate the config and exit (0 if valid, 64 if not).
     #[arg(long, global = true)]
     pub check_config: bool,
-    /// Log format: text or json.
-    #[arg(long, global = true, default_value = "text")]
+    /// Log format: text, logfmt or json.
+    #[arg(
+        long = "log.format",
+        alias = "log-format",
+        global = true,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
+    /// Least severe level logged: debug, info, warn or error (`RUST_LOG`, when set, wins).
+    #[arg(long = "log.level", global = true, default_value = "info")]
+    pub log_level: LogLevel,
+    /// Address to serve on; overrides `remediator.listen`.
+    #[arg(long = "web.listen-address", global = true, value_name = "ADDR")]
+    pub web_listen_address: Option<std::net::SocketAddr>,
+    /// exporter-toolkit web configuration file (TLS, client CA, basic auth users); overrides
+    /// `remediator.web_config_file`.
+    #[arg(long = "web.config.file", global = true, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The config with the `--web.*` flags applied over the TOML's settings.
+    pub fn apply_flags(&self, mut config: Config) -> Config {
+        if let Some(addr) = self.web_listen_address {
+            config.remediator.listen = addr;
+        }
+        if let Some(file) = &self.web_config_file {
+            config.remediator.web_config_file = Some(file.clone());
+        }
+        config
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]

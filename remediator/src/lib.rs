@@ -18,7 +18,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::{resolve_secret, Config};
+use dmsguard_pipeline::reload::{ConfigLoader, LiveConfig, ReloadMetrics, Reloader};
 use dmsguard_pipeline::service;
+use dmsguard_pipeline::web::{WebConfig, WebHandle};
 use prometheus_client::registry::Registry;
 
 use crate::fixes::{FixContext, FixRegistry};
@@ -90,6 +92,8 @@ pub struct Remediator {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     token: dmsguard_pipeline::secret::Secret,
+    web: WebHandle,
+    reload: Option<ConfigLoader>,
 }
 
 impl Remediator {
@@ -98,9 +102,13 @@ impl Remediator {
         Self::build_with(config, FixRegistry::standard()).await
     }
 
-    /// Reads the webhook token, opens the ledger (running migrations) and binds the listen
-    /// address (port 0 picks a free port).
+    /// Reads the webhook token and `remediator.web_config_file`, opens the ledger (running
+    /// migrations) and binds the listen address (port 0 picks a free port).
     pub async fn build_with(config: Config, fixes: FixRegistry) -> anyhow::Result<Self> {
+        let web = match &config.remediator.web_config_file {
+            Some(path) => WebConfig::load(path)?,
+            None => WebConfig::default(),
+        };
         let token = resolve_secret(&config.remediator.token, &config.remediator.token_file)
             .context("reading remediator.token_file")?
             .filter(|t| !t.is_empty())
@@ -115,7 +123,18 @@ impl Remediator {
             listener,
             addr,
             token,
+            web: WebHandle::new(web, api::BEARER_PATHS),
+            reload: None,
         })
+    }
+
+    /// Reloads on SIGHUP and `POST /-/reload` with `loader` (the config file and the command
+    /// line's overrides). Routes, each fix's `enabled`, `dry_run`, `cooldown`, the resume retry
+    /// interval and the web config file apply from the next alert, job or connection; other
+    /// changes need a restart (logged). Without a loader, `/-/reload` answers 404.
+    pub fn reload_from(mut self, loader: ConfigLoader) -> Self {
+        self.reload = Some(loader);
+        self
     }
 
     /// The address the API is served on.
@@ -144,8 +163,17 @@ impl Remediator {
             ledger,
             worker,
             metrics,
-            registry,
+            mut registry,
         } = self.core;
+        let reload_metrics = ReloadMetrics::register(&mut registry);
+        let reloader = self.reload.map(|loader| {
+            Reloader::new(
+                loader,
+                live_settings(worker.live_config(), self.web.clone()),
+                reload_metrics,
+            )
+        });
+        let sighup = reloader.as_ref().map(Reloader::on_sighup);
         if config.remediator.preflight {
             // The checks of `dmsguard-remediator preflight`, logged once; they do not stop it.
             let config = config.clone();
@@ -160,16 +188,59 @@ impl Remediator {
         let state = api::ApiState::new(
             self.token,
             ledger,
-            routing::Router::new(config.clone()),
+            routing::Router::live(worker.live_config()),
             metrics,
             registry,
             worker,
-        );
+        )
+        .with_reloader(reloader);
         let router = api::router(state, config.remediator.max_body_bytes);
-        tracing::info!(addr = %self.addr, "Remediator listening.");
-        let served = service::serve(self.listener, router, shutdown).await;
+        let web = self.web.current();
+        tracing::info!(
+            addr = %self.addr,
+            scheme = web.scheme(),
+            client_auth = ?web.client_auth,
+            basic_auth = web.basic_auth(),
+            "Remediator listening."
+        );
+        let served = dmsguard_pipeline::web::serve(self.listener, router, self.web, shutdown).await;
+        if let Some(sighup) = sighup {
+            sighup.abort();
+        }
         let _ = stop_tx.send(true);
         worker_task.await.context("worker task")?;
         served.context("serving HTTP")
     }
+}
+
+/// What a reload applies: the new file's routes, fix switches (`enabled`, `dry_run`,
+/// `cooldown`), resume retry interval and web config; everything else keeps its start-up value
+/// (databases, AWS, tasks, tables and the listener are held by running parts).
+fn live_settings(live: LiveConfig, web: WebHandle) -> dmsguard_pipeline::reload::ConfigApplier {
+    Arc::new(move |new: Config| {
+        let web_config = match &new.remediator.web_config_file {
+            Some(path) => WebConfig::load(path)?,
+            None => WebConfig::default(),
+        };
+        let old = live.current();
+        let keep_live = |config: &mut Config, from: &Config| {
+            config.remediator.routes = from.remediator.routes.clone();
+            config.remediator.fixes = from.remediator.fixes.clone();
+            config.remediator.resume_retry_interval = from.remediator.resume_retry_interval;
+            config.remediator.web_config_file = from.remediator.web_config_file.clone();
+        };
+        let mut applied = (*old).clone();
+        keep_live(&mut applied, &new);
+        // Web first: it refuses turning TLS on or off, and then nothing has changed.
+        web.replace(web_config)?;
+        if dmsguard_pipeline::reload::restart_needed(&old, &new, keep_live) {
+            tracing::warn!(
+                "The new configuration changes settings only a restart applies (databases, AWS, \
+                 tasks, tables, listen address, token, concurrency, timeouts); they keep their \
+                 start-up values until then."
+            );
+        }
+        live.replace(applied);
+        Ok(())
+    })
 }

@@ -11,9 +11,10 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    service::init_telemetry(cli.log_format);
-    let config = service::load_config_or_exit(&cli.config);
+    let mut cli = Cli::parse();
+    service::init_logging(cli.log_format, cli.log_level);
+    let config = cli.apply_flags(service::load_config_or_exit(&cli.config));
+    let path = cli.config.clone();
     let needs_ledger = cli.check_config
         || matches!(
             cli.command,
@@ -26,12 +27,25 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     if cli.check_config {
+        if let Some(web) = &config.remediator.web_config_file {
+            if let Err(error) = dmsguard_pipeline::web::WebConfig::load(web) {
+                eprintln!("error: invalid web configuration: {error}");
+                std::process::exit(dmsguard_pipeline::config::EXIT_CONFIG);
+            }
+        }
         println!("config ok: {}", cli.config.display());
         return Ok(());
     }
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.take().unwrap_or(Command::Serve) {
         Command::Serve => {
-            let app = dmsguard_remediator::Remediator::build(config).await?;
+            let (cli, path) = (std::sync::Arc::new(cli), path);
+            let loader = std::sync::Arc::new(move || {
+                let config = dmsguard_pipeline::config::Config::load(&path)?;
+                Ok(cli.apply_flags(config))
+            });
+            let app = dmsguard_remediator::Remediator::build(config)
+                .await?
+                .reload_from(loader);
             app.run_until(service::shutdown_signal()).await
         }
         Command::Run {

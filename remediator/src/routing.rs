@@ -1,6 +1,7 @@
 //! Alert -> fix routing from `remediator.routes`, and the labels each fix needs.
 
 use dmsguard_pipeline::config::{Config, FixConfig, FixName, QualifiedName};
+use dmsguard_pipeline::reload::LiveConfig;
 
 use crate::alerts::Alert;
 
@@ -67,14 +68,20 @@ impl JobTarget {
     }
 }
 
-/// Routes alerts by name to fixes, with each fix's switches.
-#[derive(Debug, Clone)]
+/// Routes alerts by name to fixes, with each fix's switches, as the configuration in force
+/// says (a reload changes routes and switches for the next alert).
+#[derive(Clone)]
 pub struct Router {
-    config: std::sync::Arc<Config>,
+    config: LiveConfig,
 }
 
 impl Router {
     pub fn new(config: std::sync::Arc<Config>) -> Self {
+        Self::live(LiveConfig::new(config))
+    }
+
+    /// A router reading `config` on each alert.
+    pub fn live(config: LiveConfig) -> Self {
         Self { config }
     }
 
@@ -82,23 +89,24 @@ impl Router {
     /// table (DMSOneByOneMode) acts on the task configured for that table when it has no `task`
     /// label: the table metrics it fires on carry none.
     pub fn route(&self, alert: &Alert) -> Result<Route, String> {
-        let Some(&fix) = self.config.remediator.routes.get(&alert.alertname) else {
+        let config = self.config.current();
+        let Some(&fix) = config.remediator.routes.get(&alert.alertname) else {
             return Ok(Route::Unknown);
         };
         let table = alert.label("table");
-        if let Some(reason) = self.unknown_target(fix, alert) {
+        if let Some(reason) = unknown_target(&config, fix, alert) {
             return Ok(Route::UnknownTarget { fix, reason });
         }
         let task = alert.label("task").or_else(|| {
             table
-                .and_then(|t| self.config.table(t))
+                .and_then(|t| config.table(t))
                 .and_then(|t| t.task.as_deref())
         });
         let target = JobTarget::for_fix(fix, task, table, alert.label("replication_instance"))
             .map_err(|e| format!("alert `{}`: {e}", alert.alertname))?;
         let FixConfig {
             enabled, dry_run, ..
-        } = *self.config.remediator.fixes.get(fix);
+        } = *config.remediator.fixes.get(fix);
         Ok(Route::Fix {
             fix,
             target,
@@ -108,12 +116,11 @@ impl Router {
     }
 }
 
-impl Router {
-    /// Why `fix` cannot act on what `alert` names, if the config lacks it: the labels the fix
-    /// acts on must name a `[[tables]]` entry, a `[[tasks]]` entry, or the replication
-    /// instance of one. A job for anything else could only fail.
-    fn unknown_target(&self, fix: FixName, alert: &Alert) -> Option<String> {
-        let config = &self.config;
+/// Why `fix` cannot act on what `alert` names, if the config lacks it: the labels the fix
+/// acts on must name a `[[tables]]` entry, a `[[tasks]]` entry, or the replication
+/// instance of one. A job for anything else could only fail.
+fn unknown_target(config: &Config, fix: FixName, alert: &Alert) -> Option<String> {
+    {
         let (uses_table, uses_task, uses_instance) = match fix {
             FixName::MissingRows => (true, false, false),
             FixName::OneByOne => (true, true, false),

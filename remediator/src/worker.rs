@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmsguard_pipeline::config::{Config, FixName};
+use dmsguard_pipeline::reload::LiveConfig;
 use serde_json::json;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -63,7 +64,9 @@ pub struct Worker {
 }
 
 struct Inner {
-    config: Arc<Config>,
+    /// Replaced by a reload: fix switches, cooldowns and the resume retry interval apply from
+    /// the next job or sweep.
+    config: LiveConfig,
     ledger: Ledger,
     fixes: FixRegistry,
     ctx: FixContext,
@@ -97,7 +100,7 @@ impl Worker {
         );
         Self {
             inner: Arc::new(Inner {
-                config,
+                config: LiveConfig::new(config),
                 ledger,
                 fixes,
                 ctx: ctx.with_metrics(metrics.clone()),
@@ -109,6 +112,11 @@ impl Worker {
                 sweeping: Arc::default(),
             }),
         }
+    }
+
+    /// The configuration the worker reads on each job; a reload replaces it.
+    pub fn live_config(&self) -> LiveConfig {
+        self.inner.config.clone()
     }
 
     /// This worker's id, recorded as `runner` on the jobs and steps it runs.
@@ -254,7 +262,8 @@ impl Worker {
         let _in_flight = inner.metrics.in_flight(job.fix);
         let _heartbeat = self.heartbeat(Some(job.id), None);
         let fix = inner.fixes.get(job.fix);
-        let settings = inner.config.remediator.fixes.get(job.fix);
+        let config = inner.config.current();
+        let settings = config.remediator.fixes.get(job.fix);
         tracing::info!(job = job.id, fix = %job.fix, target = %job.target.key, "Running job.");
 
         let plan = match fix.plan(&inner.ctx, &job).await {
@@ -496,7 +505,7 @@ impl Worker {
     /// One attempt at an owed resume, holding its task's lock.
     async fn carry_out(&self, o: &ResumeObligation) -> Result<(), LedgerError> {
         let inner = &self.inner;
-        let retry = inner.config.remediator.resume_retry_interval;
+        let retry = inner.config.current().remediator.resume_retry_interval;
         let tasks = inner
             .ctx
             .tasks()

@@ -61,6 +61,11 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_remediator_resumes_total",
     "dmsguard_remediator_repair_rows_total",
     "dmsguard_remediator_repair_rows_remaining",
+    // Both binaries.
+    "dmsguard_build_info",
+    "dmsguard_config_last_reload_successful",
+    "dmsguard_config_last_reload_success_timestamp_seconds",
+    "dmsguard_config_reloads_total",
 ];
 
 /// Exported histograms: queries use their `_bucket`, `_sum` and `_count` series.

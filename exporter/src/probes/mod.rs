@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use dmsguard_pipeline::config::ProbeSchedule;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -115,73 +116,138 @@ impl StatusBoard {
 
 /// Starts `probe` in the background on `schedule`.
 pub fn spawn<P: Probe>(
-    mut probe: P,
+    probe: P,
     schedule: &ProbeSchedule,
     metrics: ProbeMetrics,
     board: Arc<StatusBoard>,
 ) -> JoinHandle<()> {
+    let (_fixed, schedule) = watch::channel(schedule.clone());
+    spawn_live(probe, schedule, metrics, board)
+}
+
+/// Whether two schedules differ in anything the scheduler uses.
+pub fn schedule_changed(a: &ProbeSchedule, b: &ProbeSchedule) -> bool {
+    a.enabled != b.enabled || a.interval != b.interval || a.timeout != b.timeout
+}
+
+/// Starts `probe` in the background on the schedule `schedule` holds; a new schedule (a
+/// reload) applies after the run in progress: a new interval counts from the change, a new
+/// timeout applies to the next run, and `enabled = false` pauses the probe until enabled again.
+pub fn spawn_live<P: Probe>(
+    mut probe: P,
+    mut schedule: watch::Receiver<ProbeSchedule>,
+    metrics: ProbeMetrics,
+    board: Arc<StatusBoard>,
+) -> JoinHandle<()> {
     let name = probe.name();
-    let interval = schedule.interval;
-    let timeout = schedule.timeout;
-    board.update(name, |s| {
-        s.enabled = true;
-        s.interval = interval;
-    });
     let labels = ProbeLabels { probe: name };
+    let mut current = schedule.borrow_and_update().clone();
+    // On the board before the task starts: the landing page never misses a running probe.
+    board.update(name, |s| {
+        s.enabled = current.enabled;
+        s.interval = current.interval;
+    });
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        // A run longer than the interval makes the next ticks late: skip them, never queue.
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut was_ok: Option<bool> = None;
+        // Whether the sender is still there to announce changes.
+        let mut live = true;
+        let mut first = true;
         loop {
-            ticks.tick().await;
-            let started = Instant::now();
-            let result = match tokio::time::timeout(timeout, probe.refresh()).await {
-                Ok(result) => result,
-                Err(_) => Err(ProbeError::Timeout(timeout)),
-            };
-            let took = started.elapsed();
-            let now = SystemTime::now();
-            metrics
-                .duration
-                .get_or_create(&labels)
-                .set(took.as_secs_f64());
-            let ok = result.is_ok();
-            metrics.success.get_or_create(&labels).set(i64::from(ok));
-            if ok {
-                let unix = now
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64();
-                metrics.last_success.get_or_create(&labels).set(unix);
-            }
-            match (&result, was_ok) {
-                (Err(error), Some(true) | None) => {
-                    tracing::warn!(probe = %name, error = %ErrorChain(error), "Probe failing.");
-                }
-                (Ok(()), Some(false)) => {
-                    tracing::info!(probe = %name, "Probe recovered.");
-                }
-                (Ok(()), None) => {
-                    tracing::debug!(probe = %name, took_ms = took.as_millis() as u64, "Probe first refresh succeeded.");
-                }
-                _ => {}
-            }
-            was_ok = Some(ok);
-            let at: DateTime<Utc> = now.into();
+            let (interval, timeout) = (current.interval, current.timeout);
             board.update(name, |s| {
-                s.runs += 1;
-                s.last_run = Some(at);
-                s.last_duration = Some(took);
-                s.last_ok = Some(ok);
-                match &result {
-                    Ok(()) => {
-                        s.last_error = None;
-                        s.last_success = Some(at);
-                    }
-                    Err(e) => s.last_error = Some(dmsguard_pipeline::report::error_chain(e)),
+                s.enabled = current.enabled;
+                s.interval = interval;
+                if !current.enabled {
+                    s.last_error = Some("disabled in config".to_owned());
                 }
             });
+            if !current.enabled {
+                tracing::info!(probe = %name, "Probe paused: disabled in config.");
+                if !live || schedule.changed().await.is_err() {
+                    return;
+                }
+                current = schedule.borrow_and_update().clone();
+                continue;
+            }
+            // The first run starts at once; after a change, the new interval counts from now.
+            let start = if first {
+                tokio::time::Instant::now()
+            } else {
+                tokio::time::Instant::now() + interval
+            };
+            first = false;
+            let mut ticks = tokio::time::interval_at(start, interval);
+            // A run longer than the interval makes the next ticks late: skip them, never queue.
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    changed = schedule.changed(), if live => {
+                        match changed {
+                            Ok(()) => {
+                                current = schedule.borrow_and_update().clone();
+                                tracing::info!(
+                                    probe = %name,
+                                    enabled = current.enabled,
+                                    interval = %humantime::format_duration(current.interval),
+                                    timeout = %humantime::format_duration(current.timeout),
+                                    "Probe schedule changed."
+                                );
+                                break;
+                            }
+                            Err(_) => live = false,
+                        }
+                    }
+                    _ = ticks.tick() => {
+                        let started = Instant::now();
+                        let result = match tokio::time::timeout(timeout, probe.refresh()).await {
+                            Ok(result) => result,
+                            Err(_) => Err(ProbeError::Timeout(timeout)),
+                        };
+                        let took = started.elapsed();
+                        let now = SystemTime::now();
+                        metrics
+                            .duration
+                            .get_or_create(&labels)
+                            .set(took.as_secs_f64());
+                        let ok = result.is_ok();
+                        metrics.success.get_or_create(&labels).set(i64::from(ok));
+                        if ok {
+                            let unix = now
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .unwrap_or_default()
+                                .as_secs_f64();
+                            metrics.last_success.get_or_create(&labels).set(unix);
+                        }
+                        match (&result, was_ok) {
+                            (Err(error), Some(true) | None) => {
+                                tracing::warn!(probe = %name, error = %ErrorChain(error), "Probe failing.");
+                            }
+                            (Ok(()), Some(false)) => {
+                                tracing::info!(probe = %name, "Probe recovered.");
+                            }
+                            (Ok(()), None) => {
+                                tracing::debug!(probe = %name, took_ms = took.as_millis() as u64, "Probe first refresh succeeded.");
+                            }
+                            _ => {}
+                        }
+                        was_ok = Some(ok);
+                        let at: DateTime<Utc> = now.into();
+                        board.update(name, |s| {
+                            s.runs += 1;
+                            s.last_run = Some(at);
+                            s.last_duration = Some(took);
+                            s.last_ok = Some(ok);
+                            match &result {
+                                Ok(()) => {
+                                    s.last_error = None;
+                                    s.last_success = Some(at);
+                                }
+                                Err(e) => s.last_error = Some(dmsguard_pipeline::report::error_chain(e)),
+                            }
+                        });
+                    }
+                }
+            }
         }
     })
 }

@@ -9,6 +9,7 @@ mod grants;
 mod lab_control;
 pub(crate) mod processes;
 mod proxy;
+mod web;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub use lab_control::{
 };
 pub use processes::{Alertmanager, Moto, Prometheus};
 pub use proxy::TcpProxy;
+pub use web::{BinaryProcess, WebFixture};
 
 /// The Redshift stand-in schema (system views as tables).
 pub const REDSHIFT_STANDIN_SQL: &str = include_str!("../../sql/redshift_standin.sql");
