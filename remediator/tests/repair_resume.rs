@@ -1,6 +1,6 @@
 //! A large `missing_rows` repair killed midway continues where it stopped: the real
 //! `dmsguard-remediator run missing_rows` binary, as the remediator's least-privilege users,
-//! repairs 50,000 rows of the awkward table into an empty DMS-typed target and is SIGKILLed
+//! repairs 200,000 rows of the awkward table into an empty DMS-typed target and is SIGKILLed
 //! once the ledger shows progress; the next run searches only the ids after the recorded
 //! progress and completes the window with exactly one copy of every row.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use dmsguard_lab::harness::{self, eventually, TestDatabases};
 use repair_lab::*;
 
-const ROWS: i64 = 50_000;
+const ROWS: i64 = 200_000;
 const TABLES: &str = "[[tables]]\nsource = \"public.orders\"\n";
 
 /// The ledger's recorded progress of the repair: (done_through, inserted), if any.
@@ -54,7 +54,7 @@ async fn a_repair_killed_midway_continues_from_its_progress_and_writes_each_row_
         None,
         "",
         &format!(
-            "{TABLES}[remediator]\ninsert_batch_rows = 2500\nrepair_move_rows = 5000\nrepair_rows_per_second = 20000\n"
+            "{TABLES}[remediator]\ninsert_batch_rows = 2500\nrepair_move_rows = 5000\nrepair_rows_per_second = 40000\n"
         ),
     );
     let args = [
@@ -82,7 +82,7 @@ async fn a_repair_killed_midway_continues_from_its_progress_and_writes_each_row_
     let waited = eventually(
         "the repair records progress",
         Duration::from_secs(60),
-        || async { Ok(recorded(&dbs).await?.filter(|(done, _)| *done >= 10_000)) },
+        || async { Ok(recorded(&dbs).await?.filter(|(done, _)| *done >= 20_000)) },
     )
     .await;
     child.kill()?; // SIGKILL
