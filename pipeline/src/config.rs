@@ -587,8 +587,8 @@ pub struct RemediatorConfig {
     pub insert_batch_rows: usize,
     /// Repairs that insert rows: most rows per multi-row `INSERT … VALUES` loading the
     /// session's staging table (fewer when the 32,767 bound parameters or
-    /// `repair_statement_bytes` are reached first). On PostgreSQL a few hundred rows a
-    /// statement load fastest (`tests/BENCH-REPAIR.md`).
+    /// `repair_statement_bytes` are reached first). On the lab's PostgreSQL about a thousand
+    /// rows a statement loaded fastest (`tests/BENCH-REPAIR.md`).
     #[serde(default = "defaults::repair_statement_rows")]
     pub repair_statement_rows: usize,
     /// Repairs that insert rows: rows moved from the staging table into the target per
@@ -768,7 +768,7 @@ pub mod defaults {
         5000
     }
     pub fn repair_statement_rows() -> usize {
-        500
+        1000
     }
     pub fn repair_move_rows() -> usize {
         50_000

@@ -72,7 +72,7 @@ impl Default for StageLimits {
     fn default() -> Self {
         Self {
             move_rows: 50_000,
-            statement_rows: 500,
+            statement_rows: 1000,
             statement_bytes: 8 * 1024 * 1024,
             max_attempts: 5,
         }
@@ -454,7 +454,7 @@ mod tests {
     #[test]
     fn statements_stay_under_the_parameter_limit() {
         let w = StagedWriter::new(&translator(), StageLimits::default());
-        assert_eq!(w.max_rows_per_statement(), 500);
+        assert_eq!(w.max_rows_per_statement(), 1000);
         let wide = StagedWriter::new(
             &translator(),
             StageLimits {

@@ -27,7 +27,9 @@ use dmsguard_pipeline::gap_finder::{
 use dmsguard_pipeline::staging::{
     query_group_sql, set_query_group, Moved, StageLimits, StagedWriter,
 };
-use dmsguard_pipeline::type_translator::{fetch_source_rows, lock_sql, Translator};
+use dmsguard_pipeline::type_translator::{
+    fetch_source_rows, lock_sql, FetchError, SourceRow, Translator,
+};
 use serde_json::{json, Value};
 
 use super::{Fix, FixContext, FixError, Outcome, Plan};
@@ -366,14 +368,18 @@ impl RowCopier {
         let mut done = 0u64;
         // Counted when the batch's rows are committed in the target.
         let mut pending = Pending::default();
-        for chunk in ids.chunks(batch_rows) {
+        // The source is read one chunk ahead: the next chunk's rows are fetched while the
+        // current ones are written to the target (each on its own connection), so a repair
+        // waits on the slower of the two databases, not on both in turn (bench-repair).
+        let mut chunks = ids.chunks(batch_rows);
+        let mut next = chunks.next();
+        let mut fetched = self.fetch(source, next).await?;
+        while let (Some(chunk), Some(rows)) = (next, fetched.take()) {
             if let Some(rate) = rate {
                 // Averaged over the repair: wait until the rows done so far are due.
                 let due = started + Duration::from_secs_f64(done as f64 / rate as f64);
                 tokio::time::sleep_until(due).await;
             }
-            let rows =
-                fetch_source_rows(source, &self.source_table, &self.id_column, chunk).await?;
             pending.gone += (chunk.len() - rows.len()) as u64;
             let (good, bad) = self.translator.translate_all(&rows);
             pending.failed += bad.len() as u64;
@@ -383,11 +389,21 @@ impl RowCopier {
                     result.errors.push(error.to_string());
                 }
             }
-            writer.stage(target, &good).await?;
+            next = chunks.next();
+            let write = async {
+                writer.stage(target, &good).await?;
+                if writer.is_full() {
+                    writer.move_staged(target).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (written, prefetched) = tokio::join!(write, self.fetch(source, next));
+            let moved = written?;
+            fetched = prefetched?;
             done += chunk.len() as u64;
             pending.through = chunk.last().copied();
-            if writer.is_full() {
-                let moved = writer.move_staged(target).await?;
+            if let Some(moved) = moved {
                 self.settle(
                     ctx,
                     &table,
@@ -415,6 +431,20 @@ impl RowCopier {
         ctx.progress().update(done, result.inserted);
         ctx.progress().finish(&result.summary());
         Ok(result)
+    }
+
+    /// The source rows of `chunk`, if there is one.
+    async fn fetch(
+        &self,
+        source: &tokio_postgres::Client,
+        chunk: Option<&[i64]>,
+    ) -> Result<Option<Vec<SourceRow>>, FetchError> {
+        match chunk {
+            Some(chunk) => fetch_source_rows(source, &self.source_table, &self.id_column, chunk)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Counts a committed move and records how far the copy got.
