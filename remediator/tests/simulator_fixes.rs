@@ -703,8 +703,9 @@ async fn redshift_down_mid_fill_fails_clearly_and_the_next_run_completes() -> an
 async fn redshift_down(lab: &SimLab) -> anyhow::Result<()> {
     let missing = drop_rows(lab, 2, 300).await?;
     let total = missing.len() as i64;
-    // One row per transaction: the fill takes long enough to be cut.
-    let extra = "insert_batch_rows = 1\n";
+    // One row per read and per locked move (each its own transaction): the fill takes long
+    // enough to be cut.
+    let extra = "insert_batch_rows = 1\nrepair_move_rows = 1\n";
     // Today's window by hand (the alert only ever names yesterday), cut while it fills.
     let today = Utc::now().date_naive().to_string();
     let config = lab.config_text(extra);
