@@ -149,6 +149,14 @@ pub struct RedshiftConfig {
     /// SQL `LIKE` pattern matching the comment DMS puts in its statements.
     #[serde(default = "defaults::dms_comment_like")]
     pub dms_comment_like: String,
+    /// How long a completed DMS statement whose transaction's end (COMMIT or ROLLBACK) is not
+    /// yet in the system views waits before it is counted as committed. A transaction still
+    /// open (DMS applying a long batch, or one statement at a time) logs its statements as
+    /// they complete and its end only later; autocommit statements may never get one. The
+    /// system-view pages say when a row appears, not how long an open transaction may last:
+    /// default 5 minutes.
+    #[serde(default = "defaults::statement_settle", with = "humantime_serde")]
+    pub statement_settle: Duration,
     /// The database user of the DMS target endpoint (e.g. `dms_user`). When set, a statement
     /// counts as DMS's only if that user ran it as well as carrying the comment: no AWS
     /// document gives the comment's exact form, the endpoint's user is a firmer signal.
@@ -690,6 +698,9 @@ pub mod defaults {
         Duration::from_secs(10)
     }
     pub fn statement_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn statement_settle() -> Duration {
         Duration::from_secs(300)
     }
     pub fn dms_comment_like() -> String {
@@ -1418,6 +1429,10 @@ mod tests {
         );
         assert_eq!(c.remediator.routes["DMSOneByOneMode"], FixName::OneByOne);
         assert_eq!(c.redshift.system_views, SystemViews::Sys);
+        assert_eq!(c.redshift.statement_settle, Duration::from_secs(300));
+        let text = MINIMAL.replace("[redshift]\n", "[redshift]\nstatement_settle = \"5s\"\n");
+        let c = Config::from_toml(&text, &env).unwrap();
+        assert_eq!(c.redshift.statement_settle, Duration::from_secs(5));
     }
 
     #[test]

@@ -178,6 +178,16 @@ impl StatementReader {
         }
     }
 
+    /// The reader `config` describes: its system-view family, the DMS comment, the DMS user
+    /// and `statement_settle`.
+    pub fn from_config(config: &crate::config::RedshiftConfig) -> Self {
+        let mut reader = Self::new(config.system_views, config.dms_comment_like.clone())
+            .with_dms_user(config.dms_user.clone());
+        reader.settle_after =
+            chrono::Duration::from_std(config.statement_settle).unwrap_or(reader.settle_after);
+        reader
+    }
+
     /// Only statements of this database user (the DMS endpoint's, `redshift.dms_user`).
     pub fn with_dms_user(mut self, dms_user: Option<String>) -> Self {
         self.dms_user = dms_user;

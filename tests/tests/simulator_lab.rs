@@ -587,6 +587,66 @@ async fn scenario_missing_then_update_stays_one_by_one_until_the_row_exists(
 }
 
 #[tokio::test]
+async fn a_long_one_by_one_batch_logs_its_statements_while_it_runs() -> anyhow::Result<()> {
+    // 20 ms a statement: a batch of the workload's ~200 changes takes about 4 s.
+    let lab = lab("sim_one_by_one_live", |c| {
+        c.one_by_one_statement_cost = Duration::from_millis(20);
+    })
+    .await?;
+    let outcome =
+        AssertUnwindSafe(scenario_a_long_one_by_one_batch_logs_its_statements_while_it_runs(&lab))
+            .catch_unwind()
+            .await;
+    settle(lab, outcome).await
+}
+
+/// SYS_QUERY_HISTORY and STL_QUERY log a query when it completes, its transaction's end only
+/// when that comes: a one-by-one batch still running shows its statements, with no end yet.
+async fn scenario_a_long_one_by_one_batch_logs_its_statements_while_it_runs(
+    lab: &Lab,
+) -> anyhow::Result<()> {
+    lab.applied_at_least(300).await?;
+    lab.sim.set_fault(Fault::MissingThenUpdate);
+    let rs = lab.dbs.redshift_client().await?;
+    let open_txn = eventually(
+        "a one-by-one statement logged before the first one-by-one batch ended",
+        Duration::from_secs(30),
+        || async {
+            let batches_before = lab.sim.stats().one_by_one_batches();
+            let row = rs
+                .query_opt(
+                    "SELECT h.transaction_id FROM sys_query_history h \
+                     WHERE h.query_text LIKE '%WHERE \"id\"=%' AND h.query_text LIKE '%AWS DMS%' \
+                     AND NOT EXISTS (SELECT 1 FROM sys_transaction_history t WHERE t.transaction_id = h.transaction_id) \
+                     LIMIT 1",
+                    &[],
+                )
+                .await?;
+            Ok(row
+                .filter(|_| batches_before == 0)
+                .map(|r| r.get::<_, i64>(0)))
+        },
+    )
+    .await?;
+    eventually(
+        "that transaction committed once its batch ended",
+        Duration::from_secs(30),
+        || async {
+            let n = lab
+                .count(&format!(
+                    "SELECT count(*) FROM sys_transaction_history \
+                     WHERE transaction_id = {open_txn} AND status = 'committed'"
+                ))
+                .await?;
+            Ok((n == 1).then_some(()))
+        },
+    )
+    .await?;
+    assert!(lab.sim.stats().one_by_one_batches() >= 1);
+    Ok(())
+}
+
+#[tokio::test]
 async fn memory_leak_falls_until_the_task_is_restarted() -> anyhow::Result<()> {
     let lab = lab("sim_memory", |c| {
         c.initial_fault = Fault::MemoryLeak {

@@ -59,11 +59,7 @@ impl RedshiftStatementsProbe {
                     .inc_by(0);
             }
         }
-        let reader = StatementReader::new(
-            config.redshift.system_views,
-            config.redshift.dms_comment_like.clone(),
-        )
-        .with_dms_user(config.redshift.dms_user.clone());
+        let reader = StatementReader::from_config(&config.redshift);
         Self {
             database: config.redshift.database(),
             lookback: chrono::Duration::from_std(config.exporter.statements_lookback)

@@ -76,13 +76,9 @@ pub fn candidates_sql(family: SystemViews, reader: &StatementReader) -> String {
     }
 }
 
-/// The system-view reader of `config` (family, DMS comment, DMS user).
+/// The system-view reader of `config` (family, DMS comment, DMS user, settle time).
 fn statement_reader(config: &Config) -> StatementReader {
-    StatementReader::new(
-        config.redshift.system_views,
-        config.redshift.dms_comment_like.clone(),
-    )
-    .with_dms_user(config.redshift.dms_user.clone())
+    StatementReader::from_config(&config.redshift)
 }
 
 /// The rolled-back DMS UPDATE the fix repairs.

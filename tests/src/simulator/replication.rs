@@ -265,7 +265,13 @@ struct StmtRecord {
 struct TxnRecord {
     committed: bool,
     start: NaiveDateTime,
-    end: NaiveDateTime,
+    /// None while the transaction is open: its statements are logged as they complete, as
+    /// SYS_QUERY_HISTORY "contains both running and finished queries" and gives a transaction's
+    /// outcome only through SYS_TRANSACTION_HISTORY
+    /// (<https://docs.aws.amazon.com/redshift/latest/dg/SYS_QUERY_HISTORY.html>).
+    end: Option<NaiveDateTime>,
+    /// (SYS `transaction_id`, STL `xid`), given when its first rows are written.
+    ids: Option<(i64, i64)>,
 }
 
 struct ExceptionRecord {
@@ -283,6 +289,16 @@ struct Pending {
     stmts: Vec<StmtRecord>,
     exceptions: Vec<ExceptionRecord>,
 }
+
+impl Pending {
+    /// The transaction still open (a one-by-one batch being applied), if any.
+    fn open_txn(&self) -> Option<usize> {
+        self.txns.iter().position(|t| t.end.is_none())
+    }
+}
+
+/// How often a one-by-one batch writes the statements it has run to the system views.
+const ONE_BY_ONE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
@@ -890,7 +906,8 @@ impl Replicator {
         self.pending.txns.push(TxnRecord {
             committed,
             start: txn_start,
-            end: now(),
+            end: Some(now()),
+            ids: None,
         });
         let n = batch.len() as u64;
         let rolled_back_updates = batch
@@ -909,51 +926,82 @@ impl Replicator {
     }
 
     /// Applies the batch one statement at a time with literal values, logging statements
-    /// that found no row to `awsdms_apply_exceptions`.
+    /// that found no row to `awsdms_apply_exceptions`. The statements reach the system views
+    /// while the batch runs (every [`ONE_BY_ONE_LOG_EVERY`]), not only at its commit: a long
+    /// one-by-one batch is slow, not silent.
     async fn apply_one_by_one(
         &mut self,
         rows: &[Numbered],
         lsn: u64,
         seq: i64,
     ) -> anyhow::Result<()> {
-        let txn_start = now();
-        let mut done = Vec::new();
         let mut exceptions = Vec::new();
         self.target().await?;
-        let target = self.target.as_ref().expect("connected");
-        target.batch_execute("BEGIN").await?;
-        let result = one_by_one(
-            target,
-            &self.tables,
-            &self.rt.task.name,
-            rows,
-            self.shared.config.one_by_one_statement_cost,
-            (lsn, seq),
-            &mut done,
-            &mut exceptions,
-        )
-        .await;
-        if let Err(e) = result {
-            let _ = target.batch_execute("ROLLBACK").await;
-            return Err(e.context("one-by-one apply"));
-        }
-        let txn = self.pending.txns.len();
+        let target = self.target.take().expect("connected");
         self.pending.txns.push(TxnRecord {
             committed: true,
-            start: txn_start,
-            end: now(),
+            start: now(),
+            end: None,
+            ids: None,
         });
-        let n = done.len() as u64;
-        for mut s in done {
-            s.txn = txn;
-            self.pending.stmts.push(s);
+        let result = self
+            .one_by_one(&target, rows, (lsn, seq), &mut exceptions)
+            .await;
+        let txn = self.pending.open_txn().expect("opened above");
+        self.pending.txns[txn].end = Some(now());
+        if let Err(e) = result {
+            let _ = target.batch_execute("ROLLBACK").await;
+            self.pending.txns[txn].committed = false;
+            return Err(e.context("one-by-one apply"));
         }
+        self.target = Some(target);
         let ex = exceptions.len() as u64;
         self.pending.exceptions.extend(exceptions);
-        self.rt.with_stats(|s| {
-            s.statements += n;
-            s.apply_exceptions += ex;
-        });
+        self.rt.with_stats(|s| s.apply_exceptions += ex);
+        Ok(())
+    }
+
+    /// One-by-one apply inside one transaction, committed at the end with the checkpoint.
+    async fn one_by_one(
+        &mut self,
+        target: &Client,
+        rows: &[Numbered],
+        checkpoint: (u64, i64),
+        exceptions: &mut Vec<ExceptionRecord>,
+    ) -> anyhow::Result<()> {
+        let cost = self.shared.config.one_by_one_statement_cost;
+        target.batch_execute("BEGIN").await?;
+        let mut logged = std::time::Instant::now();
+        for r in rows {
+            let info = &self.tables[r.table];
+            let sql = single_statement(info, r.op, r.id, &r.values);
+            let mut rec = timed(target, sql, r.op.query_type()).await?;
+            if rec.rows == 0 && r.op != Op::Insert {
+                exceptions.push(ExceptionRecord {
+                    schema: info.table.name.schema.clone(),
+                    table: info.table.name.table.clone(),
+                    time: now(),
+                    statement: rec.sql.clone(),
+                    error: NO_ROW_ERROR.to_owned(),
+                });
+            }
+            rec.txn = self.pending.open_txn().expect("open while applying");
+            self.pending.stmts.push(rec);
+            self.rt.with_stats(|s| s.statements += 1);
+            if !cost.is_zero() {
+                // DMS is slow in this mode: one round trip and commit per statement.
+                tokio::time::sleep(cost).await;
+            }
+            if logged.elapsed() >= ONE_BY_ONE_LOG_EVERY {
+                if let Err(e) = self.flush_records().await {
+                    tracing::debug!(task = %self.rt.task.name, error = %format!("{e:#}"), "Writing system views failed; keeping rows for later.");
+                    self.recorder = None;
+                }
+                logged = std::time::Instant::now();
+            }
+        }
+        save_checkpoint(target, &self.rt.task.name, checkpoint).await?;
+        target.batch_execute("COMMIT").await?;
         Ok(())
     }
 
@@ -972,13 +1020,16 @@ impl Replicator {
         let c = self.recorder.as_ref().expect("just set");
         write_records(
             c,
-            &self.pending,
+            &mut self.pending,
             &self.rt.task.name,
             &self.db_name,
             self.session_id,
         )
         .await?;
-        self.pending = Pending::default();
+        // An open transaction stays, with its ids, for its later statements and its end.
+        self.pending.stmts.clear();
+        self.pending.exceptions.clear();
+        self.pending.txns.retain(|t| t.end.is_none());
         Ok(())
     }
 }
@@ -1052,42 +1103,6 @@ async fn sweep(
     save_checkpoint(target, task, checkpoint).await?;
     target.batch_execute("COMMIT").await?;
     Ok(BulkOutcome::Committed)
-}
-
-/// One-by-one apply inside an open transaction, committed at the end.
-#[allow(clippy::too_many_arguments)]
-async fn one_by_one(
-    target: &Client,
-    tables: &[TableInfo],
-    task: &str,
-    rows: &[Numbered],
-    cost: Duration,
-    checkpoint: (u64, i64),
-    done: &mut Vec<StmtRecord>,
-    exceptions: &mut Vec<ExceptionRecord>,
-) -> anyhow::Result<()> {
-    for r in rows {
-        let info = &tables[r.table];
-        let sql = single_statement(info, r.op, r.id, &r.values);
-        let rec = timed(target, sql, r.op.query_type()).await?;
-        if rec.rows == 0 && r.op != Op::Insert {
-            exceptions.push(ExceptionRecord {
-                schema: info.table.name.schema.clone(),
-                table: info.table.name.table.clone(),
-                time: now(),
-                statement: rec.sql.clone(),
-                error: NO_ROW_ERROR.to_owned(),
-            });
-        }
-        done.push(rec);
-        if !cost.is_zero() {
-            // DMS is slow in this mode: one round trip and commit per statement.
-            tokio::time::sleep(cost).await;
-        }
-    }
-    save_checkpoint(target, task, checkpoint).await?;
-    target.batch_execute("COMMIT").await?;
-    Ok(())
 }
 
 /// Appends a value in COPY text format.
@@ -1236,7 +1251,7 @@ async fn next_ids(c: &Client, seq: &str, n: usize) -> Result<Vec<i64>, tokio_pos
 
 async fn write_records(
     c: &Client,
-    p: &Pending,
+    p: &mut Pending,
     task: &str,
     db: &str,
     session: i32,
@@ -1249,22 +1264,34 @@ async fn write_records(
         .await
         .context("reading the DMS role's user id")?
         .get(0);
-    let sys_txn = next_ids(c, "lab_transaction_id_seq", p.txns.len()).await?;
-    let stl_xid = next_ids(c, "lab_transaction_id_seq", p.txns.len()).await?;
+    let unnamed: Vec<usize> = (0..p.txns.len())
+        .filter(|&i| p.txns[i].ids.is_none())
+        .collect();
+    let sys_new = next_ids(c, "lab_transaction_id_seq", unnamed.len()).await?;
+    let stl_new = next_ids(c, "lab_transaction_id_seq", unnamed.len()).await?;
+    for (k, &i) in unnamed.iter().enumerate() {
+        p.txns[i].ids = Some((sys_new[k], stl_new[k]));
+    }
+    let p = &*p;
+    let sys_txn: Vec<i64> = p.txns.iter().map(|t| t.ids.expect("named").0).collect();
+    let stl_xid: Vec<i64> = p.txns.iter().map(|t| t.ids.expect("named").1).collect();
+    // Only ended transactions get their history row and their end statement.
+    let ended: Vec<&TxnRecord> = p.txns.iter().filter(|t| t.end.is_some()).collect();
     let sys_q = next_ids(c, "lab_query_id_seq", p.stmts.len()).await?;
     let stl_q = next_ids(c, "lab_query_id_seq", p.stmts.len()).await?;
     // Each transaction ends with a COMMIT or ROLLBACK statement of its own.
-    let sys_end_q = next_ids(c, "lab_query_id_seq", p.txns.len()).await?;
+    let sys_end_q = next_ids(c, "lab_query_id_seq", ended.len()).await?;
     c.batch_execute("BEGIN").await?;
     let result: anyhow::Result<()> = async {
-        if !p.txns.is_empty() {
-            let status: Vec<&str> = p
-                .txns
+        if !ended.is_empty() {
+            let status: Vec<&str> = ended
                 .iter()
                 .map(|t| if t.committed { "committed" } else { "rolledback" })
                 .collect();
-            let start: Vec<NaiveDateTime> = p.txns.iter().map(|t| t.start).collect();
-            let end: Vec<NaiveDateTime> = p.txns.iter().map(|t| t.end).collect();
+            let start: Vec<NaiveDateTime> = ended.iter().map(|t| t.start).collect();
+            let end: Vec<NaiveDateTime> = ended.iter().filter_map(|t| t.end).collect();
+            let sys_txn: Vec<i64> = ended.iter().map(|t| t.ids.expect("named").0).collect();
+            let stl_xid: Vec<i64> = ended.iter().map(|t| t.ids.expect("named").1).collect();
             c.execute(
                 "INSERT INTO sys_transaction_history (user_id, transaction_id, isolation_level, status, \
                    transaction_start_time, commit_start_time, commit_end_time, blocks_committed, undo_transaction_id) \
@@ -1273,7 +1300,7 @@ async fn write_records(
                 &[&dms_user, &sys_txn, &status, &start, &end],
             )
             .await?;
-            let ends: Vec<&str> = p.txns.iter().map(|t| end_statement(t.committed)).collect();
+            let ends: Vec<&str> = ended.iter().map(|t| end_statement(t.committed)).collect();
             c.execute(
                 "INSERT INTO sys_query_history (user_id, query_id, query_label, transaction_id, session_id, \
                    database_name, query_type, status, result_cache_hit, start_time, end_time, elapsed_time, \

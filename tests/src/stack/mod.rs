@@ -126,6 +126,11 @@ impl StackSpec {
             TestDatabases::as_user(&self.dbs.source, user).url,
             TestDatabases::as_user(&self.dbs.redshift, user).url,
         );
+        // `statement_settle` (5 minutes) at the stack's time scale, as its rules' windows are.
+        text.push_str(&format!(
+            "statement_settle = \"{}ms\"\n",
+            300_000 / u64::from(self.time_scale.max(1))
+        ));
         if let Some(window) = &self.maintenance_window {
             text.push_str(&format!("maintenance_window = \"{window}\"\n"));
         }
