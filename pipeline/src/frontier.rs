@@ -23,8 +23,16 @@
 //! value is plausible while DMS is minutes behind). A datapoint therefore counts only when
 //! all of it predates the task's latest `ReplicationTaskStartDate` (DescribeReplicationTasks,
 //! read after the datapoint was fetched, so a restart cannot slip in between) or its period
-//! starts `restart_settle` after that start. Progress then stays where it was before the stop
-//! until the restarted task's latency means something again.
+//! starts `restart_settle` after the task ran again. Progress then stays where it was before
+//! the stop until the restarted task's latency means something again.
+//!
+//! When the task ran again is not the start date: `StartReplicationTask` leaves the task
+//! `starting` for minutes (`Status` in
+//! <https://docs.aws.amazon.com/dms/latest/APIReference/API_ReplicationTask.html>), and the
+//! reference calls `ReplicationTaskStartDate` only "the date the replication task is scheduled
+//! to start". DMS publishes task metrics only while the task runs, so the first latency period
+//! after the start date that holds a datapoint is when it ran again
+//! ([`FrontierConfig::running_since`]); the settle time counts from there.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -116,25 +124,49 @@ impl FrontierConfig {
 
     /// Whether a latency datapoint of the period starting at `period_start`, fetched at
     /// `fetched_at`, is evidence of progress for a task whose latest (re)start is `started`
-    /// (as DescribeReplicationTasks reported it after the fetch): all of it before that start,
-    /// or its period starting `restart_settle` after it.
+    /// (as DescribeReplicationTasks reported it after the fetch) and which published again
+    /// from `running_since` ([`FrontierConfig::running_since`]; None: not known yet): all of
+    /// it before that start, or its period starting `restart_settle` after the task ran again.
     pub fn trusted(
         &self,
         period_start: DateTime<Utc>,
         fetched_at: DateTime<Utc>,
         started: Option<DateTime<Utc>>,
+        running_since: Option<DateTime<Utc>>,
     ) -> bool {
         let Some(started) = started else {
             return true;
         };
-        let period = chrono::Duration::seconds(i64::from(self.period_seconds()));
-        let last_sample = (period_start + period).min(fetched_at);
+        let last_sample = (period_start + self.period()).min(fetched_at);
+        if last_sample <= started {
+            return true;
+        }
+        // Unknown: this datapoint is the first after the start, so the task runs from it.
+        let ran_again = running_since.unwrap_or(period_start).max(started);
         let settle =
             chrono::Duration::from_std(self.restart_settle).unwrap_or(chrono::Duration::MAX);
-        last_sample <= started
-            || started
-                .checked_add_signed(settle)
-                .is_some_and(|settled| period_start >= settled)
+        ran_again
+            .checked_add_signed(settle)
+            .is_some_and(|settled| period_start >= settled)
+    }
+
+    /// When a task started at `started` ran again: the earliest of `period_starts` (latency
+    /// datapoints' periods) that ends after `started`. DMS publishes task metrics only while
+    /// the task runs, and a start takes a while (`starting`), so this may be well after
+    /// `started`.
+    pub fn running_since(
+        &self,
+        started: DateTime<Utc>,
+        period_starts: impl IntoIterator<Item = DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        period_starts
+            .into_iter()
+            .filter(|p| *p + self.period() > started)
+            .min()
+    }
+
+    fn period(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.period_seconds()))
     }
 
     /// Whether a source read at `seen` is settled once replication reached `progress`.
@@ -322,16 +354,23 @@ pub async fn task_progress(
     let fetched_at = Utc::now();
     // The start date read after the fetch: a restart before it is known.
     let (_, started) = describe_task(aws, &task.name).await?;
-    let progress = out
+    let points: Vec<(DateTime<Utc>, f64)> = out
         .metric_data_results()
         .iter()
         .flat_map(|r| r.timestamps().iter().zip(r.values()))
         .filter_map(|(t, v)| {
-            let start = DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())?;
-            config
-                .trusted(start, fetched_at, started)
-                .then(|| progress_from_datapoint(start, *v))
+            Some((
+                DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())?,
+                *v,
+            ))
         })
+        .collect();
+    let running_since =
+        started.and_then(|s| config.running_since(s, points.iter().map(|(p, _)| *p)));
+    let progress = points
+        .iter()
+        .filter(|(start, _)| config.trusted(*start, fetched_at, started, running_since))
+        .map(|(start, v)| progress_from_datapoint(*start, *v))
         .max();
     Ok(progress)
 }
@@ -427,17 +466,44 @@ mod tests {
             ..FrontierConfig::default()
         };
         let started = Some(at(1000));
+        let running = Some(at(1000));
         // No start known: every datapoint counts.
-        assert!(c.trusted(at(990), at(2000), None));
+        assert!(c.trusted(at(990), at(2000), None, None));
         // Wholly before the restart (period ended, or fetched, by then).
-        assert!(c.trusted(at(940), at(2000), started));
-        assert!(c.trusted(at(990), at(1000), started));
+        assert!(c.trusted(at(940), at(2000), started, running));
+        assert!(c.trusted(at(990), at(1000), started, running));
         // Straddling the restart or within the settle time after it.
-        assert!(!c.trusted(at(941), at(2000), started));
-        assert!(!c.trusted(at(1000), at(2000), started));
-        assert!(!c.trusted(at(1299), at(2000), started));
+        assert!(!c.trusted(at(941), at(2000), started, running));
+        assert!(!c.trusted(at(1000), at(2000), started, running));
+        assert!(!c.trusted(at(1299), at(2000), started, running));
         // Once settled.
-        assert!(c.trusted(at(1300), at(2000), started));
+        assert!(c.trusted(at(1300), at(2000), started, running));
+        // The first datapoint after a start is never trusted by itself.
+        assert!(!c.trusted(at(5000), at(6000), started, None));
+    }
+
+    #[test]
+    fn the_settle_time_counts_from_when_a_slow_start_ran() {
+        // Asked to start at 1000, `starting` for 10 minutes: the first datapoint after the
+        // start date is the period at 1560 (DMS publishes only while the task runs).
+        let c = FrontierConfig {
+            cloudwatch_period: Duration::from_secs(60),
+            restart_settle: Duration::from_secs(300),
+            ..FrontierConfig::default()
+        };
+        let started = at(1000);
+        let periods = [at(880), at(940), at(1560), at(1620), at(1860)];
+        // The period at 940 ended at 1000: before the start.
+        assert_eq!(c.running_since(started, periods), Some(at(1560)));
+        assert_eq!(c.running_since(started, [at(880), at(940)]), None);
+        let running = c.running_since(started, periods);
+        // 300 s after the start date is still within the settle time of the task's run.
+        assert!(!c.trusted(at(1300), at(3000), Some(started), running));
+        assert!(!c.trusted(at(1620), at(3000), Some(started), running));
+        assert!(!c.trusted(at(1859), at(3000), Some(started), running));
+        assert!(c.trusted(at(1860), at(3000), Some(started), running));
+        // Before the start, as before.
+        assert!(c.trusted(at(880), at(3000), Some(started), running));
     }
 
     #[test]

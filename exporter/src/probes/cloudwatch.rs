@@ -57,6 +57,9 @@ pub struct CloudWatchProbe {
     resource_ids: HashMap<String, String>,
     metrics: CloudWatchMetrics,
     progress: ProgressBoard,
+    /// Per task, its latest start date and the earliest latency period seen after it: when
+    /// the task ran again (`FrontierConfig::running_since`).
+    running_since: HashMap<String, (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
 }
 
 impl CloudWatchProbe {
@@ -74,6 +77,7 @@ impl CloudWatchProbe {
             resource_ids: HashMap::new(),
             metrics,
             progress,
+            running_since: HashMap::new(),
         }
     }
 
@@ -211,7 +215,7 @@ impl CloudWatchProbe {
     }
 
     fn export(
-        &self,
+        &mut self,
         targets: &[(Target, Metric)],
         latest: &HashMap<String, (DateTime, f64)>,
         starts: Option<&TaskStarts>,
@@ -250,11 +254,23 @@ impl CloudWatchProbe {
                         if let Some(start) =
                             chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
                         {
-                            if self
-                                .config
-                                .frontier
-                                .trusted(start, starts.fetched_at, started)
-                            {
+                            let running_since = started.and_then(|s| {
+                                let frontier = &self.config.frontier;
+                                let seen = match self.running_since.get(task) {
+                                    Some((known, first)) if *known == s => Some(*first),
+                                    _ => None,
+                                };
+                                let first =
+                                    frontier.running_since(s, seen.into_iter().chain([start]))?;
+                                self.running_since.insert(task.clone(), (s, first));
+                                Some(first)
+                            });
+                            if self.config.frontier.trusted(
+                                start,
+                                starts.fetched_at,
+                                started,
+                                running_since,
+                            ) {
                                 self.progress
                                     .record(task, progress_from_datapoint(start, *v));
                             } else {
