@@ -1,8 +1,12 @@
 # dmsguard — the two commands a new user needs, plus helpers.
-.PHONY: test demo lab-up lab-down fmt lint dist dist-check
+.PHONY: test test-realistic demo lab-up lab-down fmt lint dist dist-check
 
 test:   ## Install and start the lab services, then run every check and test.
 	bash scripts/test
+
+test-realistic:   ## The chain scenarios with every DMS stop and start taking 30 s, as on AWS.
+	bash tests/lab/up --pg-only
+	DMSGUARD_TEST_DMS_SECONDS=30 cargo test --locked -p dmsguard-lab --test 'chain_*'
 
 demo:   ## Bring up the lab and run the whole stack with a fault injected and repaired.
 	bash scripts/demo

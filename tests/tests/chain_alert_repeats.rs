@@ -37,7 +37,11 @@ async fn repeated_alert_makes_one_job_through_the_chain() -> anyhow::Result<()> 
     lab.step("RedshiftMaintenanceImminent firing");
     let job = lab
         .stack
-        .wait_job("maintenance", "succeeded", Duration::from_secs(60))
+        .wait_job(
+            "maintenance",
+            "succeeded",
+            lab.after_restart(Duration::from_secs(60)),
+        )
         .await?;
     lab.step("maintenance job succeeded");
     let after_job = lab.stack.query_value(DUPLICATES).await?.unwrap_or(0.0);
@@ -57,10 +61,14 @@ async fn repeated_alert_makes_one_job_through_the_chain() -> anyhow::Result<()> 
     let stats = lab.sim.stats();
     assert_eq!(stats.task(TASK).unwrap().restarts, 0, "not resumed yet");
 
-    let step = eventually("the resume step done", Duration::from_secs(150), || async {
-        let steps = lab.stack.scheduled_steps().await?;
-        Ok(steps.into_iter().find(|s| s.state == "done"))
-    })
+    let step = eventually(
+        "the resume step done",
+        lab.after_restart(Duration::from_secs(150)),
+        || async {
+            let steps = lab.stack.scheduled_steps().await?;
+            Ok(steps.into_iter().find(|s| s.state == "done"))
+        },
+    )
     .await?;
     lab.step("task resumed after the window");
     assert_eq!(lab.stack.jobs().await?.len(), 1, "still one job");
@@ -71,7 +79,7 @@ async fn repeated_alert_makes_one_job_through_the_chain() -> anyhow::Result<()> 
     );
     eventually(
         "the task running again",
-        Duration::from_secs(10),
+        lab.after_restart(Duration::from_secs(10)),
         || async {
             let stats = lab.sim.stats();
             let task = stats.task(TASK).unwrap();

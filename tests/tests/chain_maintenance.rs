@@ -41,7 +41,11 @@ async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::
     assert!(alert.value.parse::<f64>()? <= 300.0, "{alert:?}");
     let job = lab
         .stack
-        .wait_job("maintenance", "succeeded", Duration::from_secs(60))
+        .wait_job(
+            "maintenance",
+            "succeeded",
+            lab.after_restart(Duration::from_secs(60)),
+        )
         .await?;
     lab.step("maintenance job succeeded: task stopped");
     assert_eq!(
@@ -59,7 +63,7 @@ async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::
     );
     eventually(
         "the simulator to see the stop",
-        Duration::from_secs(10),
+        lab.after_restart(Duration::from_secs(10)),
         || async { Ok((lab.sim.stats().task(TASK).unwrap().status == "stopped").then_some(())) },
     )
     .await?;
@@ -91,10 +95,14 @@ async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::
         )
         .await?;
 
-    let step = eventually("the resume step done", Duration::from_secs(120), || async {
-        let steps = lab.stack.scheduled_steps().await?;
-        Ok(steps.into_iter().find(|s| s.state == "done"))
-    })
+    let step = eventually(
+        "the resume step done",
+        lab.after_restart(Duration::from_secs(120)),
+        || async {
+            let steps = lab.stack.scheduled_steps().await?;
+            Ok(steps.into_iter().find(|s| s.state == "done"))
+        },
+    )
     .await?;
     lab.step("resume step done");
     assert!(
@@ -107,7 +115,7 @@ async fn tasks_pause_over_the_maintenance_window_through_the_chain() -> anyhow::
     );
     eventually(
         "the task running again",
-        Duration::from_secs(10),
+        lab.after_restart(Duration::from_secs(10)),
         || async {
             let stats = lab.sim.stats();
             let task = stats.task(TASK).unwrap();

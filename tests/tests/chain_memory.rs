@@ -88,7 +88,11 @@ async fn leak_and_restart(tag: &str, threshold: Option<f64>) -> anyhow::Result<(
 
     let job = lab
         .stack
-        .wait_job("memory", "succeeded", Duration::from_secs(60))
+        .wait_job(
+            "memory",
+            "succeeded",
+            lab.after_restart(Duration::from_secs(60)),
+        )
         .await?;
     lab.step("memory job succeeded");
     assert_eq!(job.alertname.as_deref(), Some("DMSInstanceMemoryLow"));
@@ -102,7 +106,10 @@ async fn leak_and_restart(tag: &str, threshold: Option<f64>) -> anyhow::Result<(
         .await?;
     lab.step("memory back");
     lab.stack
-        .wait_alert_resolved("DMSInstanceMemoryLow", Duration::from_secs(90))
+        .wait_alert_resolved(
+            "DMSInstanceMemoryLow",
+            lab.after_restart(Duration::from_secs(90)),
+        )
         .await?;
     // The example routing also tells people (`continue: true` on the remediator's route).
     for status in ["firing", "resolved"] {

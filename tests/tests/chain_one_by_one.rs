@@ -34,7 +34,11 @@ async fn one_by_one_mode_is_repaired_through_the_chain() -> anyhow::Result<()> {
 
     let job = lab
         .stack
-        .wait_job("one_by_one", "succeeded", Duration::from_secs(60))
+        .wait_job(
+            "one_by_one",
+            "succeeded",
+            lab.after_restart(Duration::from_secs(60)),
+        )
         .await?;
     lab.step("one_by_one job succeeded");
     assert_eq!(job.alertname.as_deref(), Some("DMSOneByOneMode"));
@@ -59,7 +63,10 @@ async fn one_by_one_mode_is_repaired_through_the_chain() -> anyhow::Result<()> {
         "no more one-by-one batches after the repair"
     );
     lab.stack
-        .wait_alert_resolved("DMSOneByOneMode", Duration::from_secs(60))
+        .wait_alert_resolved(
+            "DMSOneByOneMode",
+            lab.after_restart(Duration::from_secs(60)),
+        )
         .await?;
     // The example routing also tells people (`continue: true` on the remediator's route).
     for status in ["firing", "resolved"] {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use aws_sdk_databasemigration::error::DisplayErrorContext;
 use aws_sdk_databasemigration::types::StartReplicationTaskTypeValue;
 use chain_support::{ChainLab, TABLE, TASK};
-use dmsguard_lab::harness::{aws_config, eventually, Violation};
+use dmsguard_lab::harness::{aws_config, eventually, LabControl, Violation};
 use dmsguard_pipeline::aws::AwsClients;
 
 /// Backlog built while the task is stopped, in source rows.
@@ -96,6 +96,17 @@ async fn no_row_counts_as_missing_while_a_restarted_task_catches_up() -> anyhow:
         .await
         .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(&e)))?;
     lab.wait_restarts(0).await?;
+    // The stop is asynchronous (`stopping` first); a resume is refused until `stopped`.
+    let control = LabControl::new(&lab.moto.url());
+    eventually(
+        "the task stopped",
+        lab.after_restart(Duration::from_secs(10)),
+        || async {
+            let status = control.state().await?.tasks.get(TASK).cloned();
+            Ok((status.as_deref() == Some("stopped")).then_some(()))
+        },
+    )
+    .await?;
     let stopped_at = target_max().await?;
     eventually("a backlog to build", Duration::from_secs(120), || async {
         let (s, t) = (source_max().await?, target_max().await?);

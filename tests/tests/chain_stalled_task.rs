@@ -30,7 +30,11 @@ async fn stalled_task_is_restarted_through_the_chain() -> anyhow::Result<()> {
 
     let job = lab
         .stack
-        .wait_job("stalled_task", "succeeded", Duration::from_secs(60))
+        .wait_job(
+            "stalled_task",
+            "succeeded",
+            lab.after_restart(Duration::from_secs(60)),
+        )
         .await?;
     lab.step("stalled_task job succeeded");
     assert_eq!(job.alertname.as_deref(), Some("DMSTaskStalled"));
@@ -43,7 +47,7 @@ async fn stalled_task_is_restarted_through_the_chain() -> anyhow::Result<()> {
     );
 
     lab.stack
-        .wait_alert_resolved("DMSTaskStalled", Duration::from_secs(90))
+        .wait_alert_resolved("DMSTaskStalled", lab.after_restart(Duration::from_secs(90)))
         .await?;
     // The example routing also tells people (`continue: true` on the remediator's route).
     for status in ["firing", "resolved"] {
@@ -105,13 +109,17 @@ async fn one_stalled_task_among_two_is_restarted_alone() -> anyhow::Result<()> {
 
     let job = lab
         .stack
-        .wait_job("stalled_task", "succeeded", Duration::from_secs(60))
+        .wait_job(
+            "stalled_task",
+            "succeeded",
+            lab.after_restart(Duration::from_secs(60)),
+        )
         .await?;
     lab.step("stalled_task job succeeded");
     assert!(job.target.contains(TASK2), "{job:?}");
     lab.wait_task_restarts(TASK2, 1).await?;
     lab.stack
-        .wait_alert_resolved("DMSTaskStalled", Duration::from_secs(90))
+        .wait_alert_resolved("DMSTaskStalled", lab.after_restart(Duration::from_secs(90)))
         .await?;
     lab.step("DMSTaskStalled resolved");
 

@@ -254,7 +254,10 @@ impl CloudWatchProbe {
                         if let Some(start) =
                             chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
                         {
-                            let running_since = started.and_then(|s| {
+                            // Whether DMS publishes latency while a task is `starting` is not
+                            // documented: only a running task's datapoints date its run.
+                            let is_running = starts.running.contains(task.as_str());
+                            let running_since = started.filter(|_| is_running).and_then(|s| {
                                 let frontier = &self.config.frontier;
                                 let seen = match self.running_since.get(task) {
                                     Some((known, first)) if *known == s => Some(*first),
@@ -311,6 +314,8 @@ impl CloudWatchProbe {
 struct TaskStarts {
     fetched_at: chrono::DateTime<chrono::Utc>,
     started: HashMap<String, Option<chrono::DateTime<chrono::Utc>>>,
+    /// The tasks DescribeReplicationTasks reported `running`.
+    running: std::collections::HashSet<String>,
 }
 
 impl Probe for CloudWatchProbe {
@@ -340,6 +345,11 @@ impl Probe for CloudWatchProbe {
                         });
                         Some((name.to_owned(), start))
                     })
+                    .collect(),
+                running: tasks
+                    .iter()
+                    .filter(|t| t.status() == Some("running"))
+                    .filter_map(|t| t.replication_task_identifier().map(str::to_owned))
                     .collect(),
             }),
             Err(e) => {

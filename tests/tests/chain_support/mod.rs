@@ -20,6 +20,21 @@ pub const INSTANCE: &str = "lab-instance";
 /// The Redshift cluster of scenarios that set `StackSpec::cluster_identifier` to it.
 pub const CLUSTER: &str = "lab-cluster";
 
+/// How long the lab's DMS keeps a task `stopping` after `StopReplicationTask` and `starting`
+/// after `StartReplicationTask` in every chain scenario. DMS's stop and start are asynchronous
+/// and take minutes (`Status` in
+/// <https://docs.aws.amazon.com/dms/latest/APIReference/API_ReplicationTask.html>), so no
+/// scenario may depend on moto's instant transitions: by default each stop and start takes 2 s
+/// (every scenario goes through both states at little cost), and
+/// `DMSGUARD_TEST_DMS_SECONDS=30` runs every scenario with 30 s stops and starts
+/// (`make test-realistic`).
+pub fn dms_seconds() -> Duration {
+    std::env::var("DMSGUARD_TEST_DMS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(2), Duration::from_secs)
+}
+
 /// One scenario's lab: databases, moto, simulator and stack.
 pub struct ChainLab {
     pub dbs: TestDatabases,
@@ -29,6 +44,8 @@ pub struct ChainLab {
     pub sim: SimHandle,
     pub stack: Stack,
     pub started: Instant,
+    /// How long each DMS stop and start takes in this lab ([`dms_seconds`]).
+    pub dms: Duration,
 }
 
 impl ChainLab {
@@ -60,6 +77,10 @@ impl ChainLab {
         let started = Instant::now();
         let dbs = TestDatabases::create(tag).await?;
         let moto = Moto::spawn().await?;
+        let dms = dms_seconds();
+        LabControl::new(&moto.url())
+            .set_dms_timing(dms, dms)
+            .await?;
         let proxy = if behind_proxy {
             let addr = moto.url().trim_start_matches("http://").parse()?;
             Some(TcpProxy::start(addr).await?)
@@ -77,6 +98,8 @@ impl ChainLab {
         sim(&mut sim_config);
         let sim = Simulator::start(sim_config).await?;
         let mut stack_spec = StackSpec::for_simulator(&dbs, &aws_url, sim.config());
+        // A fix waits for `stopped` and `running` longer than a stop or a start takes.
+        stack_spec.task_state_timeout = stack_spec.task_state_timeout.max(dms * 3);
         spec(&mut stack_spec);
         if let Some(cluster) = &stack_spec.cluster_identifier {
             create_cluster(&aws_url, cluster).await?;
@@ -89,10 +112,17 @@ impl ChainLab {
             sim,
             stack,
             started,
+            dms,
         };
         lab.wait_healthy().await?;
         eprintln!("lab up after {:.1} s", lab.started.elapsed().as_secs_f64());
         Ok(lab)
+    }
+
+    /// `within` plus the time one stop and one start of a task take in this lab: the wait for
+    /// anything that follows a fix's stop and resume.
+    pub fn after_restart(&self, within: Duration) -> Duration {
+        within + self.dms * 2
     }
 
     /// Waits until Prometheus sees the task running and, with a workload, statements counted.
@@ -100,7 +130,7 @@ impl ChainLab {
         self.stack
             .wait_value(
                 &format!("dmsguard_dms_task_status{{task=\"{TASK}\",status=\"running\"}}"),
-                Duration::from_secs(60),
+                self.after_restart(Duration::from_secs(60)),
                 |v| v == 1.0,
             )
             .await?;
@@ -152,7 +182,7 @@ impl ChainLab {
     pub async fn wait_task_restarts(&self, task: &str, n: u64) -> anyhow::Result<()> {
         eventually(
             &format!("the simulator to see {n} restart(s) of {task}"),
-            Duration::from_secs(10),
+            self.after_restart(Duration::from_secs(10)),
             || async {
                 let restarts = self.sim.stats().task(task).map_or(0, |t| t.restarts);
                 anyhow::ensure!(
