@@ -634,6 +634,11 @@ pub struct RemediatorConfig {
     /// at start-up and log each result (default true).
     #[serde(default = "defaults::yes")]
     pub preflight: bool,
+    /// How often the remediator runs the preflight checks again (also after each reload), so
+    /// that a grant given or taken away enables or disables the fixes needing it without a
+    /// restart. A fix whose checks fail is disabled: its alerts are recorded as `refused` jobs.
+    #[serde(default = "defaults::preflight_interval", with = "humantime_serde")]
+    pub preflight_interval: Duration,
 }
 
 impl Default for RemediatorConfig {
@@ -662,6 +667,7 @@ impl Default for RemediatorConfig {
             resume_give_up_after: defaults::resume_give_up_after(),
             maintenance_margin: defaults::maintenance_margin(),
             preflight: true,
+            preflight_interval: defaults::preflight_interval(),
         }
     }
 }
@@ -784,6 +790,9 @@ pub mod defaults {
     }
     pub fn resume_give_up_after() -> Duration {
         Duration::from_secs(3600)
+    }
+    pub fn preflight_interval() -> Duration {
+        Duration::from_secs(5 * 60)
     }
     pub fn maintenance_margin() -> Duration {
         Duration::from_secs(5 * 60)
@@ -980,6 +989,12 @@ impl Config {
             return Err(ConfigError::key(
                 "remediator.repair_query_group",
                 "must be at most 320 characters, without quotes or backslashes",
+            ));
+        }
+        if self.remediator.preflight_interval < Duration::from_secs(1) {
+            return Err(ConfigError::key(
+                "remediator.preflight_interval",
+                "must be at least 1s",
             ));
         }
         if self.remediator.repair_rows_per_second == Some(0) {

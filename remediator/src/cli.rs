@@ -89,6 +89,10 @@ pub enum Command {
         /// Print the plan and its SQL; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Run even if the preflight checks this fix needs fail (by default the run is refused,
+        /// recorded as a `refused` job, and exits 1 naming each failed check and its fix).
+        #[arg(long)]
+        skip_preflight: bool,
     },
     /// List recent jobs from the ledger.
     Jobs {

@@ -1,0 +1,306 @@
+//! Which fixes may run: what each fix needs, in terms of the preflight checks, and the gate
+//! holding the latest verdict per fix. The checks run at start-up, after each config reload
+//! and every `remediator.preflight_interval`; a fix whose needed checks fail is disabled (its
+//! alerts are recorded as `refused` jobs naming the failed checks and their fixes) until they
+//! pass again. Scheduled steps and owed resumes are never held back: a fix that stopped a task
+//! still resumes it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use dmsguard_pipeline::config::{Config, FixName};
+use dmsguard_pipeline::preflight::{self, Check, CheckKind, Report};
+use dmsguard_pipeline::reload::LiveConfig;
+use serde_json::json;
+use tokio::sync::{watch, Notify};
+
+use crate::metrics::Metrics;
+
+/// The preflight checks `fix` needs to act. One entry per fix; the match makes a new fix fail
+/// to compile until it says what it needs. A fix lists the connection under a table check too:
+/// when the connection fails, the table checks behind it are not run at all.
+pub fn needs(fix: FixName) -> &'static [CheckKind] {
+    use CheckKind::*;
+    match fix {
+        // Reads DMS's rolled-back UPDATE in the system views, the intermediate and target
+        // tables, the source rows; inserts; stops and resumes the task.
+        FixName::OneByOne => &[
+            RedshiftConnection,
+            SystemView,
+            TargetTable,
+            TargetInsert,
+            SourceConnection,
+            SourceTable,
+            AwsIdentity,
+            DmsTask,
+        ],
+        // Stops and resumes every task on the instance.
+        FixName::Memory => &[AwsIdentity, DmsTask, ReplicationInstance],
+        // Stops every task before the cluster's maintenance window (DescribeClusters).
+        FixName::Maintenance => &[AwsIdentity, DmsTask, RedshiftCluster],
+        // Gap finder on both sides, source reads, inserts; waits for the task's progress
+        // (CloudWatch latency, DescribeReplicationTasks).
+        FixName::MissingRows => &[
+            SourceConnection,
+            SourceTable,
+            RedshiftConnection,
+            TargetTable,
+            TargetInsert,
+            AwsIdentity,
+            DmsTask,
+        ],
+        // Stops and resumes the task.
+        FixName::StalledTask => &[AwsIdentity, DmsTask],
+    }
+}
+
+/// What the gate says about a fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The checks have not finished yet: the fix's jobs wait in the queue.
+    Pending,
+    /// Every check the fix needs passed.
+    Enabled,
+    /// These checks the fix needs failed.
+    Refused(Vec<Check>),
+}
+
+/// The verdict on `fix` from `report`.
+pub fn verdict(fix: FixName, report: &Report) -> Verdict {
+    let needed = needs(fix);
+    let failed: Vec<Check> = report
+        .checks
+        .iter()
+        .filter(|c| !c.ok && needed.contains(&c.kind))
+        .cloned()
+        .collect();
+    if failed.is_empty() {
+        Verdict::Enabled
+    } else {
+        Verdict::Refused(failed)
+    }
+}
+
+/// The job summary and ledger details of an alert refused because `failed` checks fail.
+pub fn refusal(fix: FixName, failed: &[Check]) -> (String, serde_json::Value) {
+    let list: Vec<String> = failed
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: {} (fix: {})",
+                c.name,
+                c.detail,
+                c.fix.as_deref().unwrap_or("see `dmsguard-remediator preflight`")
+            )
+        })
+        .collect();
+    let summary = format!(
+        "Refused: fix `{fix}` is disabled until its preflight checks pass; failing: {}",
+        list.join("; ")
+    );
+    let details = json!({
+        "refused_by": "preflight",
+        "failed_checks": failed
+            .iter()
+            .map(|c| json!({ "check": c.name, "detail": c.detail, "fix": c.fix }))
+            .collect::<Vec<_>>(),
+    });
+    (summary, details)
+}
+
+struct State {
+    verdicts: BTreeMap<FixName, Verdict>,
+    checked_at: Option<DateTime<Utc>>,
+}
+
+/// The verdict per fix, shared by the webhook, the worker and the recheck loop. Cheap to clone.
+#[derive(Clone)]
+pub struct FixGate {
+    state: Arc<RwLock<State>>,
+    recheck: Arc<Notify>,
+    metrics: Metrics,
+}
+
+impl FixGate {
+    /// A gate for `config`: every fix pending until the first checks when
+    /// `remediator.preflight` is on, every fix enabled (no checks) when it is off.
+    pub fn new(config: &Config, metrics: Metrics) -> Self {
+        let initial = if config.remediator.preflight {
+            Verdict::Pending
+        } else {
+            Verdict::Enabled
+        };
+        let gate = Self {
+            state: Arc::new(RwLock::new(State {
+                verdicts: FixName::ALL
+                    .into_iter()
+                    .map(|f| (f, initial.clone()))
+                    .collect(),
+                checked_at: None,
+            })),
+            recheck: Arc::new(Notify::new()),
+            metrics,
+        };
+        gate.export(config);
+        gate
+    }
+
+    /// The verdict on `fix` now.
+    pub fn verdict(&self, fix: FixName) -> Verdict {
+        self.read()
+            .verdicts
+            .get(&fix)
+            .cloned()
+            .unwrap_or(Verdict::Enabled)
+    }
+
+    /// When the checks last finished.
+    pub fn checked_at(&self) -> Option<DateTime<Utc>> {
+        self.read().checked_at
+    }
+
+    /// Counts an alert refused for `fix`.
+    pub fn count_refused(&self, fix: FixName) {
+        self.metrics.alert_refused(fix);
+    }
+
+    /// Runs the checks again soon (a config reload asks for it).
+    pub fn request_recheck(&self) {
+        self.recheck.notify_one();
+    }
+
+    /// Takes the verdicts of `report`; logs each fix whose verdict changed (all of them the
+    /// first time) and updates `dmsguard_remediator_fix_enabled`.
+    pub fn apply(&self, config: &Config, report: &Report) {
+        let mut changed = Vec::new();
+        {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            for fix in FixName::ALL {
+                let new = verdict(fix, report);
+                if state.verdicts.get(&fix) != Some(&new) {
+                    changed.push((fix, new.clone()));
+                }
+                state.verdicts.insert(fix, new);
+            }
+            state.checked_at = Some(Utc::now());
+        }
+        for (fix, verdict) in changed {
+            match verdict {
+                Verdict::Refused(failed) => {
+                    let (summary, _) = refusal(fix, &failed);
+                    tracing::warn!(fix = %fix, failed = failed.len(), reason = %summary, "Fix disabled: preflight checks it needs fail; its alerts are refused.");
+                }
+                _ => tracing::info!(fix = %fix, "Fix enabled: the preflight checks it needs pass."),
+            }
+        }
+        self.export(config);
+    }
+
+    /// Sets `fix_enabled` per fix: 1 when enabled in the config and its checks pass.
+    fn export(&self, config: &Config) {
+        for fix in FixName::ALL {
+            let on = config.remediator.fixes.get(fix).enabled
+                && self.verdict(fix) == Verdict::Enabled;
+            self.metrics.set_fix_enabled(fix, on);
+        }
+    }
+
+    /// Runs the preflight checks now, at every `remediator.preflight_interval` and whenever a
+    /// recheck is requested, until `shutdown` turns true. The configuration is read from
+    /// `config` each time (a reload may change the interval and the fix switches).
+    pub async fn run(self, config: LiveConfig, mut shutdown: watch::Receiver<bool>) {
+        let mut logged_once = false;
+        loop {
+            let current = config.current();
+            let report = preflight::run(&current, true).await;
+            let before: Vec<Verdict> = FixName::ALL.map(|f| self.verdict(f)).to_vec();
+            self.apply(&current, &report);
+            let after: Vec<Verdict> = FixName::ALL.map(|f| self.verdict(f)).to_vec();
+            if !logged_once || before != after {
+                report.log("dmsguard-remediator");
+                logged_once = true;
+            } else {
+                tracing::debug!(
+                    failed = report.checks.iter().filter(|c| !c.ok).count(),
+                    "Preflight rechecked; no fix changed."
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(current.remediator.preflight_interval) => {}
+                _ = self.recheck.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(kind: CheckKind, name: &str, ok: bool) -> Check {
+        Check {
+            name: name.into(),
+            kind,
+            ok,
+            detail: if ok { "fine".into() } else { "denied".into() },
+            fix: (!ok).then(|| format!("grant {name}")),
+        }
+    }
+
+    #[test]
+    fn every_fix_needs_something_and_a_failed_check_disables_only_the_fixes_needing_it() {
+        for fix in FixName::ALL {
+            assert!(!needs(fix).is_empty(), "{fix}");
+        }
+        let report = Report {
+            checks: vec![
+                check(CheckKind::SourceConnection, "source connection", true),
+                check(CheckKind::SourceTable, "source table public.orders", false),
+                check(CheckKind::DmsTask, "DMS task t1", true),
+                check(CheckKind::AwsIdentity, "AWS identity", true),
+            ],
+        };
+        for fix in FixName::ALL {
+            let v = verdict(fix, &report);
+            let reads_source = needs(fix).contains(&CheckKind::SourceTable);
+            match v {
+                Verdict::Refused(failed) => {
+                    assert!(reads_source, "{fix} refused without reading the source");
+                    assert_eq!(failed.len(), 1);
+                    assert_eq!(failed[0].name, "source table public.orders");
+                }
+                Verdict::Enabled => assert!(!reads_source, "{fix} should be refused"),
+                Verdict::Pending => panic!("{fix}: a report never leaves a fix pending"),
+            }
+        }
+        assert!(matches!(
+            verdict(FixName::MissingRows, &report),
+            Verdict::Refused(_)
+        ));
+        assert_eq!(verdict(FixName::StalledTask, &report), Verdict::Enabled);
+    }
+
+    #[test]
+    fn a_refusal_names_each_failed_check_with_its_fix() {
+        let failed = vec![check(CheckKind::TargetInsert, "target table t insert", false)];
+        let (summary, details) = refusal(FixName::MissingRows, &failed);
+        assert!(summary.contains("`missing_rows`"), "{summary}");
+        assert!(
+            summary.contains("target table t insert: denied (fix: grant target table t insert)"),
+            "{summary}"
+        );
+        assert_eq!(
+            details["failed_checks"][0]["fix"],
+            "grant target table t insert"
+        );
+    }
+}
