@@ -239,7 +239,12 @@ async fn insertable(
         .await
     {
         Ok(row) if row.get::<_, bool>(0) => report.pass(kind, name, "INSERT allowed"),
-        Ok(_) => report.fail(kind, name, format!("{user} may not INSERT into {table}"), grant),
+        Ok(_) => report.fail(
+            kind,
+            name,
+            format!("{user} may not INSERT into {table}"),
+            grant,
+        ),
         Err(e) => report.fail(kind, name, db::error_chain(&e), grant),
     }
 }
@@ -247,15 +252,39 @@ async fn insertable(
 /// Runs every check that applies to `config`; `ledger` adds what only the remediator needs:
 /// its ledger database and INSERT on the target tables.
 pub async fn run(config: &Config, ledger: bool) -> Report {
+    run_for(config, ledger, None).await
+}
+
+/// [`run`], leaving out the AWS checks unless `kinds` (when given) asks for one of them: a hand
+/// run of a fix that needs no AWS call does not wait on the AWS APIs.
+pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>) -> Report {
+    let wants_aws = kinds.is_none_or(|kinds| {
+        kinds.iter().any(|k| {
+            matches!(
+                k,
+                CheckKind::AwsIdentity
+                    | CheckKind::DmsTask
+                    | CheckKind::ReplicationInstance
+                    | CheckKind::RedshiftCluster
+            )
+        })
+    });
     let mut report = Report::default();
-    let source = connection(&mut report, CheckKind::SourceConnection, "source", &config.source).await;
+    let source = connection(
+        &mut report,
+        CheckKind::SourceConnection,
+        "source",
+        &config.source,
+    )
+    .await;
     let redshift_db = config.redshift.database();
     let redshift = connection(
         &mut report,
         CheckKind::RedshiftConnection,
         "redshift",
         &redshift_db,
-    ).await;
+    )
+    .await;
     if ledger {
         match config.ledger_database() {
             Ok(l) => {
@@ -335,7 +364,9 @@ pub async fn run(config: &Config, ledger: bool) -> Report {
             ),
         }
     }
-    aws_checks(&mut report, config).await;
+    if wants_aws {
+        aws_checks(&mut report, config).await;
+    }
     report
 }
 
@@ -376,7 +407,11 @@ async fn aws_checks(report: &mut Report, config: &Config) {
                 .iter()
                 .find(|t| t.replication_task_identifier() == Some(task.name.as_str()))
             {
-                Some(t) => report.pass(CheckKind::DmsTask, name, t.status().unwrap_or("exists").to_owned()),
+                Some(t) => report.pass(
+                    CheckKind::DmsTask,
+                    name,
+                    t.status().unwrap_or("exists").to_owned(),
+                ),
                 None => report.fail(
                     CheckKind::DmsTask,
                     name,

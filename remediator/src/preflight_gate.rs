@@ -17,41 +17,49 @@ use tokio::sync::{watch, Notify};
 
 use crate::metrics::Metrics;
 
-/// The preflight checks `fix` needs to act. One entry per fix; the match makes a new fix fail
-/// to compile until it says what it needs. A fix lists the connection under a table check too:
-/// when the connection fails, the table checks behind it are not run at all.
-pub fn needs(fix: FixName) -> &'static [CheckKind] {
+/// The preflight checks `fix` needs to act with `config`. One entry per fix; the match makes a
+/// new fix fail to compile until it says what it needs. A fix lists the connection under a
+/// table check too: when the connection fails, the table checks behind it are not run at all.
+pub fn needs(fix: FixName, config: &Config) -> Vec<CheckKind> {
     use CheckKind::*;
+    // The AWS identity comes first in every AWS check: when it fails, none of them runs.
+    let aws = |kinds: &[CheckKind]| [&[AwsIdentity], kinds].concat();
     match fix {
         // Reads DMS's rolled-back UPDATE in the system views, the intermediate and target
         // tables, the source rows; inserts; stops and resumes the task.
-        FixName::OneByOne => &[
-            RedshiftConnection,
-            SystemView,
-            TargetTable,
-            TargetInsert,
-            SourceConnection,
-            SourceTable,
-            AwsIdentity,
-            DmsTask,
-        ],
+        FixName::OneByOne => [
+            &[
+                RedshiftConnection,
+                SystemView,
+                TargetTable,
+                TargetInsert,
+                SourceConnection,
+                SourceTable,
+            ][..],
+            &aws(&[DmsTask]),
+        ]
+        .concat(),
         // Stops and resumes every task on the instance.
-        FixName::Memory => &[AwsIdentity, DmsTask, ReplicationInstance],
+        FixName::Memory => aws(&[DmsTask, ReplicationInstance]),
         // Stops every task before the cluster's maintenance window (DescribeClusters).
-        FixName::Maintenance => &[AwsIdentity, DmsTask, RedshiftCluster],
-        // Gap finder on both sides, source reads, inserts; waits for the task's progress
-        // (CloudWatch latency, DescribeReplicationTasks).
-        FixName::MissingRows => &[
-            SourceConnection,
-            SourceTable,
-            RedshiftConnection,
-            TargetTable,
-            TargetInsert,
-            AwsIdentity,
-            DmsTask,
-        ],
+        FixName::Maintenance => aws(&[DmsTask, RedshiftCluster]),
+        // Gap finder on both sides, source reads, inserts; a table with a task waits for the
+        // task's progress (CloudWatch latency, DescribeReplicationTasks).
+        FixName::MissingRows => {
+            let mut kinds = vec![
+                SourceConnection,
+                SourceTable,
+                RedshiftConnection,
+                TargetTable,
+                TargetInsert,
+            ];
+            if config.tables.iter().any(|t| t.task.is_some()) {
+                kinds.extend(aws(&[DmsTask]));
+            }
+            kinds
+        }
         // Stops and resumes the task.
-        FixName::StalledTask => &[AwsIdentity, DmsTask],
+        FixName::StalledTask => aws(&[DmsTask]),
     }
 }
 
@@ -66,9 +74,9 @@ pub enum Verdict {
     Refused(Vec<Check>),
 }
 
-/// The verdict on `fix` from `report`.
-pub fn verdict(fix: FixName, report: &Report) -> Verdict {
-    let needed = needs(fix);
+/// The verdict on `fix` with `config` from `report`.
+pub fn verdict(fix: FixName, config: &Config, report: &Report) -> Verdict {
+    let needed = needs(fix, config);
     let failed: Vec<Check> = report
         .checks
         .iter()
@@ -91,7 +99,9 @@ pub fn refusal(fix: FixName, failed: &[Check]) -> (String, serde_json::Value) {
                 "{}: {} (fix: {})",
                 c.name,
                 c.detail,
-                c.fix.as_deref().unwrap_or("see `dmsguard-remediator preflight`")
+                c.fix
+                    .as_deref()
+                    .unwrap_or("see `dmsguard-remediator preflight`")
             )
         })
         .collect();
@@ -177,7 +187,7 @@ impl FixGate {
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             for fix in FixName::ALL {
-                let new = verdict(fix, report);
+                let new = verdict(fix, config, report);
                 if state.verdicts.get(&fix) != Some(&new) {
                     changed.push((fix, new.clone()));
                 }
@@ -200,8 +210,8 @@ impl FixGate {
     /// Sets `fix_enabled` per fix: 1 when enabled in the config and its checks pass.
     fn export(&self, config: &Config) {
         for fix in FixName::ALL {
-            let on = config.remediator.fixes.get(fix).enabled
-                && self.verdict(fix) == Verdict::Enabled;
+            let on =
+                config.remediator.fixes.get(fix).enabled && self.verdict(fix) == Verdict::Enabled;
             self.metrics.set_fix_enabled(fix, on);
         }
     }
@@ -256,10 +266,19 @@ mod tests {
         }
     }
 
+    fn config(tables: &str) -> Config {
+        let text = format!(
+            "[source]\nurl = \"postgresql://u@h/s\"\n[redshift]\nurl = \"postgresql://u@h/r\"\n\
+             [[tasks]]\nname = \"t1\"\nreplication_instance = \"i1\"\n{tables}"
+        );
+        Config::from_toml(&text, &|_| None).unwrap()
+    }
+
     #[test]
     fn every_fix_needs_something_and_a_failed_check_disables_only_the_fixes_needing_it() {
+        let config = config("[[tables]]\nsource = \"public.orders\"\ntask = \"t1\"\n");
         for fix in FixName::ALL {
-            assert!(!needs(fix).is_empty(), "{fix}");
+            assert!(!needs(fix, &config).is_empty(), "{fix}");
         }
         let report = Report {
             checks: vec![
@@ -270,8 +289,8 @@ mod tests {
             ],
         };
         for fix in FixName::ALL {
-            let v = verdict(fix, &report);
-            let reads_source = needs(fix).contains(&CheckKind::SourceTable);
+            let v = verdict(fix, &config, &report);
+            let reads_source = needs(fix, &config).contains(&CheckKind::SourceTable);
             match v {
                 Verdict::Refused(failed) => {
                     assert!(reads_source, "{fix} refused without reading the source");
@@ -283,15 +302,41 @@ mod tests {
             }
         }
         assert!(matches!(
-            verdict(FixName::MissingRows, &report),
+            verdict(FixName::MissingRows, &config, &report),
             Verdict::Refused(_)
         ));
-        assert_eq!(verdict(FixName::StalledTask, &report), Verdict::Enabled);
+        assert_eq!(
+            verdict(FixName::StalledTask, &config, &report),
+            Verdict::Enabled
+        );
+    }
+
+    #[test]
+    fn missing_rows_needs_aws_only_for_tables_with_a_task() {
+        let with_task = config("[[tables]]\nsource = \"public.orders\"\ntask = \"t1\"\n");
+        let without = config("[[tables]]\nsource = \"public.orders\"\n");
+        assert!(needs(FixName::MissingRows, &with_task).contains(&CheckKind::DmsTask));
+        assert!(!needs(FixName::MissingRows, &without).contains(&CheckKind::AwsIdentity));
+        let report = Report {
+            checks: vec![check(CheckKind::AwsIdentity, "AWS identity", false)],
+        };
+        assert_eq!(
+            verdict(FixName::MissingRows, &without, &report),
+            Verdict::Enabled
+        );
+        assert!(matches!(
+            verdict(FixName::MissingRows, &with_task, &report),
+            Verdict::Refused(_)
+        ));
     }
 
     #[test]
     fn a_refusal_names_each_failed_check_with_its_fix() {
-        let failed = vec![check(CheckKind::TargetInsert, "target table t insert", false)];
+        let failed = vec![check(
+            CheckKind::TargetInsert,
+            "target table t insert",
+            false,
+        )];
         let (summary, details) = refusal(FixName::MissingRows, &failed);
         assert!(summary.contains("`missing_rows`"), "{summary}");
         assert!(

@@ -84,8 +84,9 @@ pub async fn run_fix_with(
     let core = Core::open_with_progress(config, FixRegistry::standard(), progress).await?;
     // The service's gate, for a hand run: the checks this fix needs must pass.
     let refused = if core.config.remediator.preflight && !window.skip_preflight {
-        let report = dmsguard_pipeline::preflight::run(&core.config, true).await;
-        match crate::preflight_gate::verdict(fix, &report) {
+        let kinds = crate::preflight_gate::needs(fix, &core.config);
+        let report = dmsguard_pipeline::preflight::run_for(&core.config, true, Some(&kinds)).await;
+        match crate::preflight_gate::verdict(fix, &core.config, &report) {
             crate::preflight_gate::Verdict::Refused(failed) => Some(failed),
             _ => None,
         }
