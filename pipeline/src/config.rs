@@ -46,6 +46,13 @@ impl ConfigError {
 pub struct Config {
     /// The production PostgreSQL database DMS replicates from.
     pub source: DatabaseConfig,
+    /// `[source.replica]`: a read replica of the source, with the same keys as `[source]`
+    /// (url, password or password_file, sslmode, sslrootcert, iam, …). When set, every read of
+    /// the source (the gap finder, the exporter's source probes, the repairs' row reads, the
+    /// DDL generator) goes to it and the primary is only checked by preflight; replication
+    /// progress is bounded by the replica's replay point (`dmsguard_pipeline::replica`).
+    #[serde(skip)]
+    pub source_replica: Option<DatabaseConfig>,
     /// The Amazon Redshift target DMS writes to.
     pub redshift: RedshiftConfig,
     /// How to reach the AWS APIs (DMS, CloudWatch, Redshift).
@@ -822,8 +829,25 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text)?;
         expand_table(&mut table, "", env)?;
+        // `[source.replica]` is a database of its own: taken out before `[source]` is read.
+        let replica = table
+            .get_mut("source")
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|source| source.remove("replica"));
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::key(e.path().to_string(), e.inner().to_string()))?;
+        if let Some(replica) = replica {
+            config.source_replica =
+                Some(serde_path_to_error::deserialize(replica).map_err(|e| {
+                    let path = e.path().to_string();
+                    let key = if path == "." || path.is_empty() {
+                        "source.replica".to_owned()
+                    } else {
+                        format!("source.replica.{path}")
+                    };
+                    ConfigError::key(key, e.inner().to_string())
+                })?);
+        }
         config.normalise_table_names()?;
         config.validate()?;
         config.attach_aws_to_iam();
@@ -835,6 +859,9 @@ impl Config {
         let aws = self.aws.clone();
         for iam in [
             self.source.iam.as_mut(),
+            self.source_replica
+                .as_mut()
+                .and_then(|replica| replica.iam.as_mut()),
             self.redshift.iam.as_mut(),
             self.remediator
                 .ledger
@@ -877,6 +904,11 @@ impl Config {
         )?;
         if let Some(ledger) = &self.remediator.ledger {
             check_secret_pair("remediator.ledger", &ledger.password, &ledger.password_file)?;
+        }
+        if let Some(replica) = &self.source_replica {
+            check_secret_pair("source.replica", &replica.password, &replica.password_file)?;
+            check_iam("source.replica", replica, IamMethod::Rds)?;
+            check_tls("source.replica", replica)?;
         }
         self.aws.validate()?;
         check_iam("source", &self.source, IamMethod::Rds)?;
@@ -1033,6 +1065,12 @@ impl Config {
                  database, and a wildcard DMS table mapping replicated the ledger into Redshift",
             )
         })
+    }
+
+    /// The database every read of the source goes to: `[source.replica]` when set, else
+    /// `[source]`. Nothing dmsguard does writes the source.
+    pub fn source_reads(&self) -> &DatabaseConfig {
+        self.source_replica.as_ref().unwrap_or(&self.source)
     }
 
     /// Whether the ledger is the same database as `[source]` (same host, port and database).
@@ -1581,6 +1619,33 @@ mod tests {
         let text = MINIMAL.replace("[redshift]", "sslmode = \"strict\"\n[redshift]");
         let err = Config::from_toml(&text, &env).unwrap_err().to_string();
         assert!(err.contains("source.sslmode"), "{err}");
+    }
+
+    #[test]
+    fn a_source_replica_takes_the_source_keys_and_every_read() {
+        let env = |n: &str| (n == "PW").then(|| "s3cret".to_owned());
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        assert!(c.source_replica.is_none());
+        assert_eq!(c.source_reads().url, c.source.url);
+        let text = format!(
+            "{MINIMAL}\n[source.replica]\nurl = \"postgresql://ro@replica/source?sslmode=require\"\npassword = \"pw\"\n"
+        );
+        let c = Config::from_toml(&text, &env).unwrap();
+        assert_eq!(
+            c.source_reads().url,
+            "postgresql://ro@replica/source?sslmode=require"
+        );
+        assert_eq!(c.source_reads().password.as_ref().unwrap().expose(), "pw");
+        assert_ne!(c.source.url, c.source_reads().url);
+        let bad =
+            format!("{MINIMAL}\n[source.replica]\nurl = \"postgresql://ro@r/s\"\nhost = \"x\"\n");
+        let err = Config::from_toml(&bad, &env).unwrap_err().to_string();
+        assert!(err.contains("source.replica"), "{err}");
+        let both = format!(
+            "{MINIMAL}\n[source.replica]\nurl = \"postgresql://ro@r/s\"\npassword = \"a\"\npassword_file = \"/f\"\n"
+        );
+        let err = Config::from_toml(&both, &env).unwrap_err().to_string();
+        assert!(err.contains("source.replica"), "{err}");
     }
 
     #[test]

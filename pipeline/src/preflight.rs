@@ -18,13 +18,18 @@ use crate::tls::TlsState;
 /// check disables exactly the fixes that depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CheckKind {
-    /// Connecting to `[source]`.
+    /// Connecting to the database source reads go to: `[source.replica]` when set, else
+    /// `[source]`.
     SourceConnection,
+    /// Connecting to the `[source]` primary when a `[source.replica]` takes the reads.
+    SourcePrimaryConnection,
+    /// `SELECT` on a configured table at the `[source]` primary when a replica takes the reads.
+    SourcePrimaryTable,
     /// Connecting to `[redshift]`.
     RedshiftConnection,
     /// Connecting to `[remediator.ledger]`.
     LedgerConnection,
-    /// `SELECT` on a configured table at the source.
+    /// `SELECT` on a configured table where source reads go (the replica when set).
     SourceTable,
     /// `SELECT` on a configured table's target.
     TargetTable,
@@ -270,13 +275,48 @@ pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>)
         })
     });
     let mut report = Report::default();
-    let source = connection(
-        &mut report,
-        CheckKind::SourceConnection,
-        "source",
-        &config.source,
-    )
-    .await;
+    let replica_set = config.source_replica.is_some();
+    let (primary_kind, primary_table_kind) = if replica_set {
+        (
+            CheckKind::SourcePrimaryConnection,
+            CheckKind::SourcePrimaryTable,
+        )
+    } else {
+        (CheckKind::SourceConnection, CheckKind::SourceTable)
+    };
+    let source = connection(&mut report, primary_kind, "source", &config.source).await;
+    let replica = match &config.source_replica {
+        Some(r) => {
+            let client = connection(
+                &mut report,
+                CheckKind::SourceConnection,
+                "source replica",
+                r,
+            )
+            .await;
+            if let Some(client) = &client {
+                match crate::replica::replay_state(client).await {
+                    Ok(state) => report.pass(
+                        CheckKind::SourceConnection,
+                        "source replica replay",
+                        if state.in_recovery {
+                            format!("standby, {:.1} s behind the primary", state.lag.as_secs_f64())
+                        } else {
+                            "not a standby: sees every commit (lag 0)".to_owned()
+                        },
+                    ),
+                    Err(e) => report.fail(
+                        CheckKind::SourceConnection,
+                        "source replica replay",
+                        e.to_string(),
+                        "point [source.replica] at a PostgreSQL streaming replica (pg_last_xact_replay_timestamp()), or leave it out",
+                    ),
+                }
+            }
+            client
+        }
+        None => None,
+    };
     let redshift_db = config.redshift.database();
     let redshift = connection(
         &mut report,
@@ -309,11 +349,22 @@ pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>)
             let user = user_of(&config.source);
             readable(
                 &mut report,
-                CheckKind::SourceTable,
+                primary_table_kind,
                 client,
                 format!("source table {src}"),
                 &src,
                 &user,
+            )
+            .await;
+        }
+        if let (Some(client), Some(r)) = (&replica, &config.source_replica) {
+            readable(
+                &mut report,
+                CheckKind::SourceTable,
+                client,
+                format!("source replica table {src}"),
+                &src,
+                &user_of(r),
             )
             .await;
         }

@@ -155,7 +155,7 @@ impl DdlArgs {
             postgres_check: self.postgres_check,
             compression,
         };
-        let source = db::connect(&config.source)
+        let source = db::connect(config.source_reads())
             .await
             .context("connecting to the source database")?;
         let statements = ddl::create_tables(&source, &tables, &options).await?;

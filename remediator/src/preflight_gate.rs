@@ -27,18 +27,20 @@ pub fn needs(fix: FixName, config: &Config) -> Vec<CheckKind> {
     match fix {
         // Reads DMS's rolled-back UPDATE in the system views, the intermediate and target
         // tables, the source rows; inserts; stops and resumes the task.
-        FixName::OneByOne => [
-            &[
-                RedshiftConnection,
-                SystemView,
-                TargetTable,
-                TargetInsert,
-                SourceConnection,
-                SourceTable,
-            ][..],
-            &aws(&[DmsTask]),
-        ]
-        .concat(),
+        // F1 reads the source primary even with a replica (`FixContext::connect_source_primary`).
+        FixName::OneByOne => {
+            let source: &[CheckKind] = if config.source_replica.is_some() {
+                &[SourcePrimaryConnection, SourcePrimaryTable]
+            } else {
+                &[SourceConnection, SourceTable]
+            };
+            [
+                &[RedshiftConnection, SystemView, TargetTable, TargetInsert][..],
+                source,
+                &aws(&[DmsTask]),
+            ]
+            .concat()
+        }
         // Stops and resumes every task on the instance.
         FixName::Memory => aws(&[DmsTask, ReplicationInstance]),
         // Stops every task before the cluster's maintenance window (DescribeClusters).
