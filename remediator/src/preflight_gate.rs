@@ -314,6 +314,26 @@ mod tests {
     }
 
     #[test]
+    fn with_a_replica_only_one_by_one_needs_the_primary() {
+        let replica = config(
+            "[[tables]]\nsource = \"public.orders\"\n[source.replica]\nurl = \"postgresql://r@h/s\"\n",
+        );
+        let report = Report {
+            checks: vec![check(
+                CheckKind::SourcePrimaryTable,
+                "source table public.orders",
+                false,
+            )],
+        };
+        for fix in FixName::ALL {
+            let refused = matches!(verdict(fix, &replica, &report), Verdict::Refused(_));
+            assert_eq!(refused, fix == FixName::OneByOne, "{fix}");
+        }
+        let without = config("[[tables]]\nsource = \"public.orders\"\n");
+        assert!(!needs(FixName::OneByOne, &without).contains(&CheckKind::SourcePrimaryTable));
+    }
+
+    #[test]
     fn missing_rows_needs_aws_only_for_tables_with_a_task() {
         let with_task = config("[[tables]]\nsource = \"public.orders\"\ntask = \"t1\"\n");
         let without = config("[[tables]]\nsource = \"public.orders\"\n");
