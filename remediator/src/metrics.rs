@@ -22,6 +22,7 @@ pub const REPAIR_ROWS: &str = "remediator_repair_rows";
 pub const REPAIR_ROWS_REMAINING: &str = "remediator_repair_rows_remaining";
 pub const FIX_ENABLED: &str = "remediator_fix_enabled";
 pub const ALERTS_REFUSED: &str = "remediator_alerts_refused";
+pub const PREFLIGHT_LAST_RUN: &str = "remediator_preflight_last_run_timestamp_seconds";
 
 /// What became of a row a repair set out to insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -217,6 +218,7 @@ pub struct Metrics {
     repair_rows_remaining: Family<TableLabels, Gauge>,
     fix_enabled: Family<FixLabels, Gauge>,
     alerts_refused: Family<FixLabels, Counter>,
+    preflight_last_run: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -234,6 +236,7 @@ impl Metrics {
             repair_rows_remaining: Family::default(),
             fix_enabled: Family::default(),
             alerts_refused: Family::default(),
+            preflight_last_run: Gauge::default(),
         };
         registry.register(
             WEBHOOKS,
@@ -290,6 +293,11 @@ impl Metrics {
             "Firing alerts (and queued jobs) refused because the preflight checks their fix needs fail, by fix",
             metrics.alerts_refused.clone(),
         );
+        registry.register(
+            PREFLIGHT_LAST_RUN,
+            "Unix time the preflight checks that enable and disable fixes last finished (absent: not yet, or remediator.preflight off)",
+            metrics.preflight_last_run.clone(),
+        );
         for result in WebhookResult::ALL {
             let _ = metrics.webhooks.get_or_create(&WebhookLabels { result });
         }
@@ -331,6 +339,11 @@ impl Metrics {
         self.fix_enabled
             .get_or_create(&FixLabels { fix: FixLabel(fix) })
             .set(i64::from(enabled));
+    }
+
+    /// Records that the preflight checks finished at `unix_seconds`.
+    pub fn set_preflight_last_run(&self, unix_seconds: f64) {
+        self.preflight_last_run.set(unix_seconds);
     }
 
     /// Counts an alert (or a queued job) refused because `fix` is disabled by its checks.

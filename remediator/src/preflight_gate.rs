@@ -197,6 +197,8 @@ impl FixGate {
             }
             state.checked_at = Some(Utc::now());
         }
+        self.metrics
+            .set_preflight_last_run(Utc::now().timestamp_millis() as f64 / 1000.0);
         for (fix, verdict) in changed {
             match verdict {
                 Verdict::Refused(failed) => {

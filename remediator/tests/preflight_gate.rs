@@ -4,7 +4,8 @@
 //! stay enabled; its alert is acknowledged (2xx) and recorded as a `refused` job naming the
 //! failed check and its GRANT; a hand run is refused too unless `--skip-preflight`. Once the
 //! grant is back, a SIGHUP rechecks, the fix is enabled again and the alert's repeat repairs
-//! the rows.
+//! the rows; with a 1s `preflight_interval` (applied by a reload) a grant taken away again
+//! disables it with no signal.
 
 // Both support modules load the alert rules' helpers.
 #![allow(clippy::duplicate_mod)]
@@ -248,6 +249,39 @@ async fn a_fix_missing_a_grant_is_refused_until_a_recheck_finds_it_back() -> any
     );
     let ids = target_ids(&target).await?;
     assert_eq!(ids, all, "every row is back, once");
+
+    // The periodic recheck: a reload shortens `preflight_interval` to 1s; the grant taken away
+    // again disables the fix with no signal, and only missing_rows and one_by_one.
+    std::fs::write(
+        &path,
+        config.replace("preflight_interval = \"1h\"", "preflight_interval = \"1s\""),
+    )?;
+    let reloaded_at = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    process.signal("HUP")?;
+    // The recheck the reload asked for has run; later ones come from the interval alone.
+    eventually(
+        "the recheck after the reload",
+        Duration::from_secs(60),
+        || async {
+            let text = metrics(&base).await?;
+            Ok(metric_value(
+                &text,
+                "dmsguard_remediator_preflight_last_run_timestamp_seconds",
+            )
+            .ok()
+            .filter(|t| *t > reloaded_at)
+            .map(|_| ()))
+        },
+    )
+    .await?;
+    source
+        .batch_execute(&format!("REVOKE SELECT ON public.orders FROM {USER}"))
+        .await?;
+    wait_metric(&mut process, &base, &enabled("missing_rows"), 0.0).await?;
+    assert_eq!(
+        metric_value(&metrics(&base).await?, &enabled("stalled_task"))?,
+        1.0
+    );
     process.signal("TERM")?;
     Ok(())
 }
