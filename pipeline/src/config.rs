@@ -643,7 +643,8 @@ pub struct RemediatorConfig {
     pub preflight: bool,
     /// How often the remediator runs the preflight checks again (also after each reload), so
     /// that a grant given or taken away enables or disables the fixes needing it without a
-    /// restart. A fix whose checks fail is disabled: its alerts are recorded as `refused` jobs.
+    /// restart. A fix whose checks fail is disabled: its alerts are recorded as `refused` jobs;
+    /// while one is, the checks run at least every minute.
     #[serde(default = "defaults::preflight_interval", with = "humantime_serde")]
     pub preflight_interval: Duration,
 }

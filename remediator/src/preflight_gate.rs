@@ -121,6 +121,9 @@ pub fn refusal(fix: FixName, failed: &[Check]) -> (String, serde_json::Value) {
     (summary, details)
 }
 
+/// The longest a disabled fix waits for its next check.
+pub const RECHECK_REFUSED: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct State {
     verdicts: BTreeMap<FixName, Verdict>,
     checked_at: Option<DateTime<Utc>>,
@@ -240,8 +243,18 @@ impl FixGate {
                     "Preflight rechecked; no fix changed."
                 );
             }
+            // A disabled fix is looked at again within a minute: a passing blip (a network
+            // error at the check) or a grant given since does not keep it off a whole interval.
+            let refused = FixName::ALL
+                .iter()
+                .any(|f| matches!(self.verdict(*f), Verdict::Refused(_)));
+            let wait = if refused {
+                current.remediator.preflight_interval.min(RECHECK_REFUSED)
+            } else {
+                current.remediator.preflight_interval
+            };
             tokio::select! {
-                _ = tokio::time::sleep(current.remediator.preflight_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.recheck.notified() => {}
                 _ = shutdown.changed() => return,
             }
