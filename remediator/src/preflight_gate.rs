@@ -20,6 +20,10 @@ use crate::metrics::Metrics;
 /// The preflight checks `fix` needs to act with `config`. One entry per fix; the match makes a
 /// new fix fail to compile until it says what it needs. A fix lists the connection under a
 /// table check too: when the connection fails, the table checks behind it are not run at all.
+/// Whether `StopReplicationTask`/`StartReplicationTask` are allowed is not among the checks:
+/// the request has no dry-run (only the task's ARN,
+/// <https://docs.aws.amazon.com/dms/latest/APIReference/API_StopReplicationTask.html>), so a
+/// denial shows as the job's error.
 pub fn needs(fix: FixName, config: &Config) -> Vec<CheckKind> {
     use CheckKind::*;
     // The AWS identity comes first in every AWS check: when it fails, none of them runs.
