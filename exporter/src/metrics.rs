@@ -57,6 +57,8 @@ pub const TABLE_EXTRA_IDS: &str = "table_extra_ids";
 pub const TABLE_MAX_ID_LAG: &str = "table_max_id_lag";
 /// `dmsguard_table_frontier_id`
 pub const TABLE_FRONTIER_ID: &str = "table_frontier_id";
+/// `dmsguard_source_replica_lag_seconds`
+pub const SOURCE_REPLICA_LAG: &str = "source_replica_lag";
 /// `dmsguard_config_memory_threshold_bytes`
 pub const CONFIG_MEMORY_THRESHOLD: &str = "config_memory_threshold";
 /// `dmsguard_config_maintenance_stop_before_seconds`
@@ -583,6 +585,8 @@ pub struct GapMetrics {
     pub extra_ids: Family<TableWindowLabels, Gauge>,
     pub max_id_lag: Family<TableLabels, Gauge>,
     pub frontier_id: Family<TableLabels, Gauge>,
+    /// How far `[source.replica]` is behind the primary; absent without a replica.
+    pub replica_lag_seconds: OptionalGauge,
 }
 
 impl GapMetrics {
@@ -592,7 +596,14 @@ impl GapMetrics {
             extra_ids: Family::default(),
             max_id_lag: Family::default(),
             frontier_id: Family::default(),
+            replica_lag_seconds: OptionalGauge::default(),
         };
+        registry.register_with_unit(
+            SOURCE_REPLICA_LAG,
+            "How far [source.replica] is behind the primary (now minus the last replayed commit; 0 when it has replayed all it received), read by the gaps probe; bounds the replication frontier.",
+            Unit::Seconds,
+            m.replica_lag_seconds.clone(),
+        );
         registry.register(
             TABLE_MISSING_IDS,
             "Ids in the source but not in the target, among the source rows of the UTC day.",

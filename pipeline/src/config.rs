@@ -46,6 +46,13 @@ impl ConfigError {
 pub struct Config {
     /// The production PostgreSQL database DMS replicates from.
     pub source: DatabaseConfig,
+    /// `[source.replica]`: a read replica of the source, with the same keys as `[source]`
+    /// (url, password or password_file, sslmode, sslrootcert, iam, …). When set, every read of
+    /// the source (the gap finder, the exporter's source probes, the repairs' row reads, the
+    /// DDL generator) goes to it and the primary is only checked by preflight; replication
+    /// progress is bounded by the replica's replay point (`dmsguard_pipeline::replica`).
+    #[serde(skip)]
+    pub source_replica: Option<DatabaseConfig>,
     /// The Amazon Redshift target DMS writes to.
     pub redshift: RedshiftConfig,
     /// How to reach the AWS APIs (DMS, CloudWatch, Redshift).
@@ -642,6 +649,12 @@ pub struct RemediatorConfig {
     /// at start-up and log each result (default true).
     #[serde(default = "defaults::yes")]
     pub preflight: bool,
+    /// How often the remediator runs the preflight checks again (also after each reload), so
+    /// that a grant given or taken away enables or disables the fixes needing it without a
+    /// restart. A fix whose checks fail is disabled: its alerts are recorded as `refused` jobs;
+    /// while one is, the checks run at least every minute.
+    #[serde(default = "defaults::preflight_interval", with = "humantime_serde")]
+    pub preflight_interval: Duration,
 }
 
 impl Default for RemediatorConfig {
@@ -670,6 +683,7 @@ impl Default for RemediatorConfig {
             resume_give_up_after: defaults::resume_give_up_after(),
             maintenance_margin: defaults::maintenance_margin(),
             preflight: true,
+            preflight_interval: defaults::preflight_interval(),
         }
     }
 }
@@ -796,6 +810,9 @@ pub mod defaults {
     pub fn resume_give_up_after() -> Duration {
         Duration::from_secs(3600)
     }
+    pub fn preflight_interval() -> Duration {
+        Duration::from_secs(5 * 60)
+    }
     pub fn maintenance_margin() -> Duration {
         Duration::from_secs(5 * 60)
     }
@@ -824,8 +841,25 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text)?;
         expand_table(&mut table, "", env)?;
+        // `[source.replica]` is a database of its own: taken out before `[source]` is read.
+        let replica = table
+            .get_mut("source")
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|source| source.remove("replica"));
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::key(e.path().to_string(), e.inner().to_string()))?;
+        if let Some(replica) = replica {
+            config.source_replica =
+                Some(serde_path_to_error::deserialize(replica).map_err(|e| {
+                    let path = e.path().to_string();
+                    let key = if path == "." || path.is_empty() {
+                        "source.replica".to_owned()
+                    } else {
+                        format!("source.replica.{path}")
+                    };
+                    ConfigError::key(key, e.inner().to_string())
+                })?);
+        }
         config.normalise_table_names()?;
         config.validate()?;
         config.attach_aws_to_iam();
@@ -837,6 +871,9 @@ impl Config {
         let aws = self.aws.clone();
         for iam in [
             self.source.iam.as_mut(),
+            self.source_replica
+                .as_mut()
+                .and_then(|replica| replica.iam.as_mut()),
             self.redshift.iam.as_mut(),
             self.remediator
                 .ledger
@@ -879,6 +916,11 @@ impl Config {
         )?;
         if let Some(ledger) = &self.remediator.ledger {
             check_secret_pair("remediator.ledger", &ledger.password, &ledger.password_file)?;
+        }
+        if let Some(replica) = &self.source_replica {
+            check_secret_pair("source.replica", &replica.password, &replica.password_file)?;
+            check_iam("source.replica", replica, IamMethod::Rds)?;
+            check_tls("source.replica", replica)?;
         }
         self.aws.validate()?;
         check_iam("source", &self.source, IamMethod::Rds)?;
@@ -993,6 +1035,12 @@ impl Config {
                 "must be at most 320 characters, without quotes or backslashes",
             ));
         }
+        if self.remediator.preflight_interval < Duration::from_secs(1) {
+            return Err(ConfigError::key(
+                "remediator.preflight_interval",
+                "must be at least 1s",
+            ));
+        }
         if self.remediator.repair_rows_per_second == Some(0) {
             return Err(ConfigError::key(
                 "remediator.repair_rows_per_second",
@@ -1029,6 +1077,12 @@ impl Config {
                  database, and a wildcard DMS table mapping replicated the ledger into Redshift",
             )
         })
+    }
+
+    /// The database every read of the source goes to: `[source.replica]` when set, else
+    /// `[source]`. Nothing dmsguard does writes the source.
+    pub fn source_reads(&self) -> &DatabaseConfig {
+        self.source_replica.as_ref().unwrap_or(&self.source)
     }
 
     /// Whether the ledger is the same database as `[source]` (same host, port and database).
@@ -1581,6 +1635,33 @@ mod tests {
         let text = MINIMAL.replace("[redshift]", "sslmode = \"strict\"\n[redshift]");
         let err = Config::from_toml(&text, &env).unwrap_err().to_string();
         assert!(err.contains("source.sslmode"), "{err}");
+    }
+
+    #[test]
+    fn a_source_replica_takes_the_source_keys_and_every_read() {
+        let env = |n: &str| (n == "PW").then(|| "s3cret".to_owned());
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        assert!(c.source_replica.is_none());
+        assert_eq!(c.source_reads().url, c.source.url);
+        let text = format!(
+            "{MINIMAL}\n[source.replica]\nurl = \"postgresql://ro@replica/source?sslmode=require\"\npassword = \"pw\"\n"
+        );
+        let c = Config::from_toml(&text, &env).unwrap();
+        assert_eq!(
+            c.source_reads().url,
+            "postgresql://ro@replica/source?sslmode=require"
+        );
+        assert_eq!(c.source_reads().password.as_ref().unwrap().expose(), "pw");
+        assert_ne!(c.source.url, c.source_reads().url);
+        let bad =
+            format!("{MINIMAL}\n[source.replica]\nurl = \"postgresql://ro@r/s\"\nhost = \"x\"\n");
+        let err = Config::from_toml(&bad, &env).unwrap_err().to_string();
+        assert!(err.contains("source.replica"), "{err}");
+        let both = format!(
+            "{MINIMAL}\n[source.replica]\nurl = \"postgresql://ro@r/s\"\npassword = \"a\"\npassword_file = \"/f\"\n"
+        );
+        let err = Config::from_toml(&both, &env).unwrap_err().to_string();
+        assert!(err.contains("source.replica"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod preflight;
 pub mod process;
 pub mod reload;
+pub mod replica;
 pub mod report;
 pub mod secret;
 pub mod service;

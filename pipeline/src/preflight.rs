@@ -14,11 +14,46 @@ use crate::config::{Config, DatabaseConfig, QualifiedName, SystemViews};
 use crate::db;
 use crate::tls::TlsState;
 
+/// What a check is about. The remediator says which of these each fix needs, so a failed
+/// check disables exactly the fixes that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CheckKind {
+    /// Connecting to the database source reads go to: `[source.replica]` when set, else
+    /// `[source]`.
+    SourceConnection,
+    /// Connecting to the `[source]` primary when a `[source.replica]` takes the reads.
+    SourcePrimaryConnection,
+    /// `SELECT` on a configured table at the `[source]` primary when a replica takes the reads.
+    SourcePrimaryTable,
+    /// Connecting to `[redshift]`.
+    RedshiftConnection,
+    /// Connecting to `[remediator.ledger]`.
+    LedgerConnection,
+    /// `SELECT` on a configured table where source reads go (the replica when set).
+    SourceTable,
+    /// `SELECT` on a configured table's target.
+    TargetTable,
+    /// `INSERT` into a configured table's target (repairs).
+    TargetInsert,
+    /// Reading the Redshift system view DMS's statements are in.
+    SystemView,
+    /// An AWS identity (the credential chain, and the assumed role).
+    AwsIdentity,
+    /// A configured DMS task exists (and `DescribeReplicationTasks` is allowed).
+    DmsTask,
+    /// A configured replication instance exists.
+    ReplicationInstance,
+    /// The configured Redshift cluster exists.
+    RedshiftCluster,
+}
+
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     /// What was checked, e.g. `source connection`.
     pub name: String,
+    /// What kind of thing was checked.
+    pub kind: CheckKind,
     pub ok: bool,
     /// What was found (or the error).
     pub detail: String,
@@ -38,18 +73,26 @@ impl Report {
         self.checks.iter().all(|c| c.ok)
     }
 
-    fn pass(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+    fn pass(&mut self, kind: CheckKind, name: impl Into<String>, detail: impl Into<String>) {
         self.checks.push(Check {
             name: name.into(),
+            kind,
             ok: true,
             detail: detail.into(),
             fix: None,
         });
     }
 
-    fn fail(&mut self, name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
+    fn fail(
+        &mut self,
+        kind: CheckKind,
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
         self.checks.push(Check {
             name: name.into(),
+            kind,
             ok: false,
             detail: detail.into(),
             fix: Some(fix.into()),
@@ -107,6 +150,7 @@ fn user_of(config: &DatabaseConfig) -> String {
 /// Connects and records the connection check; returns the client when it worked.
 async fn connection(
     report: &mut Report,
+    kind: CheckKind,
     name: &str,
     config: &DatabaseConfig,
 ) -> Option<tokio_postgres::Client> {
@@ -130,6 +174,7 @@ async fn connection(
                 .map(|s| s.to_string())
                 .unwrap_or_default();
             report.pass(
+                kind,
                 check,
                 format!("{}: {tls} ({settings})", db::describe(config)),
             );
@@ -137,6 +182,7 @@ async fn connection(
         }
         Err(e) => {
             report.fail(
+                kind,
                 check,
                 e.to_string(),
                 format!(
@@ -152,6 +198,7 @@ async fn connection(
 /// `SELECT` on a table: works, or the error with a GRANT to run.
 async fn readable(
     report: &mut Report,
+    kind: CheckKind,
     client: &tokio_postgres::Client,
     name: String,
     table: &QualifiedName,
@@ -159,7 +206,7 @@ async fn readable(
 ) {
     let sql = format!("SELECT 1 FROM {} LIMIT 0", table.quoted());
     match client.query(&sql, &[]).await {
-        Ok(_) => report.pass(name, "SELECT works"),
+        Ok(_) => report.pass(kind, name, "SELECT works"),
         Err(e) => {
             let code = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
             let fix = match code.as_str() {
@@ -171,7 +218,7 @@ async fn readable(
                     table.quoted()
                 ),
             };
-            report.fail(name, db::error_chain(&e), fix);
+            report.fail(kind, name, db::error_chain(&e), fix);
         }
     }
 }
@@ -187,6 +234,7 @@ async fn insertable(
     table: &QualifiedName,
     user: &str,
 ) {
+    let kind = CheckKind::TargetInsert;
     let grant = format!("GRANT INSERT ON {} TO {user};", table.quoted());
     match client
         .query_one(
@@ -195,25 +243,95 @@ async fn insertable(
         )
         .await
     {
-        Ok(row) if row.get::<_, bool>(0) => report.pass(name, "INSERT allowed"),
-        Ok(_) => report.fail(name, format!("{user} may not INSERT into {table}"), grant),
-        Err(e) => report.fail(name, db::error_chain(&e), grant),
+        Ok(row) if row.get::<_, bool>(0) => report.pass(kind, name, "INSERT allowed"),
+        Ok(_) => report.fail(
+            kind,
+            name,
+            format!("{user} may not INSERT into {table}"),
+            grant,
+        ),
+        Err(e) => report.fail(kind, name, db::error_chain(&e), grant),
     }
 }
 
 /// Runs every check that applies to `config`; `ledger` adds what only the remediator needs:
 /// its ledger database and INSERT on the target tables.
 pub async fn run(config: &Config, ledger: bool) -> Report {
+    run_for(config, ledger, None).await
+}
+
+/// [`run`], leaving out the AWS checks unless `kinds` (when given) asks for one of them: a hand
+/// run of a fix that needs no AWS call does not wait on the AWS APIs.
+pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>) -> Report {
+    let wants_aws = kinds.is_none_or(|kinds| {
+        kinds.iter().any(|k| {
+            matches!(
+                k,
+                CheckKind::AwsIdentity
+                    | CheckKind::DmsTask
+                    | CheckKind::ReplicationInstance
+                    | CheckKind::RedshiftCluster
+            )
+        })
+    });
     let mut report = Report::default();
-    let source = connection(&mut report, "source", &config.source).await;
+    let replica_set = config.source_replica.is_some();
+    let (primary_kind, primary_table_kind) = if replica_set {
+        (
+            CheckKind::SourcePrimaryConnection,
+            CheckKind::SourcePrimaryTable,
+        )
+    } else {
+        (CheckKind::SourceConnection, CheckKind::SourceTable)
+    };
+    let source = connection(&mut report, primary_kind, "source", &config.source).await;
+    let replica = match &config.source_replica {
+        Some(r) => {
+            let client = connection(
+                &mut report,
+                CheckKind::SourceConnection,
+                "source replica",
+                r,
+            )
+            .await;
+            if let Some(client) = &client {
+                match crate::replica::replay_state(client).await {
+                    Ok(state) => report.pass(
+                        CheckKind::SourceConnection,
+                        "source replica replay",
+                        if state.in_recovery {
+                            format!("standby, {:.1} s behind the primary", state.lag.as_secs_f64())
+                        } else {
+                            "not a standby: sees every commit (lag 0)".to_owned()
+                        },
+                    ),
+                    Err(e) => report.fail(
+                        CheckKind::SourceConnection,
+                        "source replica replay",
+                        e.to_string(),
+                        "point [source.replica] at a PostgreSQL streaming replica (pg_last_xact_replay_timestamp()), or leave it out",
+                    ),
+                }
+            }
+            client
+        }
+        None => None,
+    };
     let redshift_db = config.redshift.database();
-    let redshift = connection(&mut report, "redshift", &redshift_db).await;
+    let redshift = connection(
+        &mut report,
+        CheckKind::RedshiftConnection,
+        "redshift",
+        &redshift_db,
+    )
+    .await;
     if ledger {
         match config.ledger_database() {
             Ok(l) => {
-                let _ = connection(&mut report, "ledger", l).await;
+                let _ = connection(&mut report, CheckKind::LedgerConnection, "ledger", l).await;
             }
             Err(e) => report.fail(
+                CheckKind::LedgerConnection,
                 "ledger connection",
                 e.to_string(),
                 "add [remediator.ledger]",
@@ -231,6 +349,7 @@ pub async fn run(config: &Config, ledger: bool) -> Report {
             let user = user_of(&config.source);
             readable(
                 &mut report,
+                primary_table_kind,
                 client,
                 format!("source table {src}"),
                 &src,
@@ -238,10 +357,22 @@ pub async fn run(config: &Config, ledger: bool) -> Report {
             )
             .await;
         }
+        if let (Some(client), Some(r)) = (&replica, &config.source_replica) {
+            readable(
+                &mut report,
+                CheckKind::SourceTable,
+                client,
+                format!("source replica table {src}"),
+                &src,
+                &user_of(r),
+            )
+            .await;
+        }
         if let Some(client) = &redshift {
             let user = user_of(&redshift_db);
             readable(
                 &mut report,
+                CheckKind::TargetTable,
                 client,
                 format!("target table {dst}"),
                 &dst,
@@ -272,8 +403,9 @@ pub async fn run(config: &Config, ledger: bool) -> Report {
             .query(&format!("SELECT 1 FROM {view} LIMIT 0"), &[])
             .await
         {
-            Ok(_) => report.pass(name, "readable"),
+            Ok(_) => report.pass(CheckKind::SystemView, name, "readable"),
             Err(e) => report.fail(
+                CheckKind::SystemView,
                 name,
                 db::error_chain(&e),
                 format!(
@@ -283,16 +415,19 @@ pub async fn run(config: &Config, ledger: bool) -> Report {
             ),
         }
     }
-    aws_checks(&mut report, config).await;
+    if wants_aws {
+        aws_checks(&mut report, config).await;
+    }
     report
 }
 
 async fn aws_checks(report: &mut Report, config: &Config) {
     let sdk = crate::aws::sdk_config(&config.aws).await;
     match caller_identity(&sdk).await {
-        Ok(arn) => report.pass("AWS identity", arn),
+        Ok(arn) => report.pass(CheckKind::AwsIdentity, "AWS identity", arn),
         Err(e) => {
             report.fail(
+                CheckKind::AwsIdentity,
                 "AWS identity",
                 e.to_string(),
                 "set credentials for the default chain (env, profile, IRSA, instance role); with \
@@ -323,8 +458,13 @@ async fn aws_checks(report: &mut Report, config: &Config) {
                 .iter()
                 .find(|t| t.replication_task_identifier() == Some(task.name.as_str()))
             {
-                Some(t) => report.pass(name, t.status().unwrap_or("exists").to_owned()),
+                Some(t) => report.pass(
+                    CheckKind::DmsTask,
+                    name,
+                    t.status().unwrap_or("exists").to_owned(),
+                ),
                 None => report.fail(
+                    CheckKind::DmsTask,
                     name,
                     "not found",
                     "fix [[tasks]].name (the task identifier)",
@@ -335,12 +475,14 @@ async fn aws_checks(report: &mut Report, config: &Config) {
                     .is_some_and(|s| s.is_resource_not_found_fault()) =>
             {
                 report.fail(
+                    CheckKind::DmsTask,
                     name,
                     "not found",
                     "fix [[tasks]].name (the task identifier)",
                 )
             }
             Err(e) => report.fail(
+                CheckKind::DmsTask,
                 name,
                 format!("dms:DescribeReplicationTasks: {}", DisplayErrorContext(&e)),
                 policy,
@@ -376,12 +518,14 @@ async fn aws_checks(report: &mut Report, config: &Config) {
                 .find(|i| i.replication_instance_identifier() == Some(instance))
             {
                 Some(i) => report.pass(
+                    CheckKind::ReplicationInstance,
                     name,
                     i.replication_instance_status()
                         .unwrap_or("exists")
                         .to_owned(),
                 ),
                 None => report.fail(
+                    CheckKind::ReplicationInstance,
                     name,
                     "not found",
                     "fix [[tasks]].replication_instance (the instance identifier)",
@@ -392,12 +536,14 @@ async fn aws_checks(report: &mut Report, config: &Config) {
                     .is_some_and(|s| s.is_resource_not_found_fault()) =>
             {
                 report.fail(
+                    CheckKind::ReplicationInstance,
                     name,
                     "not found",
                     "fix [[tasks]].replication_instance (the instance identifier)",
                 )
             }
             Err(e) => report.fail(
+                CheckKind::ReplicationInstance,
                 name,
                 format!(
                     "dms:DescribeReplicationInstances: {}",
@@ -417,6 +563,7 @@ async fn aws_checks(report: &mut Report, config: &Config) {
             .await
         {
             Ok(out) => report.pass(
+                CheckKind::RedshiftCluster,
                 name,
                 out.clusters()
                     .first()
@@ -425,6 +572,7 @@ async fn aws_checks(report: &mut Report, config: &Config) {
                     .unwrap_or_else(|| "exists".to_owned()),
             ),
             Err(e) => report.fail(
+                CheckKind::RedshiftCluster,
                 name,
                 format!(
                     "redshift:DescribeClusters: {}",

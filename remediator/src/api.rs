@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 use crate::alerts::{parse_payload, AlertStatus};
 use crate::ledger::{Admission, AlertRef, Ledger, NewJob};
 use crate::metrics::{Metrics, WebhookResult};
+use crate::preflight_gate::Verdict;
 use crate::routing::{Route, Router};
 use crate::status_page;
 use crate::worker::Worker;
@@ -228,6 +229,7 @@ async fn handle_alerts(
     };
     let mut jobs = Vec::new();
     let mut ignored = Vec::new();
+    let mut refusals = Vec::new();
     let (mut duplicates, mut resolved, mut unknown) = (0u32, 0u32, 0u32);
     for (alert, route) in routed {
         let alert_ref = AlertRef {
@@ -268,6 +270,23 @@ async fn handle_alerts(
                 enabled,
                 dry_run,
             }) => {
+                // A fix the preflight checks disabled: the alert is recorded as a refused job
+                // naming the failed checks and acknowledged (2xx), so Alertmanager does not
+                // retry it; a repeat once the fix is enabled again queues it.
+                let refused = match inner.worker.gate().verdict(fix) {
+                    Verdict::Refused(failed) if enabled => {
+                        Some(crate::preflight_gate::refusal(fix, &failed))
+                    }
+                    _ => None,
+                };
+                let admission = match (&refused, enabled) {
+                    (Some((summary, details)), _) => Admission::Refused {
+                        summary: summary.clone(),
+                        details: details.clone(),
+                    },
+                    (None, true) => Admission::Queued,
+                    (None, false) => Admission::Disabled,
+                };
                 let new = NewJob {
                     alert: Some(alert_ref),
                     fix,
@@ -275,13 +294,22 @@ async fn handle_alerts(
                     labels,
                     dry_run,
                     manual: false,
-                    admission: if enabled {
-                        Admission::Queued
-                    } else {
-                        Admission::Disabled
-                    },
+                    admission,
                 };
                 match inner.ledger.insert_job(&new).await.map_err(ledger_down)? {
+                    Some(job) if refused.is_some() => {
+                        let reason = refused.map(|(summary, _)| summary).unwrap_or_default();
+                        tracing::warn!(job = job.id, alertname = %alert.alertname, fix = %fix, target = %job.target.key, %reason, "Alert refused: its fix is disabled by failing preflight checks.");
+                        inner.metrics.webhook(WebhookResult::Refused);
+                        inner.worker.gate().count_refused(fix);
+                        refusals.push(json!({
+                            "alertname": alert.alertname,
+                            "fingerprint": alert.fingerprint,
+                            "fix": fix.as_str(),
+                            "job": job.id,
+                            "reason": reason,
+                        }));
+                    }
                     Some(job) => {
                         tracing::info!(job = job.id, alertname = %alert.alertname, fix = %fix, target = %job.target.key, enabled, dry_run, "Job queued.");
                         inner.metrics.webhook(WebhookResult::Accepted);
@@ -308,6 +336,7 @@ async fn handle_alerts(
             "resolved": resolved,
             "unknown": unknown,
             "ignored": ignored,
+            "refused": refusals,
         })),
     )
         .into_response())

@@ -89,6 +89,10 @@ pub enum Command {
         /// Print the plan and its SQL; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Run even if the preflight checks this fix needs fail (by default the run is refused,
+        /// recorded as a `refused` job, and exits 1 naming each failed check and its fix).
+        #[arg(long)]
+        skip_preflight: bool,
     },
     /// List recent jobs from the ledger.
     Jobs {
@@ -151,7 +155,7 @@ impl DdlArgs {
             postgres_check: self.postgres_check,
             compression,
         };
-        let source = db::connect(&config.source)
+        let source = db::connect(config.source_reads())
             .await
             .context("connecting to the source database")?;
         let statements = ddl::create_tables(&source, &tables, &options).await?;

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod fixes;
 pub mod ledger;
 pub mod metrics;
+pub mod preflight_gate;
 pub mod progress;
 pub mod routing;
 pub mod status_page;
@@ -75,7 +76,15 @@ impl Core {
         for table in &config.tables {
             metrics.set_repair_rows_remaining(&table.source, 0);
         }
-        let worker = Worker::new(config.clone(), ledger.clone(), fixes, ctx, metrics.clone());
+        let gate = preflight_gate::FixGate::new(&config, metrics.clone());
+        let worker = Worker::new(
+            config.clone(),
+            ledger.clone(),
+            fixes,
+            ctx,
+            metrics.clone(),
+            gate,
+        );
         Ok(Self {
             config,
             ledger,
@@ -130,8 +139,9 @@ impl Remediator {
 
     /// Reloads on SIGHUP and `POST /-/reload` with `loader` (the config file and the command
     /// line's overrides). Routes, each fix's `enabled`, `dry_run`, `cooldown`, the resume retry
-    /// interval and the web config file apply from the next alert, job or connection; other
-    /// changes need a restart (logged). Without a loader, `/-/reload` answers 404.
+    /// interval, the preflight interval and the web config file apply from the next alert, job
+    /// or connection; other changes need a restart (logged). Every reload runs the preflight
+    /// checks again. Without a loader, `/-/reload` answers 404.
     pub fn reload_from(mut self, loader: ConfigLoader) -> Self {
         self.reload = Some(loader);
         self
@@ -166,24 +176,21 @@ impl Remediator {
             mut registry,
         } = self.core;
         let reload_metrics = ReloadMetrics::register(&mut registry);
+        let gate = worker.gate().clone();
         let reloader = self.reload.map(|loader| {
             Reloader::new(
                 loader,
-                live_settings(worker.live_config(), self.web.clone()),
+                live_settings(worker.live_config(), self.web.clone(), gate.clone()),
                 reload_metrics,
             )
         });
         let sighup = reloader.as_ref().map(Reloader::on_sighup);
-        if config.remediator.preflight {
-            // The checks of `dmsguard-remediator preflight`, logged once; they do not stop it.
-            let config = config.clone();
-            tokio::spawn(async move {
-                dmsguard_pipeline::preflight::run(&config, true)
-                    .await
-                    .log("dmsguard-remediator");
-            });
-        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if config.remediator.preflight {
+            // The checks of `dmsguard-remediator preflight`, now, after each reload and every
+            // preflight_interval: a fix whose checks fail is disabled until they pass.
+            tokio::spawn(gate.run(worker.live_config(), stop_rx.clone()));
+        }
         let worker_task = tokio::spawn(worker.clone().run(stop_rx));
         let state = api::ApiState::new(
             self.token,
@@ -216,7 +223,11 @@ impl Remediator {
 /// What a reload applies: the new file's routes, fix switches (`enabled`, `dry_run`,
 /// `cooldown`), resume retry interval and web config; everything else keeps its start-up value
 /// (databases, AWS, tasks, tables and the listener are held by running parts).
-fn live_settings(live: LiveConfig, web: WebHandle) -> dmsguard_pipeline::reload::ConfigApplier {
+fn live_settings(
+    live: LiveConfig,
+    web: WebHandle,
+    gate: preflight_gate::FixGate,
+) -> dmsguard_pipeline::reload::ConfigApplier {
     Arc::new(move |new: Config| {
         let web_config = match &new.remediator.web_config_file {
             Some(path) => WebConfig::load(path)?,
@@ -228,6 +239,7 @@ fn live_settings(live: LiveConfig, web: WebHandle) -> dmsguard_pipeline::reload:
             config.remediator.fixes = from.remediator.fixes.clone();
             config.remediator.resume_retry_interval = from.remediator.resume_retry_interval;
             config.remediator.web_config_file = from.remediator.web_config_file.clone();
+            config.remediator.preflight_interval = from.remediator.preflight_interval;
         };
         let mut applied = (*old).clone();
         keep_live(&mut applied, &new);
@@ -241,6 +253,8 @@ fn live_settings(live: LiveConfig, web: WebHandle) -> dmsguard_pipeline::reload:
             );
         }
         live.replace(applied);
+        // A reload is when an operator says "I fixed it": check again now.
+        gate.request_recheck();
         Ok(())
     })
 }

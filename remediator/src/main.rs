@@ -57,12 +57,14 @@ async fn run() -> anyhow::Result<()> {
             from_id,
             to_id,
             dry_run,
+            skip_preflight,
         } => {
             let target = commands::target(fix, task, table, replication_instance)?;
-            let window = commands::WindowArgs {
+            let window = commands::RunOptions {
                 day,
                 from_id,
                 to_id,
+                skip_preflight,
             };
             let code = commands::run_fix_with(config, fix, target, dry_run, window).await?;
             std::process::exit(code);

@@ -20,6 +20,9 @@ pub const RESUMES_OWED: &str = "remediator_resumes_owed";
 pub const RESUMES: &str = "remediator_resumes";
 pub const REPAIR_ROWS: &str = "remediator_repair_rows";
 pub const REPAIR_ROWS_REMAINING: &str = "remediator_repair_rows_remaining";
+pub const FIX_ENABLED: &str = "remediator_fix_enabled";
+pub const ALERTS_REFUSED: &str = "remediator_alerts_refused";
+pub const PREFLIGHT_LAST_RUN: &str = "remediator_preflight_last_run_timestamp_seconds";
 
 /// What became of a row a repair set out to insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,6 +117,9 @@ pub enum WebhookResult {
     Resolved,
     /// An alert no route names: acknowledged, nothing runs.
     UnknownAlert,
+    /// A firing alert routed to a fix the preflight checks disabled: recorded as a `refused`
+    /// job naming the failed checks; nothing runs.
+    Refused,
     /// A routed alert naming a table, task or replication instance the config does not have:
     /// acknowledged with the reason, nothing runs (no failed job pages anyone).
     UnknownTarget,
@@ -126,8 +132,9 @@ pub enum WebhookResult {
 }
 
 impl WebhookResult {
-    pub const ALL: [WebhookResult; 8] = [
+    pub const ALL: [WebhookResult; 9] = [
         WebhookResult::Accepted,
+        WebhookResult::Refused,
         WebhookResult::Duplicate,
         WebhookResult::Resolved,
         WebhookResult::UnknownAlert,
@@ -142,6 +149,7 @@ impl WebhookResult {
             WebhookResult::Accepted => "accepted",
             WebhookResult::Duplicate => "duplicate",
             WebhookResult::Resolved => "resolved",
+            WebhookResult::Refused => "refused",
             WebhookResult::UnknownAlert => "unknown_alert",
             WebhookResult::UnknownTarget => "unknown_target",
             WebhookResult::Unauthorized => "unauthorized",
@@ -208,6 +216,9 @@ pub struct Metrics {
     resumes: Family<ResumeLabels, Counter>,
     repair_rows: Family<RepairRowLabels, Counter>,
     repair_rows_remaining: Family<TableLabels, Gauge>,
+    fix_enabled: Family<FixLabels, Gauge>,
+    alerts_refused: Family<FixLabels, Counter>,
+    preflight_last_run: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -223,6 +234,9 @@ impl Metrics {
             resumes: Family::default(),
             repair_rows: Family::default(),
             repair_rows_remaining: Family::default(),
+            fix_enabled: Family::default(),
+            alerts_refused: Family::default(),
+            preflight_last_run: Gauge::default(),
         };
         registry.register(
             WEBHOOKS,
@@ -269,6 +283,21 @@ impl Metrics {
             "Rows a running repair has still to handle, by table (0 when none runs)",
             metrics.repair_rows_remaining.clone(),
         );
+        registry.register(
+            FIX_ENABLED,
+            "Whether alerts may run the fix (1): enabled in the config and the preflight checks it needs pass; 0 while they fail or have not run yet",
+            metrics.fix_enabled.clone(),
+        );
+        registry.register(
+            ALERTS_REFUSED,
+            "Firing alerts (and queued jobs) refused because the preflight checks their fix needs fail, by fix",
+            metrics.alerts_refused.clone(),
+        );
+        registry.register(
+            PREFLIGHT_LAST_RUN,
+            "Unix time the preflight checks that enable and disable fixes last finished (absent: not yet, or remediator.preflight off)",
+            metrics.preflight_last_run.clone(),
+        );
         for result in WebhookResult::ALL {
             let _ = metrics.webhooks.get_or_create(&WebhookLabels { result });
         }
@@ -285,6 +314,12 @@ impl Metrics {
             let _ = metrics
                 .jobs_in_flight
                 .get_or_create(&FixLabels { fix: FixLabel(fix) });
+            let _ = metrics
+                .fix_enabled
+                .get_or_create(&FixLabels { fix: FixLabel(fix) });
+            let _ = metrics
+                .alerts_refused
+                .get_or_create(&FixLabels { fix: FixLabel(fix) });
             for result in ResumeResult::ALL {
                 let _ = metrics.resumes.get_or_create(&ResumeLabels {
                     fix: FixLabel(fix),
@@ -299,9 +334,29 @@ impl Metrics {
         self.webhooks.get_or_create(&WebhookLabels { result }).inc();
     }
 
-    /// Counts a finished job (disabled-fix records are not jobs that ran and are not counted).
+    /// Sets whether alerts may run `fix`.
+    pub fn set_fix_enabled(&self, fix: FixName, enabled: bool) {
+        self.fix_enabled
+            .get_or_create(&FixLabels { fix: FixLabel(fix) })
+            .set(i64::from(enabled));
+    }
+
+    /// Records that the preflight checks finished at `unix_seconds`.
+    pub fn set_preflight_last_run(&self, unix_seconds: f64) {
+        self.preflight_last_run.set(unix_seconds);
+    }
+
+    /// Counts an alert (or a queued job) refused because `fix` is disabled by its checks.
+    pub fn alert_refused(&self, fix: FixName) {
+        self.alerts_refused
+            .get_or_create(&FixLabels { fix: FixLabel(fix) })
+            .inc();
+    }
+
+    /// Counts a finished job (disabled-fix and refused records are not jobs that ran and are
+    /// not counted; refusals count in `alerts_refused`).
     pub fn job_finished(&self, fix: FixName, outcome: JobOutcome, seconds: f64) {
-        if outcome == JobOutcome::Disabled {
+        if matches!(outcome, JobOutcome::Disabled | JobOutcome::Refused) {
             return;
         }
         self.jobs

@@ -18,6 +18,7 @@ use crate::ledger::{
     Job, JobOutcome, Ledger, LedgerError, ResumeObligation, ResumeState, ScheduledStep, TaskLocks,
 };
 use crate::metrics::{Metrics, ResumeResult};
+use crate::preflight_gate::{FixGate, Verdict};
 use dmsguard_pipeline::report::ErrorChain;
 
 /// Time between two looks at the ledger when nothing wakes the worker.
@@ -71,6 +72,8 @@ struct Inner {
     fixes: FixRegistry,
     ctx: FixContext,
     metrics: Metrics,
+    /// Which fixes the preflight checks let run; jobs of a pending fix wait in the queue.
+    gate: FixGate,
     runner: String,
     wake: Arc<Notify>,
     limits: BTreeMap<FixName, Arc<Semaphore>>,
@@ -85,6 +88,7 @@ impl Worker {
         fixes: FixRegistry,
         ctx: FixContext,
         metrics: Metrics,
+        gate: FixGate,
     ) -> Self {
         let limits = FixName::ALL
             .into_iter()
@@ -105,6 +109,7 @@ impl Worker {
                 fixes,
                 ctx: ctx.with_metrics(metrics.clone()),
                 metrics,
+                gate,
                 runner,
                 wake: Arc::new(Notify::new()),
                 limits,
@@ -117,6 +122,11 @@ impl Worker {
     /// The configuration the worker reads on each job; a reload replaces it.
     pub fn live_config(&self) -> LiveConfig {
         self.inner.config.clone()
+    }
+
+    /// Which fixes the preflight checks let run.
+    pub fn gate(&self) -> &FixGate {
+        &self.inner.gate
     }
 
     /// This worker's id, recorded as `runner` on the jobs and steps it runs.
@@ -214,6 +224,11 @@ impl Worker {
 
     async fn claim(&self, running: &mut JoinSet<()>) {
         for (&fix, limit) in &self.inner.limits {
+            // Until the first checks finish, a fix's jobs wait; a refused fix's are claimed
+            // and recorded as refused.
+            if self.inner.gate.verdict(fix) == Verdict::Pending {
+                continue;
+            }
             while let Ok(permit) = limit.clone().try_acquire_owned() {
                 match self.inner.ledger.claim_job(fix, &self.inner.runner).await {
                     Ok(Some(job)) => {
@@ -265,6 +280,22 @@ impl Worker {
         let config = inner.config.current();
         let settings = config.remediator.fixes.get(job.fix);
         tracing::info!(job = job.id, fix = %job.fix, target = %job.target.key, "Running job.");
+        // A job queued before a recheck disabled its fix; hand runs decide for themselves.
+        if let (false, Verdict::Refused(failed)) = (job.manual, inner.gate.verdict(job.fix)) {
+            let (summary, details) = crate::preflight_gate::refusal(job.fix, &failed);
+            inner.gate.count_refused(job.fix);
+            return self
+                .finish(
+                    &job,
+                    started,
+                    JobOutcome::Refused,
+                    &summary,
+                    None,
+                    None,
+                    details,
+                )
+                .await;
+        }
 
         let plan = match fix.plan(&inner.ctx, &job).await {
             Ok(plan) => plan,
@@ -396,7 +427,7 @@ impl Worker {
         let seconds = started.elapsed().as_secs_f64();
         self.inner.metrics.job_finished(job.fix, outcome, seconds);
         match outcome {
-            JobOutcome::Failed | JobOutcome::NeedsHuman => tracing::warn!(
+            JobOutcome::Failed | JobOutcome::NeedsHuman | JobOutcome::Refused => tracing::warn!(
                 job = job.id,
                 fix = %job.fix,
                 target = %job.target.key,

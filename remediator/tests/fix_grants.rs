@@ -1,7 +1,9 @@
 //! Exactly the grants of `docs/grants.md` suffice, through the `dmsguard-remediator` binary on
 //! the lab's PostgreSQL (`source tests/lab/env.sh` first): with one grant taken away the fix it
-//! serves fails with the server's own message and SQLSTATE, changing nothing; with the
-//! documented grants (the ledger included) the same repair inserts every missing row.
+//! serves fails with the server's own message and SQLSTATE, changing nothing (the preflight
+//! gate refuses it first, naming the check, where a check covers the grant; `--skip-preflight`
+//! reaches the fix); with the documented grants (the ledger included) the same repair inserts
+//! every missing row.
 
 mod repair_lab;
 
@@ -35,20 +37,26 @@ async fn each_documented_grant_of_the_repair_is_needed_and_its_absence_is_named(
         "",
         "[[tables]]\nsource = \"public.orders\"\nday_column = \"created_at\"\n",
     );
-    let repair = || {
-        run_binary(
-            &config,
-            &[
-                "run",
-                "missing_rows",
-                "--table",
-                "public.orders",
-                "--from-id",
-                "1",
-                "--to-id",
-                "20",
-            ],
-        )
+    let args = [
+        "run",
+        "missing_rows",
+        "--table",
+        "public.orders",
+        "--from-id",
+        "1",
+        "--to-id",
+        "20",
+    ];
+    // Past the preflight gate, to see what the fix itself says.
+    let repair = || run_binary(&config, &[&args[..], &["--skip-preflight"]].concat());
+    // The gate's refusal names the check that fails, before the fix runs.
+    let refused_naming = |check: &str| -> anyhow::Result<()> {
+        let out = run_binary(&config, &args)?;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(stdout.contains("outcome: refused"), "{stdout}");
+        assert!(stdout.contains(&format!("[FAIL] {check}")), "{stdout}");
+        Ok(())
     };
     let denied = "permission denied for table orders (SQLSTATE 42501)";
 
@@ -58,6 +66,7 @@ async fn each_documented_grant_of_the_repair_is_needed_and_its_absence_is_named(
             "REVOKE INSERT ON public.orders FROM {REMEDIATOR_USER}"
         ))
         .await?;
+    refused_naming("target table public.orders insert")?;
     let error = failed_with(&repair()?);
     assert!(error.contains(denied), "no INSERT on the target: {error}");
     assert!(error.contains("public.orders"), "names the table: {error}");
@@ -74,6 +83,7 @@ async fn each_documented_grant_of_the_repair_is_needed_and_its_absence_is_named(
             "REVOKE SELECT ON public.orders FROM {REMEDIATOR_USER}"
         ))
         .await?;
+    refused_naming("source table public.orders")?;
     let error = failed_with(&repair()?);
     assert!(error.contains(denied), "no SELECT on the source: {error}");
     assert!(target_ids(&target).await?.is_empty(), "nothing inserted");
@@ -99,8 +109,8 @@ async fn each_documented_grant_of_the_repair_is_needed_and_its_absence_is_named(
         ))
         .await?;
 
-    // Exactly the documented grants again: the same repair inserts all 20 rows.
-    let out = repair()?;
+    // Exactly the documented grants again: the same repair, gate included, inserts all 20 rows.
+    let out = run_binary(&config, &args)?;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_eq!(target_ids(&target).await?, (1..=20).collect::<Vec<i64>>());

@@ -2,7 +2,8 @@
 //! (`source tests/lab/env.sh` first), for what a name or a failure must carry: a table whose
 //! name needs quoting is configured, named on the CLI and repaired; a repair against a target
 //! table that does not exist fails with the server's own message and SQLSTATE in the ledger,
-//! the CLI and the logs, never a bare "db error".
+//! the CLI and the logs, never a bare "db error" (the preflight gate refuses it first with the
+//! same message; `--skip-preflight` reaches the fix).
 
 mod repair_lab;
 
@@ -22,22 +23,29 @@ async fn a_missing_target_table_fails_with_the_servers_message_everywhere() -> a
         "[[tables]]\nsource = \"public.orders\"\ntarget = \"public.absent_orders\"\nday_column = \"created_at\"\n",
     );
 
-    let out = run_binary(
-        &config,
-        &[
-            "run",
-            "missing_rows",
-            "--table",
-            "public.orders",
-            "--from-id",
-            "1",
-            "--to-id",
-            "20",
-        ],
-    )?;
+    let args = [
+        "run",
+        "missing_rows",
+        "--table",
+        "public.orders",
+        "--from-id",
+        "1",
+        "--to-id",
+        "20",
+    ];
+    let cause = "relation \"public.absent_orders\" does not exist (SQLSTATE 42P01)";
+    // The preflight gate refuses the run first, with the same cause.
+    let out = run_binary(&config, &args)?;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    let cause = "relation \"public.absent_orders\" does not exist (SQLSTATE 42P01)";
+    assert!(
+        stdout.contains("outcome: refused") && stdout.contains(cause),
+        "{stdout}"
+    );
+    // Past the gate, the fix itself fails with it.
+    let out = run_binary(&config, &[&args[..], &["--skip-preflight"]].concat())?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("outcome: failed"), "{stdout}");
     let error_line = stdout
         .lines()
@@ -54,7 +62,10 @@ async fn a_missing_target_table_fails_with_the_servers_message_everywhere() -> a
 
     let ledger = dbs.source_client().await?;
     let row = ledger
-        .query_one("SELECT outcome, error FROM dmsguard.jobs", &[])
+        .query_one(
+            "SELECT outcome, error FROM dmsguard.jobs ORDER BY id DESC LIMIT 1",
+            &[],
+        )
         .await?;
     let (outcome, error): (Option<String>, Option<String>) = (row.get(0), row.get(1));
     assert_eq!(outcome.as_deref(), Some("failed"));

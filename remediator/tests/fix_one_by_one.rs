@@ -342,7 +342,19 @@ async fn stl_views_lead_to_the_same_repair_through_the_cli() -> anyhow::Result<(
             "[[tables]]",
             "[[tasks]]\nname = \"task-b\"\nreplication_instance = \"ri-a\"\n\n[[tables]]",
         );
+    // task-b is not in moto: the preflight gate refuses the run, naming it; past the gate the
+    // fix finds nothing of task-b's to repair.
     let out = run_binary(&other, &["run", "one_by_one", "--task", TASK])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("outcome: refused") && stdout.contains("[FAIL] DMS task task-b: not found"),
+        "{stdout}"
+    );
+    let out = run_binary(
+        &other,
+        &["run", "one_by_one", "--task", TASK, "--skip-preflight"],
+    )?;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("outcome: needs_human"), "{stdout}");

@@ -52,6 +52,7 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_probe_duration_seconds",
     "dmsguard_probe_last_success_timestamp_seconds",
     "dmsguard_preflight_ok",
+    "dmsguard_source_replica_lag_seconds",
     // Remediator.
     "dmsguard_remediator_webhooks_total",
     "dmsguard_remediator_jobs_total",
@@ -61,6 +62,9 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_remediator_resumes_total",
     "dmsguard_remediator_repair_rows_total",
     "dmsguard_remediator_repair_rows_remaining",
+    "dmsguard_remediator_fix_enabled",
+    "dmsguard_remediator_alerts_refused_total",
+    "dmsguard_remediator_preflight_last_run_timestamp_seconds",
     // Both binaries.
     "dmsguard_build_info",
     "dmsguard_config_last_reload_successful",

@@ -40,6 +40,8 @@ pub struct GapsProbe {
     progress: ProgressBoard,
     frontier: FrontierConfig,
     clock: Clock,
+    /// Whether the source reads go to `[source.replica]`: its replay point bounds progress.
+    replica: bool,
 }
 
 impl GapsProbe {
@@ -63,7 +65,7 @@ impl GapsProbe {
             .collect::<Result<_, ProbeError>>()?;
         Ok(Self {
             tables,
-            source_db: config.source.clone(),
+            source_db: config.source_reads().clone(),
             target_db: config.redshift.database(),
             source: None,
             target: None,
@@ -72,6 +74,7 @@ impl GapsProbe {
             progress,
             frontier: config.frontier.clone(),
             clock: Clock::from_config(&config.clock),
+            replica: config.source_replica.is_some(),
         })
     }
 
@@ -91,6 +94,19 @@ impl GapsProbe {
             return Err(ProbeError::Invalid("not connected".to_owned()));
         };
         let today = self.clock.today();
+        // Ids read from a replica are complete only up to its replay point (see
+        // `dmsguard_pipeline::replica`); without a replica the source sees every commit.
+        let replayed = if self.replica {
+            let state = dmsguard_pipeline::replica::replay_state(source)
+                .await
+                .map_err(|e| ProbeError::Invalid(e.to_string()))?;
+            self.metrics
+                .replica_lag_seconds
+                .set(state.lag.as_secs_f64());
+            Some(state)
+        } else {
+            None
+        };
         for table in &mut self.tables {
             let seen = Utc::now();
             let (s, t) = tokio::join!(
@@ -113,7 +129,13 @@ impl GapsProbe {
             let progress = match &table.task {
                 Some(task) => self.progress.get(task),
                 None => Some(self.frontier.fallback_progress(Utc::now())),
-            };
+            }
+            .map(|p| {
+                dmsguard_pipeline::replica::bound_progress(
+                    p,
+                    replayed.map(|r| r.replayed_as_of(Utc::now())),
+                )
+            });
             // An empty source table has nothing to miss.
             let frontier = match source_max {
                 None => Some(i64::MIN),

@@ -48,7 +48,7 @@ pub async fn run(
     let spec = TableSpec::from_config(table)?;
     let redshift = config.redshift.database();
     let (source, target) = tokio::try_join!(
-        dmsguard_pipeline::db::connect(&config.source),
+        dmsguard_pipeline::db::connect(config.source_reads()),
         dmsguard_pipeline::db::connect(&redshift),
     )
     .context("connecting to the source and Redshift")?;

@@ -38,24 +38,29 @@ pub fn target(
     })
 }
 
-/// The window options of a hand run of `missing_rows`, recorded as job labels.
+/// The options of a hand run: the window of `missing_rows` (recorded as job labels) and
+/// whether to skip the preflight gate.
 #[derive(Debug, Clone, Default)]
-pub struct WindowArgs {
+pub struct RunOptions {
     /// A UTC day, `YYYY-MM-DD`.
     pub day: Option<String>,
     pub from_id: Option<i64>,
     pub to_id: Option<i64>,
+    /// Run even if the preflight checks the fix needs fail.
+    pub skip_preflight: bool,
 }
 
 /// Runs `fix` by hand: records a job in the ledger (cooldowns do not apply), plans, prints the
-/// plan, executes unless `dry_run`. Returns the exit code: 0 succeeded or planned, 1 otherwise.
+/// plan, executes unless `dry_run`. Returns the exit code: 0 succeeded or planned, 1 otherwise
+/// (refused included: with `remediator.preflight` on, a fix whose preflight checks fail is not
+/// run unless `skip_preflight`).
 pub async fn run_fix(
     config: Config,
     fix: FixName,
     target: JobTarget,
     dry_run: bool,
 ) -> anyhow::Result<i32> {
-    run_fix_with(config, fix, target, dry_run, WindowArgs::default()).await
+    run_fix_with(config, fix, target, dry_run, RunOptions::default()).await
 }
 
 /// [`run_fix`] with a window for `missing_rows`. Row progress shows as a bar when stderr is a
@@ -65,7 +70,7 @@ pub async fn run_fix_with(
     fix: FixName,
     target: JobTarget,
     dry_run: bool,
-    window: WindowArgs,
+    window: RunOptions,
 ) -> anyhow::Result<i32> {
     let wait = config.remediator.task_state_timeout;
     let progress: Option<std::sync::Arc<dyn crate::progress::Progress>> =
@@ -77,6 +82,17 @@ pub async fn run_fix_with(
             None
         };
     let core = Core::open_with_progress(config, FixRegistry::standard(), progress).await?;
+    // The service's gate, for a hand run: the checks this fix needs must pass.
+    let refused = if core.config.remediator.preflight && !window.skip_preflight {
+        let kinds = crate::preflight_gate::needs(fix, &core.config);
+        let report = dmsguard_pipeline::preflight::run_for(&core.config, true, Some(&kinds)).await;
+        match crate::preflight_gate::verdict(fix, &core.config, &report) {
+            crate::preflight_gate::Verdict::Refused(failed) => Some(failed),
+            _ => None,
+        }
+    } else {
+        None
+    };
     let mut labels = json!({
         "task": target.task, "table": target.table, "replication_instance": target.replication_instance,
     });
@@ -88,6 +104,36 @@ pub async fn run_fix_with(
         if let Some(value) = value {
             labels[key] = value;
         }
+    }
+    if let Some(failed) = refused {
+        let (summary, details) = crate::preflight_gate::refusal(fix, &failed);
+        let job = core
+            .ledger
+            .insert_job(&NewJob {
+                alert: None,
+                fix,
+                target,
+                labels,
+                dry_run,
+                manual: true,
+                admission: Admission::Refused {
+                    summary: summary.clone(),
+                    details,
+                },
+            })
+            .await?
+            .context("the ledger did not record the job")?;
+        println!("job {} ({fix}): refused", job.id);
+        println!("outcome: {}: {summary}", JobOutcome::Refused.as_str());
+        for check in &failed {
+            println!("[FAIL] {}: {}", check.name, check.detail);
+            if let Some(fix_text) = &check.fix {
+                println!("       fix: {fix_text}");
+            }
+        }
+        println!("(--skip-preflight runs it anyway)");
+        std::io::stdout().flush().ok();
+        return Ok(1);
     }
     let job = core
         .ledger

@@ -179,10 +179,14 @@ async fn sight(
 }
 
 /// Waits until replication of `table` has passed `seen` plus the margin; the progress reached.
+/// With a `[source.replica]` the
+/// replica's replay point (read on `source`, the reads connection) must have passed it too, so
+/// the source ids compared afterwards include every row committed by then.
 async fn wait_settled(
     ctx: &FixContext,
     table: &TableConfig,
     seen: DateTime<Utc>,
+    source: &tokio_postgres::Client,
 ) -> Result<DateTime<Utc>, FixError> {
     let frontier = &ctx.config().frontier;
     let task = match &table.task {
@@ -203,14 +207,27 @@ async fn wait_settled(
             Some(task) => task_progress(ctx.aws(), frontier, task, lookback).await?,
             None => Some(frontier.fallback_progress(Utc::now())),
         };
+        let progress = match (progress, ctx.config().source_replica.is_some()) {
+            (Some(p), true) => {
+                let replica = dmsguard_pipeline::replica::replay_state(source).await?;
+                Some(dmsguard_pipeline::replica::bound_progress(
+                    p,
+                    Some(replica.replayed_as_of(Utc::now())),
+                ))
+            }
+            (progress, _) => progress,
+        };
         if let Some(p) = progress.filter(|p| frontier.settled(seen, *p)) {
             return Ok(p);
         }
         if started.elapsed() >= frontier.wait {
-            let whose = task.map_or_else(
+            let mut whose = task.map_or_else(
                 || "the assumed latency (no task configured)".to_owned(),
                 |t| format!("task {} (CloudWatch CDCLatencyTarget)", t.name),
             );
+            if ctx.config().source_replica.is_some() {
+                whose.push_str(", bounded by the source replica's replay point");
+            }
             let reached = progress.map_or_else(|| "no datapoint".to_owned(), |p| p.to_rfc3339());
             return Err(FixError::NotSettled(format!(
                 "replication of {} has not applied the changes committed before {} within {:?}: progress of {whose}: {reached}",
@@ -675,7 +692,7 @@ impl Fix for MissingRowsFix {
         let mut target = ctx.connect_redshift().await?;
         // Read again: the plan may be stale, and the search is cheap next to a repair.
         let sighting = sight(&source, &target, table, &spec, &window).await?;
-        let progress = wait_settled(ctx, table, sighting.seen).await?;
+        let progress = wait_settled(ctx, table, sighting.seen, &source).await?;
         let key = repair_key(table, &window);
         let recorded = ctx.ledger().repair_progress(&key).await?;
         let whole = sighting.range;

@@ -62,6 +62,8 @@ pub enum FixError {
     SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
     #[error("{0}")]
     Progress(#[from] dmsguard_pipeline::frontier::ProgressError),
+    #[error("{0}")]
+    Replica(#[from] dmsguard_pipeline::replica::ReplicaError),
     /// Replication did not reach the point a fix must wait for.
     #[error("{0}")]
     NotSettled(String),
@@ -263,8 +265,16 @@ impl FixContext {
         &self.tasks
     }
 
-    /// A new connection to the source database (`[source]`).
+    /// A new connection for reading the source: `[source.replica]` when configured, else
+    /// `[source]` (fixes only read the source).
     pub async fn connect_source(&self) -> Result<tokio_postgres::Client, ConnectError> {
+        db::connect(self.config.source_reads()).await
+    }
+
+    /// A new connection to the source primary (`[source]`), for reads that must see what DMS
+    /// has already captured (F1 inserts rows DMS failed to update moments ago; a lagging
+    /// replica may not have replayed them yet).
+    pub async fn connect_source_primary(&self) -> Result<tokio_postgres::Client, ConnectError> {
         db::connect(&self.config.source).await
     }
 

@@ -494,7 +494,7 @@ impl Fix for OneByOneFix {
             "LEFT JOIN the seq range against the target to find the missing ids.",
             update.missing_ids_sql(),
         );
-        let source = ctx.connect_source().await?;
+        let source = ctx.connect_source_primary().await?;
         let (missing, deleted) = update.missing_in_source(&source, absent).await?;
         plan.facts.insert("missing".into(), ids_fact(&missing));
         plan.facts
@@ -554,7 +554,7 @@ impl Fix for OneByOneFix {
                 ))
             }
         };
-        let source = ctx.connect_source().await?;
+        let source = ctx.connect_source_primary().await?;
         let (missing, deleted) = update.missing_in_source(&source, absent).await?;
         let mut details = json!({
             "task": task,

@@ -76,6 +76,9 @@ pub enum JobOutcome {
     DryRun,
     /// The fix is disabled in the config; recorded so operators see the alert arrived.
     Disabled,
+    /// The preflight checks the fix needs fail: nothing ran; the summary names the failed
+    /// checks and their fixes. A repeat of the alert once the fix is enabled again queues it.
+    Refused,
 }
 
 impl JobOutcome {
@@ -95,6 +98,7 @@ impl JobOutcome {
             JobOutcome::SkippedCooldown => "skipped_cooldown",
             JobOutcome::DryRun => "dry_run",
             JobOutcome::Disabled => "disabled",
+            JobOutcome::Refused => "refused",
         }
     }
 
@@ -104,9 +108,10 @@ impl JobOutcome {
             JobOutcome::Succeeded => JobState::Succeeded,
             JobOutcome::Failed => JobState::Failed,
             JobOutcome::NeedsHuman => JobState::NeedsHuman,
-            JobOutcome::SkippedCooldown | JobOutcome::DryRun | JobOutcome::Disabled => {
-                JobState::Skipped
-            }
+            JobOutcome::SkippedCooldown
+            | JobOutcome::DryRun
+            | JobOutcome::Disabled
+            | JobOutcome::Refused => JobState::Skipped,
         }
     }
 }
@@ -128,6 +133,11 @@ pub enum Admission {
     Running { runner: String },
     /// Recorded as skipped: its fix is disabled.
     Disabled,
+    /// Recorded as skipped with outcome `refused`: the preflight checks its fix needs fail.
+    Refused {
+        summary: String,
+        details: serde_json::Value,
+    },
 }
 
 /// A job to record.
@@ -332,24 +342,53 @@ impl Ledger {
     }
 
     /// Records a job unless the same alert (fingerprint and startsAt) already has one.
-    /// Returns the job, or `None` for a duplicate.
+    /// Returns the job, or `None` for a duplicate. An alert whose job was refused (its fix's
+    /// preflight checks failed) is not a duplicate: its job takes the new admission (queued
+    /// once the fix is enabled again, or refused again with the current failures).
     pub async fn insert_job(&self, job: &NewJob) -> Result<Option<Job>, LedgerError> {
-        let (state, runner, outcome): (&str, Option<&str>, Option<&str>) = match &job.admission {
-            Admission::Queued => ("queued", None, None),
-            Admission::Running { runner } => ("running", Some(runner.as_str()), None),
-            Admission::Disabled => ("skipped", None, Some(JobOutcome::Disabled.as_str())),
+        let none = serde_json::Value::Null;
+        let (state, runner, outcome, summary, details): (
+            &str,
+            Option<&str>,
+            Option<&str>,
+            Option<&str>,
+            &serde_json::Value,
+        ) = match &job.admission {
+            Admission::Queued => ("queued", None, None, None, &none),
+            Admission::Running { runner } => ("running", Some(runner.as_str()), None, None, &none),
+            Admission::Disabled => (
+                "skipped",
+                None,
+                Some(JobOutcome::Disabled.as_str()),
+                Some("fix is disabled in the config"),
+                &none,
+            ),
+            Admission::Refused { summary, details } => (
+                "skipped",
+                None,
+                Some(JobOutcome::Refused.as_str()),
+                Some(summary.as_str()),
+                details,
+            ),
         };
+        let details = (!details.is_null()).then_some(details);
         let alert = job.alert.as_ref();
         let sql = format!(
             "INSERT INTO dmsguard.jobs (alert_fingerprint, alert_starts_at, alertname, fix, task,
                  table_name, replication_instance, target, labels, dry_run, manual, state, runner,
-                 outcome, started_at, finished_at, heartbeat_at, summary)
+                 outcome, started_at, finished_at, heartbeat_at, summary, details)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
                  CASE WHEN $12 = 'running' THEN now() END,
                  CASE WHEN $12 = 'skipped' THEN now() END,
                  CASE WHEN $12 = 'running' THEN now() END,
-                 CASE WHEN $12 = 'skipped' THEN 'fix is disabled in the config' END)
-             ON CONFLICT ON CONSTRAINT jobs_one_per_alert DO NOTHING
+                 $15, $16)
+             ON CONFLICT ON CONSTRAINT jobs_one_per_alert DO UPDATE SET
+                 state = EXCLUDED.state, outcome = EXCLUDED.outcome, summary = EXCLUDED.summary,
+                 details = coalesce(EXCLUDED.details, '{{}}'::jsonb)
+                     || jsonb_build_object('refused_earlier', dmsguard.jobs.summary),
+                 labels = EXCLUDED.labels, dry_run = EXCLUDED.dry_run,
+                 finished_at = EXCLUDED.finished_at, not_before = now(), error = NULL
+             WHERE dmsguard.jobs.outcome = 'refused'
              RETURNING {JOB_COLUMNS}"
         );
         let rows = self
@@ -372,6 +411,8 @@ impl Ledger {
                     &state,
                     &runner,
                     &outcome,
+                    &summary,
+                    &details,
                 ],
             )
             .await
@@ -513,7 +554,10 @@ impl Ledger {
             .await?
             .execute(
                 "UPDATE dmsguard.jobs SET state = $2, outcome = $3, summary = $4, error = $5,
-                     details = $6, finished_at = now()
+                     details = CASE WHEN details ? 'refused_earlier' AND jsonb_typeof($6) = 'object'
+                         THEN $6 || jsonb_build_object('refused_earlier', details -> 'refused_earlier')
+                         ELSE $6 END,
+                     finished_at = now()
                  WHERE id = $1",
                 &[
                     &job_id,
