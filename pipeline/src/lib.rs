@@ -15,6 +15,7 @@ pub mod preflight;
 pub mod process;
 pub mod reload;
 pub mod report;
+pub mod rewrite;
 pub mod secret;
 pub mod service;
 pub mod staging;
