@@ -451,6 +451,87 @@ fn orders_table() -> TableConfig {
     }
 }
 
+/// Yesterday's window, once read in full and clean, is read again only after
+/// `finished_window_interval` (its gauges keep their values meanwhile); today's on every run;
+/// a finished window that shows differences on every run, so a repair shows at once. The
+/// probe runs at injected instants (`refresh_at`), against the real databases.
+#[tokio::test]
+async fn a_clean_finished_window_is_read_again_only_after_its_interval() -> anyhow::Result<()> {
+    use dmsguard_exporter::metrics::{DayWindow, GapMetrics, TableLabels, TableWindowLabels};
+    use dmsguard_exporter::probes::gaps::GapsProbe;
+
+    let dbs = TestDatabases::create("exp_finished_window").await?;
+    let (today, noon) = seeded_today();
+    seed_gap_tables(&dbs, today).await?;
+    let target = dbs.redshift_client().await?;
+    // Yesterday is complete and clean in the target.
+    target
+        .batch_execute(
+            "INSERT INTO public.orders VALUES (5, NULL, 'new'), (77, NULL, 'new'), (300, NULL, 'new')",
+        )
+        .await?;
+    let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.tables.push(orders_table());
+    config.exporter.finished_window_interval = Duration::from_secs(3600);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = GapMetrics::register(&mut registry);
+    let mut probe = GapsProbe::new(
+        std::sync::Arc::new(config),
+        metrics.clone(),
+        dmsguard_pipeline::frontier::ProgressBoard::default(),
+    )?;
+    let missing = |window| {
+        metrics
+            .missing_ids
+            .get_or_create(&TableWindowLabels {
+                table: "public.orders".to_owned(),
+                window,
+            })
+            .get()
+    };
+    let minutes = |m: i64| noon + chrono::Duration::minutes(m);
+
+    probe.refresh_at(noon).await?;
+    let frontier = metrics
+        .frontier_id
+        .get_or_create(&TableLabels {
+            table: "public.orders".to_owned(),
+        })
+        .get();
+    assert_eq!(frontier, 505, "every id judged");
+    assert_eq!(missing(DayWindow::Yesterday), 0);
+    assert_eq!(missing(DayWindow::Today), 7);
+
+    // DMS loses a row of each day.
+    target
+        .batch_execute("DELETE FROM public.orders WHERE id IN (10, 310)")
+        .await?;
+    probe.refresh_at(minutes(10)).await?;
+    assert_eq!(missing(DayWindow::Today), 8, "today: read on every run");
+    assert_eq!(
+        missing(DayWindow::Yesterday),
+        0,
+        "yesterday: read in full and clean 10 minutes ago, not read again"
+    );
+    probe.refresh_at(minutes(59)).await?;
+    assert_eq!(missing(DayWindow::Yesterday), 0);
+    probe.refresh_at(minutes(60)).await?;
+    assert_eq!(
+        missing(DayWindow::Yesterday),
+        1,
+        "read again after the interval"
+    );
+
+    // With a difference it is read on every run: the repair shows at the next one.
+    target
+        .batch_execute("INSERT INTO public.orders VALUES (10, NULL, 'new')")
+        .await?;
+    probe.refresh_at(minutes(61)).await?;
+    assert_eq!(missing(DayWindow::Yesterday), 0);
+    drop(probe);
+    dbs.drop().await
+}
+
 #[tokio::test]
 async fn missing_ids_equal_the_dropped_rows_per_utc_day() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("exp_gaps").await?;

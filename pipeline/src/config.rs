@@ -387,6 +387,16 @@ pub struct ExporterConfig {
     /// Probe of missing rows (gap finder); slow by design.
     #[serde(default = "defaults::gaps_probe")]
     pub gaps: ProbeSchedule,
+    /// How often the gaps probe re-reads a finished day window (yesterday) in full once a read
+    /// covered all of it (replication had passed its last id) and found nothing missing or
+    /// extra. Such a window changes rarely; re-reading it on every `gaps` interval doubles what
+    /// the probe scans. A window not yet read in full, or whose last read found differences
+    /// (e.g. before a repair), is read on every interval. `0s` reads it every interval.
+    #[serde(
+        default = "defaults::finished_window_interval",
+        with = "humantime_serde"
+    )]
+    pub finished_window_interval: Duration,
     /// Probe of the Redshift maintenance window.
     #[serde(default = "defaults::maintenance_probe")]
     pub maintenance: ProbeSchedule,
@@ -408,6 +418,7 @@ impl Default for ExporterConfig {
             cloudwatch: defaults::cloudwatch_probe(),
             dms: defaults::dms_probe(),
             gaps: defaults::gaps_probe(),
+            finished_window_interval: defaults::finished_window_interval(),
             maintenance: defaults::maintenance_probe(),
             preflight: true,
         }
@@ -736,6 +747,9 @@ pub mod defaults {
     }
     pub fn gaps_probe() -> ProbeSchedule {
         ProbeSchedule::every(300, 240)
+    }
+    pub fn finished_window_interval() -> Duration {
+        Duration::from_secs(60 * 60)
     }
     pub fn maintenance_probe() -> ProbeSchedule {
         ProbeSchedule::every(60, 20)

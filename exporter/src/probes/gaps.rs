@@ -2,16 +2,21 @@
 //! with the gap finder (`dmsguard_pipeline::gap_finder`). Only ids replication has passed are
 //! judged (`dmsguard_pipeline::frontier`): a quiet table's dropped newest rows are found, and
 //! rows still on their way are not counted.
+//!
+//! Today's window is read on every run; yesterday's, once read in full and clean, only every
+//! `[exporter] finished_window_interval` ([`super::window_scans`]): between reads its gauges
+//! keep their last values.
 
 use std::sync::Arc;
 
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use dmsguard_pipeline::clock::Clock;
 use dmsguard_pipeline::config::{Config, DatabaseConfig};
 use dmsguard_pipeline::frontier::{FrontierConfig, IdSamples, ProgressBoard};
 use dmsguard_pipeline::gap_finder::{self, GapFinder, TableSpec};
 use tokio_postgres::Client;
 
+use super::window_scans::WindowScans;
 use super::{Probe, ProbeError};
 use crate::metrics::{DayWindow, GapMetrics, ProbeName, TableLabels, TableWindowLabels};
 
@@ -40,6 +45,8 @@ pub struct GapsProbe {
     progress: ProgressBoard,
     frontier: FrontierConfig,
     clock: Clock,
+    /// When yesterday's window is read again.
+    scans: WindowScans,
 }
 
 impl GapsProbe {
@@ -72,6 +79,7 @@ impl GapsProbe {
             progress,
             frontier: config.frontier.clone(),
             clock: Clock::from_config(&config.clock),
+            scans: WindowScans::new(config.exporter.finished_window_interval),
         })
     }
 
@@ -85,12 +93,24 @@ impl GapsProbe {
         Ok(())
     }
 
-    async fn refresh_inner(&mut self) -> Result<(), ProbeError> {
+    /// One run as if the calendar showed `now` (the probe's clock when scheduled): the day
+    /// windows and when yesterday's is due follow it. Replication progress keeps the real
+    /// clock.
+    pub async fn refresh_at(&mut self, now: DateTime<Utc>) -> Result<(), ProbeError> {
+        let result = self.refresh_inner(now).await;
+        if result.is_err() {
+            self.source = None;
+            self.target = None;
+        }
+        result
+    }
+
+    async fn refresh_inner(&mut self, now: DateTime<Utc>) -> Result<(), ProbeError> {
         self.connect().await?;
         let (Some(source), Some(target)) = (&self.source, &self.target) else {
             return Err(ProbeError::Invalid("not connected".to_owned()));
         };
-        let today = self.clock.today();
+        let today = now.date_naive();
         for table in &mut self.tables {
             let seen = Utc::now();
             let (s, t) = tokio::join!(
@@ -136,15 +156,31 @@ impl GapsProbe {
             };
             for window in DayWindow::ALL {
                 let day = today - ChronoDuration::days(window.days_back());
+                let finished = window == DayWindow::Yesterday;
+                if finished && !self.scans.due(&table.label, day, now) {
+                    tracing::debug!(table = %table.label, %day, "Finished window read in full recently: not read again yet.");
+                    continue;
+                }
                 let range =
                     gap_finder::id_range_for_day(source, &table.spec, day_column, day).await?;
-                let (missing, extra) = match range.and_then(|r| r.up_to(frontier)) {
+                let judged = range.and_then(|r| r.up_to(frontier));
+                let (missing, extra) = match judged {
                     Some(range) => {
                         let report = self.finder.find(source, target, &table.spec, range).await?;
                         (report.missing.len(), report.extra.len())
                     }
                     None => (0, 0),
                 };
+                if finished {
+                    // Complete when replication had passed every id of the window.
+                    self.scans.record(
+                        &table.label,
+                        day,
+                        now,
+                        judged == range,
+                        missing == 0 && extra == 0,
+                    );
+                }
                 let labels = TableWindowLabels {
                     table: table.label.clone(),
                     window,
@@ -169,11 +205,7 @@ impl Probe for GapsProbe {
     }
 
     async fn refresh(&mut self) -> Result<(), ProbeError> {
-        let result = self.refresh_inner().await;
-        if result.is_err() {
-            self.source = None;
-            self.target = None;
-        }
-        result
+        let now = self.clock.now();
+        self.refresh_at(now).await
     }
 }

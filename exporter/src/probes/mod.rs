@@ -10,6 +10,7 @@ pub mod dms;
 pub mod gaps;
 pub mod maintenance;
 pub mod redshift_statements;
+pub mod window_scans;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
