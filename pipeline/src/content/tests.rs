@@ -1,0 +1,1 @@
+//! The content walk on in-memory tables: exactly the edited ids, for random tables and edits.
