@@ -4,6 +4,7 @@ pub mod aws;
 pub mod catalogue;
 pub mod clock;
 pub mod config;
+pub mod content;
 pub mod db;
 pub mod ddl;
 pub mod dms_tasks;
