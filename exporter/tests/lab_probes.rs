@@ -209,6 +209,8 @@ async fn stl_statements_are_read_from_stl_query_and_querytext() -> anyhow::Resul
         id_column: "id".to_owned(),
         day_column: None,
         task: None,
+        divergent_rows: false,
+        delete_extra: false,
     });
     record_stl(
         &rs,
@@ -448,6 +450,8 @@ fn orders_table() -> TableConfig {
         id_column: "id".to_owned(),
         day_column: Some("created_at".to_owned()),
         task: None,
+        divergent_rows: false,
+        delete_extra: false,
     }
 }
 

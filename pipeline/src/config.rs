@@ -321,6 +321,17 @@ pub struct TableConfig {
     pub day_column: Option<String>,
     /// The DMS task replicating this table (for the fixes that restart it).
     pub task: Option<String>,
+    /// Whether the `divergent_rows` fix may rewrite this table's rows whose content diverged
+    /// from the source (delete and insert of the id under the table's lock). The remediator's
+    /// Redshift user then needs `DELETE` on the target table (`docs/grants.md`); the preflight
+    /// checks it only for tables that set this.
+    #[serde(default)]
+    pub divergent_rows: bool,
+    /// With `divergent_rows`: also delete ids the target holds and the source no longer has
+    /// (a DELETE DMS lost), each only if the source still lacks it at repair time. Off by
+    /// default: such ids are reported and left alone.
+    #[serde(default)]
+    pub delete_extra: bool,
 }
 
 impl TableConfig {
@@ -439,15 +450,19 @@ pub enum FixName {
     MissingRows,
     /// F5: restart a task that says running but applies nothing.
     StalledTask,
+    /// Rewrite rows whose content diverged from the source (missed UPDATEs) and, where
+    /// configured, delete ids the source no longer has (missed DELETEs).
+    DivergentRows,
 }
 
 impl FixName {
-    pub const ALL: [FixName; 5] = [
+    pub const ALL: [FixName; 6] = [
         FixName::OneByOne,
         FixName::Memory,
         FixName::Maintenance,
         FixName::MissingRows,
         FixName::StalledTask,
+        FixName::DivergentRows,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -457,6 +472,7 @@ impl FixName {
             FixName::Maintenance => "maintenance",
             FixName::MissingRows => "missing_rows",
             FixName::StalledTask => "stalled_task",
+            FixName::DivergentRows => "divergent_rows",
         }
     }
 
@@ -468,6 +484,7 @@ impl FixName {
             FixName::Maintenance => "RedshiftMaintenanceImminent",
             FixName::MissingRows => "RedshiftMissingRows",
             FixName::StalledTask => "DMSTaskStalled",
+            FixName::DivergentRows => "RedshiftDivergentRows",
         }
     }
 }
@@ -536,6 +553,8 @@ pub struct FixesConfig {
     pub missing_rows: FixConfig,
     #[serde(default)]
     pub stalled_task: FixConfig,
+    #[serde(default)]
+    pub divergent_rows: FixConfig,
 }
 
 impl FixesConfig {
@@ -546,6 +565,7 @@ impl FixesConfig {
             FixName::Maintenance => &self.maintenance,
             FixName::MissingRows => &self.missing_rows,
             FixName::StalledTask => &self.stalled_task,
+            FixName::DivergentRows => &self.divergent_rows,
         }
     }
 }

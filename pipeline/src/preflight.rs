@@ -176,7 +176,8 @@ async fn readable(
     }
 }
 
-/// `INSERT` on a target table (the remediator's repairs insert the missing rows): asked of the
+/// `INSERT` on a target table (the remediator's repairs insert the missing rows), or `DELETE`
+/// (the `divergent_rows` fix rewrites rows, only on tables that enable it): asked of the
 /// catalogue with `HAS_TABLE_PRIVILEGE`, which Redshift has as a leader-node function
 /// (https://docs.aws.amazon.com/redshift/latest/dg/r_HAS_TABLE_PRIVILEGE.html), so nothing is
 /// written.
@@ -187,16 +188,34 @@ async fn insertable(
     table: &QualifiedName,
     user: &str,
 ) {
-    let grant = format!("GRANT INSERT ON {} TO {user};", table.quoted());
+    allowed(report, client, name, table, user, "INSERT").await
+}
+
+async fn allowed(
+    report: &mut Report,
+    client: &tokio_postgres::Client,
+    name: String,
+    table: &QualifiedName,
+    user: &str,
+    privilege: &'static str,
+) {
+    let grant = format!("GRANT {privilege} ON {} TO {user};", table.quoted());
     match client
         .query_one(
-            "SELECT has_table_privilege($1, 'INSERT')",
+            &format!("SELECT has_table_privilege($1, '{privilege}')"),
             &[&table.quoted()],
         )
         .await
     {
-        Ok(row) if row.get::<_, bool>(0) => report.pass(name, "INSERT allowed"),
-        Ok(_) => report.fail(name, format!("{user} may not INSERT into {table}"), grant),
+        Ok(row) if row.get::<_, bool>(0) => report.pass(name, format!("{privilege} allowed")),
+        Ok(_) => {
+            let what = if privilege == "INSERT" {
+                "INSERT into"
+            } else {
+                "DELETE from"
+            };
+            report.fail(name, format!("{user} may not {what} {table}"), grant)
+        }
         Err(e) => report.fail(name, db::error_chain(&e), grant),
     }
 }
@@ -257,6 +276,17 @@ pub async fn run(config: &Config, ledger: bool) -> Report {
                     &user,
                 )
                 .await;
+                if table.divergent_rows {
+                    allowed(
+                        &mut report,
+                        client,
+                        format!("target table {dst} delete (divergent_rows)"),
+                        &dst,
+                        &user,
+                        "DELETE",
+                    )
+                    .await;
+                }
             }
         }
     }

@@ -286,6 +286,8 @@ fn table_spec_from_config_uses_target_and_id_column() {
         id_column: "order_id".to_owned(),
         day_column: None,
         task: None,
+        divergent_rows: false,
+        delete_extra: false,
     };
     let spec = TableSpec::from_config(&config).unwrap();
     assert_eq!(spec.target.to_string(), "dw.orders");
