@@ -3,6 +3,11 @@
 //! judged (`dmsguard_pipeline::frontier`): a quiet table's dropped newest rows are found, and
 //! rows still on their way are not counted.
 //!
+//! Tables with `divergent_rows = true` also get a content comparison of each window read
+//! (`dmsguard_pipeline::content`): `dmsguard_table_divergent_rows` counts the ids whose row
+//! differs, once two comparisons separated by more than the replication latency (now minus the
+//! task's progress, plus `[frontier] margin`) both saw them ([`Persistence`]).
+//!
 //! Today's window is read on every run; yesterday's, once read in full and clean, only every
 //! `[exporter] finished_window_interval` ([`super::window_scans`]): between reads its gauges
 //! keep their last values.
@@ -12,6 +17,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use dmsguard_pipeline::clock::Clock;
 use dmsguard_pipeline::config::{Config, DatabaseConfig};
+use dmsguard_pipeline::content::{ContentComparer, ContentOptions, Persistence};
 use dmsguard_pipeline::frontier::{FrontierConfig, IdSamples, ProgressBoard};
 use dmsguard_pipeline::gap_finder::{self, GapFinder, TableSpec};
 use tokio_postgres::Client;
@@ -31,6 +37,17 @@ struct GapTable {
     task: Option<String>,
     /// The source's newest id over time.
     samples: IdSamples,
+    /// The content comparison, for tables with `divergent_rows = true`.
+    content: Option<ContentState>,
+}
+
+/// A table's content comparison: planned once from both catalogues, and per window which
+/// differences have persisted.
+#[derive(Debug, Clone, Default)]
+struct ContentState {
+    comparer: Option<ContentComparer>,
+    today: Persistence,
+    yesterday: Persistence,
 }
 
 /// The gaps probe: per configured table, missing ids today and yesterday, and the id lag.
@@ -65,6 +82,7 @@ impl GapsProbe {
                     day_column: t.day_column.clone(),
                     task: t.task.clone(),
                     samples: IdSamples::default(),
+                    content: t.divergent_rows.then(ContentState::default),
                 })
             })
             .collect::<Result<_, ProbeError>>()?;
@@ -171,20 +189,56 @@ impl GapsProbe {
                     }
                     None => (0, 0),
                 };
-                if finished {
-                    // Complete when replication had passed every id of the window.
-                    self.scans.record(
-                        &table.label,
-                        day,
-                        now,
-                        judged == range,
-                        missing == 0 && extra == 0,
-                    );
-                }
                 let labels = TableWindowLabels {
                     table: table.label.clone(),
                     window,
                 };
+                let mut clean = missing == 0 && extra == 0;
+                if let Some(state) = &mut table.content {
+                    if state.comparer.is_none() {
+                        state.comparer = Some(
+                            ContentComparer::load(
+                                source,
+                                target,
+                                &table.spec,
+                                ContentOptions::default(),
+                            )
+                            .await?,
+                        );
+                    }
+                    let divergent = match (judged, &state.comparer) {
+                        (Some(range), Some(comparer)) => {
+                            let started = Utc::now();
+                            let report = comparer.compare(source, target, range).await?;
+                            let finished = Utc::now();
+                            clean = clean && report.is_clean();
+                            // Everything committed before `progress` is applied: a change is in
+                            // flight at most this long (plus the longest write transaction).
+                            let latency = progress
+                                .map(|p| (started - p).to_std().unwrap_or_default())
+                                .unwrap_or_default()
+                                + self.frontier.margin;
+                            let persistence = match window {
+                                DayWindow::Today => &mut state.today,
+                                DayWindow::Yesterday => &mut state.yesterday,
+                            };
+                            persistence
+                                .observe(&report, started, finished, latency)
+                                .divergent_ids
+                                .len()
+                        }
+                        _ => 0,
+                    };
+                    self.metrics
+                        .divergent_rows
+                        .get_or_create(&labels)
+                        .set(i64::try_from(divergent).unwrap_or(i64::MAX));
+                }
+                if finished {
+                    // Complete when replication had passed every id of the window.
+                    self.scans
+                        .record(&table.label, day, now, judged == range, clean);
+                }
                 self.metrics
                     .missing_ids
                     .get_or_create(&labels)

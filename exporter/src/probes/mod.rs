@@ -35,6 +35,8 @@ pub enum ProbeError {
     #[error(transparent)]
     Gap(#[from] dmsguard_pipeline::gap_finder::GapError),
     #[error(transparent)]
+    Content(#[from] dmsguard_pipeline::content::ContentError),
+    #[error(transparent)]
     SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
     #[error("AWS {call} failed: {message}")]
     Aws { call: &'static str, message: String },
