@@ -55,6 +55,8 @@ pub const TABLE_MISSING_IDS: &str = "table_missing_ids";
 pub const TABLE_EXTRA_IDS: &str = "table_extra_ids";
 /// `dmsguard_table_max_id_lag`
 pub const TABLE_MAX_ID_LAG: &str = "table_max_id_lag";
+/// `dmsguard_table_divergent_rows`
+pub const TABLE_DIVERGENT_ROWS: &str = "table_divergent_rows";
 /// `dmsguard_table_frontier_id`
 pub const TABLE_FRONTIER_ID: &str = "table_frontier_id";
 /// `dmsguard_source_replica_lag_seconds`
@@ -583,6 +585,7 @@ impl DmsMetrics {
 pub struct GapMetrics {
     pub missing_ids: Family<TableWindowLabels, Gauge>,
     pub extra_ids: Family<TableWindowLabels, Gauge>,
+    pub divergent_rows: Family<TableWindowLabels, Gauge>,
     pub max_id_lag: Family<TableLabels, Gauge>,
     pub frontier_id: Family<TableLabels, Gauge>,
     /// How far `[source.replica]` is behind the primary; absent without a replica.
@@ -594,6 +597,7 @@ impl GapMetrics {
         let m = Self {
             missing_ids: Family::default(),
             extra_ids: Family::default(),
+            divergent_rows: Family::default(),
             max_id_lag: Family::default(),
             frontier_id: Family::default(),
             replica_lag_seconds: OptionalGauge::default(),
@@ -613,6 +617,11 @@ impl GapMetrics {
             TABLE_EXTRA_IDS,
             "Ids in the target but not in the source, within the UTC day's source id range.",
             m.extra_ids.clone(),
+        );
+        registry.register(
+            TABLE_DIVERGENT_ROWS,
+            "Ids on both sides whose row differs between source and target, among the UTC day's ids, counted once two content comparisons separated by more than the replication latency saw them (tables with divergent_rows = true).",
+            m.divergent_rows.clone(),
         );
         registry.register(
             TABLE_MAX_ID_LAG,

@@ -209,6 +209,8 @@ async fn stl_statements_are_read_from_stl_query_and_querytext() -> anyhow::Resul
         id_column: "id".to_owned(),
         day_column: None,
         task: None,
+        divergent_rows: false,
+        delete_extra: false,
     });
     record_stl(
         &rs,
@@ -448,7 +450,181 @@ fn orders_table() -> TableConfig {
         id_column: "id".to_owned(),
         day_column: Some("created_at".to_owned()),
         task: None,
+        divergent_rows: false,
+        delete_extra: false,
     }
+}
+
+/// Yesterday's window, once read in full and clean, is read again only after
+/// `finished_window_interval` (its gauges keep their values meanwhile); today's on every run;
+/// a finished window that shows differences on every run, so a repair shows at once. The
+/// probe runs at injected instants (`refresh_at`), against the real databases.
+#[tokio::test]
+async fn a_clean_finished_window_is_read_again_only_after_its_interval() -> anyhow::Result<()> {
+    use dmsguard_exporter::metrics::{DayWindow, GapMetrics, TableLabels, TableWindowLabels};
+    use dmsguard_exporter::probes::gaps::GapsProbe;
+
+    let dbs = TestDatabases::create("exp_finished_window").await?;
+    let (today, noon) = seeded_today();
+    seed_gap_tables(&dbs, today).await?;
+    let target = dbs.redshift_client().await?;
+    // Yesterday is complete and clean in the target.
+    target
+        .batch_execute(
+            "INSERT INTO public.orders VALUES (5, NULL, 'new'), (77, NULL, 'new'), (300, NULL, 'new')",
+        )
+        .await?;
+    let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.tables.push(orders_table());
+    config.exporter.finished_window_interval = Duration::from_secs(3600);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = GapMetrics::register(&mut registry);
+    let mut probe = GapsProbe::new(
+        std::sync::Arc::new(config),
+        metrics.clone(),
+        dmsguard_pipeline::frontier::ProgressBoard::default(),
+    )?;
+    let missing = |window| {
+        metrics
+            .missing_ids
+            .get_or_create(&TableWindowLabels {
+                table: "public.orders".to_owned(),
+                window,
+            })
+            .get()
+    };
+    let minutes = |m: i64| noon + chrono::Duration::minutes(m);
+
+    probe.refresh_at(noon).await?;
+    let frontier = metrics
+        .frontier_id
+        .get_or_create(&TableLabels {
+            table: "public.orders".to_owned(),
+        })
+        .get();
+    assert_eq!(frontier, 505, "every id judged");
+    assert_eq!(missing(DayWindow::Yesterday), 0);
+    assert_eq!(missing(DayWindow::Today), 7);
+
+    // DMS loses a row of each day.
+    target
+        .batch_execute("DELETE FROM public.orders WHERE id IN (10, 310)")
+        .await?;
+    probe.refresh_at(minutes(10)).await?;
+    assert_eq!(missing(DayWindow::Today), 8, "today: read on every run");
+    assert_eq!(
+        missing(DayWindow::Yesterday),
+        0,
+        "yesterday: read in full and clean 10 minutes ago, not read again"
+    );
+    probe.refresh_at(minutes(59)).await?;
+    assert_eq!(missing(DayWindow::Yesterday), 0);
+    probe.refresh_at(minutes(60)).await?;
+    assert_eq!(
+        missing(DayWindow::Yesterday),
+        1,
+        "read again after the interval"
+    );
+
+    // With a difference it is read on every run: the repair shows at the next one.
+    target
+        .batch_execute("INSERT INTO public.orders VALUES (10, NULL, 'new')")
+        .await?;
+    probe.refresh_at(minutes(61)).await?;
+    assert_eq!(missing(DayWindow::Yesterday), 0);
+    drop(probe);
+    dbs.drop().await
+}
+
+/// A row whose UPDATE DMS lost counts in `dmsguard_table_divergent_rows` only from the second
+/// comparison that sees it (two comparisons separated by more than the replication latency,
+/// here 0), and no longer once the row is repaired. The probe runs at injected instants.
+#[tokio::test]
+async fn divergent_rows_count_once_seen_twice_and_clear_after_the_repair() -> anyhow::Result<()> {
+    use dmsguard_exporter::metrics::{DayWindow, GapMetrics, TableWindowLabels};
+    use dmsguard_exporter::probes::gaps::GapsProbe;
+
+    let dbs = TestDatabases::create("exp_divergent").await?;
+    let (today, noon) = seeded_today();
+    let source = dbs.source_client().await?;
+    let target = dbs.redshift_client().await?;
+    // Yesterday ids 1..=100, today 101..=150, replicated as DMS writes them.
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, paid boolean, status text);
+             INSERT INTO public.orders
+               SELECT i, TIMESTAMPTZ '{today} 00:00:00+00' + (i - 101) * interval '10 minutes', i % 2 = 0, 'new ' || i
+               FROM generate_series(1, 150) i;"
+        ))
+        .await?;
+    target
+        .batch_execute(&format!(
+            "CREATE TABLE public.orders (id bigint, created_at timestamp, paid varchar(5), status varchar(80));
+             INSERT INTO public.orders
+               SELECT i, TIMESTAMP '{today} 00:00:00' + (i - 101) * interval '10 minutes',
+                      CASE WHEN i % 2 = 0 THEN 'true' ELSE 'false' END, 'new ' || i
+               FROM generate_series(1, 150) i;"
+        ))
+        .await?;
+    let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.tables.push(TableConfig {
+        divergent_rows: true,
+        ..orders_table()
+    });
+    // Yesterday read on every run too (its slow schedule has a test of its own).
+    config.exporter.finished_window_interval = Duration::ZERO;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = GapMetrics::register(&mut registry);
+    let mut probe = GapsProbe::new(
+        std::sync::Arc::new(config),
+        metrics.clone(),
+        dmsguard_pipeline::frontier::ProgressBoard::default(),
+    )?;
+    let divergent = |window| {
+        metrics
+            .divergent_rows
+            .get_or_create(&TableWindowLabels {
+                table: "public.orders".to_owned(),
+                window,
+            })
+            .get()
+    };
+    let minutes = |m: i64| noon + chrono::Duration::minutes(m);
+
+    probe.refresh_at(noon).await?;
+    assert_eq!(divergent(DayWindow::Yesterday), 0);
+    assert_eq!(divergent(DayWindow::Today), 0);
+
+    // DMS loses an UPDATE of yesterday's 40 and of today's 120 and 150 (the last id).
+    source
+        .batch_execute(
+            "UPDATE public.orders SET status = 'paid', paid = NOT paid WHERE id IN (40, 120, 150)",
+        )
+        .await?;
+    probe.refresh_at(minutes(5)).await?;
+    assert_eq!(
+        divergent(DayWindow::Today),
+        0,
+        "seen once: may be in flight"
+    );
+    assert_eq!(divergent(DayWindow::Yesterday), 0);
+    probe.refresh_at(minutes(10)).await?;
+    assert_eq!(
+        divergent(DayWindow::Today),
+        2,
+        "seen twice, past the latency"
+    );
+    assert_eq!(divergent(DayWindow::Yesterday), 1);
+
+    // The repair: the rows equal again.
+    target
+        .batch_execute("UPDATE public.orders SET status = 'paid', paid = CASE WHEN paid = 'true' THEN 'false' ELSE 'true' END WHERE id IN (40, 120, 150)")
+        .await?;
+    probe.refresh_at(minutes(15)).await?;
+    assert_eq!(divergent(DayWindow::Today), 0);
+    assert_eq!(divergent(DayWindow::Yesterday), 0);
+    drop(probe);
+    dbs.drop().await
 }
 
 #[tokio::test]

@@ -60,6 +60,8 @@ async fn the_gaps_probe_reads_the_replica_and_exports_its_lag() -> anyhow::Resul
             id_column: "id".to_owned(),
             day_column: Some("created_at".to_owned()),
             task: None,
+            divergent_rows: false,
+            delete_extra: false,
         });
         let exporter = spawn_exporter(config).await?;
         let addr = exporter.addr;
@@ -256,6 +258,8 @@ async fn a_paused_standby_shows_lag_and_hides_rows_until_it_replays() -> anyhow:
         id_column: "id".to_owned(),
         day_column: Some("created_at".to_owned()),
         task: None,
+        divergent_rows: false,
+        delete_extra: false,
     });
     let exporter = spawn_exporter(config).await?;
     let addr = exporter.addr;

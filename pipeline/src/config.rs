@@ -336,6 +336,17 @@ pub struct TableConfig {
     pub day_column: Option<String>,
     /// The DMS task replicating this table (for the fixes that restart it).
     pub task: Option<String>,
+    /// Whether the `divergent_rows` fix may rewrite this table's rows whose content diverged
+    /// from the source (delete and insert of the id under the table's lock). The remediator's
+    /// Redshift user then needs `DELETE` on the target table (`docs/grants.md`); the preflight
+    /// checks it only for tables that set this.
+    #[serde(default)]
+    pub divergent_rows: bool,
+    /// With `divergent_rows`: also delete ids the target holds and the source no longer has
+    /// (a DELETE DMS lost), each only if the source still lacks it at repair time. Off by
+    /// default: such ids are reported and left alone.
+    #[serde(default)]
+    pub delete_extra: bool,
 }
 
 impl TableConfig {
@@ -402,6 +413,16 @@ pub struct ExporterConfig {
     /// Probe of missing rows (gap finder); slow by design.
     #[serde(default = "defaults::gaps_probe")]
     pub gaps: ProbeSchedule,
+    /// How often the gaps probe re-reads a finished day window (yesterday) in full once a read
+    /// covered all of it (replication had passed its last id) and found nothing missing or
+    /// extra. Such a window changes rarely; re-reading it on every `gaps` interval doubles what
+    /// the probe scans. A window not yet read in full, or whose last read found differences
+    /// (e.g. before a repair), is read on every interval. `0s` reads it every interval.
+    #[serde(
+        default = "defaults::finished_window_interval",
+        with = "humantime_serde"
+    )]
+    pub finished_window_interval: Duration,
     /// Probe of the Redshift maintenance window.
     #[serde(default = "defaults::maintenance_probe")]
     pub maintenance: ProbeSchedule,
@@ -423,6 +444,7 @@ impl Default for ExporterConfig {
             cloudwatch: defaults::cloudwatch_probe(),
             dms: defaults::dms_probe(),
             gaps: defaults::gaps_probe(),
+            finished_window_interval: defaults::finished_window_interval(),
             maintenance: defaults::maintenance_probe(),
             preflight: true,
         }
@@ -443,15 +465,19 @@ pub enum FixName {
     MissingRows,
     /// F5: restart a task that says running but applies nothing.
     StalledTask,
+    /// Rewrite rows whose content diverged from the source (missed UPDATEs) and, where
+    /// configured, delete ids the source no longer has (missed DELETEs).
+    DivergentRows,
 }
 
 impl FixName {
-    pub const ALL: [FixName; 5] = [
+    pub const ALL: [FixName; 6] = [
         FixName::OneByOne,
         FixName::Memory,
         FixName::Maintenance,
         FixName::MissingRows,
         FixName::StalledTask,
+        FixName::DivergentRows,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -461,6 +487,7 @@ impl FixName {
             FixName::Maintenance => "maintenance",
             FixName::MissingRows => "missing_rows",
             FixName::StalledTask => "stalled_task",
+            FixName::DivergentRows => "divergent_rows",
         }
     }
 
@@ -472,6 +499,7 @@ impl FixName {
             FixName::Maintenance => "RedshiftMaintenanceImminent",
             FixName::MissingRows => "RedshiftMissingRows",
             FixName::StalledTask => "DMSTaskStalled",
+            FixName::DivergentRows => "RedshiftDivergentRows",
         }
     }
 }
@@ -540,6 +568,8 @@ pub struct FixesConfig {
     pub missing_rows: FixConfig,
     #[serde(default)]
     pub stalled_task: FixConfig,
+    #[serde(default)]
+    pub divergent_rows: FixConfig,
 }
 
 impl FixesConfig {
@@ -550,6 +580,7 @@ impl FixesConfig {
             FixName::Maintenance => &self.maintenance,
             FixName::MissingRows => &self.missing_rows,
             FixName::StalledTask => &self.stalled_task,
+            FixName::DivergentRows => &self.divergent_rows,
         }
     }
 }
@@ -761,6 +792,9 @@ pub mod defaults {
     }
     pub fn gaps_probe() -> ProbeSchedule {
         ProbeSchedule::every(300, 240)
+    }
+    pub fn finished_window_interval() -> Duration {
+        Duration::from_secs(60 * 60)
     }
     pub fn maintenance_probe() -> ProbeSchedule {
         ProbeSchedule::every(60, 20)

@@ -35,6 +35,8 @@ pub enum CheckKind {
     TargetTable,
     /// `INSERT` into a configured table's target (repairs).
     TargetInsert,
+    /// `DELETE` on the target of a table with `divergent_rows = true` (rewrites).
+    TargetDelete,
     /// Reading the Redshift system view DMS's statements are in.
     SystemView,
     /// An AWS identity (the credential chain, and the assumed role).
@@ -223,7 +225,8 @@ async fn readable(
     }
 }
 
-/// `INSERT` on a target table (the remediator's repairs insert the missing rows): asked of the
+/// `INSERT` on a target table (the remediator's repairs insert the missing rows), or `DELETE`
+/// (the `divergent_rows` fix rewrites rows, only on tables that enable it): asked of the
 /// catalogue with `HAS_TABLE_PRIVILEGE`, which Redshift has as a leader-node function
 /// (https://docs.aws.amazon.com/redshift/latest/dg/r_HAS_TABLE_PRIVILEGE.html), so nothing is
 /// written.
@@ -234,22 +237,39 @@ async fn insertable(
     table: &QualifiedName,
     user: &str,
 ) {
-    let kind = CheckKind::TargetInsert;
-    let grant = format!("GRANT INSERT ON {} TO {user};", table.quoted());
+    allowed(report, client, name, table, user, "INSERT").await
+}
+
+async fn allowed(
+    report: &mut Report,
+    client: &tokio_postgres::Client,
+    name: String,
+    table: &QualifiedName,
+    user: &str,
+    privilege: &'static str,
+) {
+    let kind = if privilege == "INSERT" {
+        CheckKind::TargetInsert
+    } else {
+        CheckKind::TargetDelete
+    };
+    let grant = format!("GRANT {privilege} ON {} TO {user};", table.quoted());
     match client
         .query_one(
-            "SELECT has_table_privilege($1, 'INSERT')",
+            &format!("SELECT has_table_privilege($1, '{privilege}')"),
             &[&table.quoted()],
         )
         .await
     {
-        Ok(row) if row.get::<_, bool>(0) => report.pass(kind, name, "INSERT allowed"),
-        Ok(_) => report.fail(
-            kind,
-            name,
-            format!("{user} may not INSERT into {table}"),
-            grant,
-        ),
+        Ok(row) if row.get::<_, bool>(0) => report.pass(kind, name, format!("{privilege} allowed")),
+        Ok(_) => {
+            let what = if privilege == "INSERT" {
+                "INSERT into"
+            } else {
+                "DELETE from"
+            };
+            report.fail(kind, name, format!("{user} may not {what} {table}"), grant)
+        }
         Err(e) => report.fail(kind, name, db::error_chain(&e), grant),
     }
 }
@@ -388,6 +408,17 @@ pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>)
                     &user,
                 )
                 .await;
+                if table.divergent_rows {
+                    allowed(
+                        &mut report,
+                        client,
+                        format!("target table {dst} delete (divergent_rows)"),
+                        &dst,
+                        &user,
+                        "DELETE",
+                    )
+                    .await;
+                }
             }
         }
     }

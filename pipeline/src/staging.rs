@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::config::quote_ident;
 use crate::type_translator::{
@@ -212,17 +212,14 @@ impl StagedWriter {
         format!("TRUNCATE {}", self.stage)
     }
 
-    /// Loads `rows` into the stage (an id staged already is skipped), in statements within the
-    /// parameter and byte limits. Nothing reaches the target until [`Self::move_staged`].
-    pub async fn stage(
-        &mut self,
-        client: &Client,
-        rows: &[TranslatedRow],
-    ) -> Result<(), InsertError> {
-        let rows: Vec<&TranslatedRow> = rows.iter().filter(|r| self.staged.insert(r.id)).collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
+    /// The stage's name, quoted (for statements that join it, e.g. the row rewrite).
+    pub fn stage_name(&self) -> &str {
+        &self.stage
+    }
+
+    /// Creates the stage now if it does not exist yet (outside any transaction, so a rolled
+    /// back transaction that loads it does not take the table with it).
+    pub async fn create(&mut self, client: &impl GenericClient) -> Result<(), InsertError> {
         if !self.created {
             let sql = self.create_sql();
             client
@@ -231,6 +228,28 @@ impl StagedWriter {
                 .map_err(self.error("creating the staging table"))?;
             self.created = true;
         }
+        Ok(())
+    }
+
+    /// Forgets which ids are staged: after the stage was emptied by other means (a rolled back
+    /// transaction that loaded it, or a `TRUNCATE` sent by the caller).
+    pub fn forget_staged(&mut self) {
+        self.staged.clear();
+    }
+
+    /// Loads `rows` into the stage (an id staged already is skipped), in statements within the
+    /// parameter and byte limits. Nothing reaches the target until [`Self::move_staged`].
+    /// `client` may be a transaction of the stage's session.
+    pub async fn stage(
+        &mut self,
+        client: &impl GenericClient,
+        rows: &[TranslatedRow],
+    ) -> Result<(), InsertError> {
+        let rows: Vec<&TranslatedRow> = rows.iter().filter(|r| self.staged.insert(r.id)).collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.create(client).await?;
         let max_rows = self.max_rows_per_statement();
         let budget = self
             .limits
@@ -260,7 +279,11 @@ impl StagedWriter {
         Ok(())
     }
 
-    async fn load(&mut self, client: &Client, rows: &[&TranslatedRow]) -> Result<(), InsertError> {
+    async fn load(
+        &mut self,
+        client: &impl GenericClient,
+        rows: &[&TranslatedRow],
+    ) -> Result<(), InsertError> {
         let statement = match self.prepared.get(&rows.len()) {
             Some(s) => s.clone(),
             None => {

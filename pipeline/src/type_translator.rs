@@ -188,7 +188,7 @@ pub struct SourceRow {
 
 /// How a source column is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SourceClass {
+pub(crate) enum SourceClass {
     Bool,
     Int,
     Float,
@@ -202,7 +202,7 @@ enum SourceClass {
     Text,
 }
 
-fn source_class(column: &SourceColumn) -> SourceClass {
+pub(crate) fn source_class(column: &SourceColumn) -> SourceClass {
     match column.kind {
         SourceTypeKind::Array => SourceClass::Array,
         SourceTypeKind::Enum | SourceTypeKind::Other => SourceClass::Text,
@@ -318,7 +318,7 @@ pub async fn fetch_source_rows(
 
 /// What a target column holds, as far as writing it is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum TargetClass {
+pub(crate) enum TargetClass {
     Boolean,
     Integer { min: i64, max: i64 },
     Float,
@@ -335,7 +335,7 @@ enum TargetClass {
     Uuid,
 }
 
-fn target_class(column: &TargetColumn) -> Option<TargetClass> {
+pub(crate) fn target_class(column: &TargetColumn) -> Option<TargetClass> {
     let length = |c: &TargetColumn| c.char_max_length.and_then(|n| usize::try_from(n).ok());
     Some(match column.data_type.as_str() {
         "boolean" => TargetClass::Boolean,

@@ -64,26 +64,26 @@ pub enum Command {
     Serve,
     /// Run a fix by hand, through the same code path as alerts, recorded in the ledger.
     Run {
-        /// The fix: one_by_one, memory, maintenance, missing_rows or stalled_task.
+        /// The fix: one_by_one, memory, maintenance, missing_rows, stalled_task or divergent_rows.
         fix: FixName,
         /// The DMS task (one_by_one, stalled_task).
         #[arg(long)]
         task: Option<String>,
-        /// The table as `schema.table` (missing_rows); quote a part as PostgreSQL does:
+        /// The table as `schema.table` (missing_rows, divergent_rows); quote a part as PostgreSQL does:
         /// `'public."Subscriber Events"'`.
         #[arg(long)]
         table: Option<String>,
         /// The replication instance identifier (memory).
         #[arg(long)]
         replication_instance: Option<String>,
-        /// missing_rows: repair this UTC day (YYYY-MM-DD) through the table's day_column;
+        /// missing_rows, divergent_rows: repair this UTC day (YYYY-MM-DD) through the table's day_column;
         /// default yesterday (the whole id range for a table without day_column).
         #[arg(long, conflicts_with_all = ["from_id", "to_id"])]
         day: Option<String>,
-        /// missing_rows: repair ids from this one (with --to-id), inclusive.
+        /// missing_rows, divergent_rows: repair ids from this one (with --to-id), inclusive.
         #[arg(long, requires = "to_id")]
         from_id: Option<i64>,
-        /// missing_rows: repair ids up to this one (with --from-id), inclusive.
+        /// missing_rows, divergent_rows: repair ids up to this one (with --from-id), inclusive.
         #[arg(long, requires = "from_id")]
         to_id: Option<i64>,
         /// Print the plan and its SQL; change nothing.

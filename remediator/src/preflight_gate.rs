@@ -66,6 +66,22 @@ pub fn needs(fix: FixName, config: &Config) -> Vec<CheckKind> {
         }
         // Stops and resumes the task.
         FixName::StalledTask => aws(&[DmsTask]),
+        // Content comparison on both sides, source reads, rewrites (DELETE and INSERT on the
+        // tables that enable it); a table with a task waits for the task's progress.
+        FixName::DivergentRows => {
+            let mut kinds = vec![
+                SourceConnection,
+                SourceTable,
+                RedshiftConnection,
+                TargetTable,
+                TargetInsert,
+                TargetDelete,
+            ];
+            if config.tables.iter().any(|t| t.task.is_some()) {
+                kinds.extend(aws(&[DmsTask]));
+            }
+            kinds
+        }
     }
 }
 

@@ -56,7 +56,7 @@ impl JobTarget {
         let key = match fix {
             FixName::OneByOne | FixName::StalledTask => need(task, "task")?,
             FixName::Memory => need(replication_instance, "replication_instance")?,
-            FixName::MissingRows => need(table, "table")?,
+            FixName::MissingRows | FixName::DivergentRows => need(table, "table")?,
             FixName::Maintenance => CLUSTER_KEY.to_owned(),
         };
         Ok(Self {
@@ -122,7 +122,7 @@ impl Router {
 fn unknown_target(config: &Config, fix: FixName, alert: &Alert) -> Option<String> {
     {
         let (uses_table, uses_task, uses_instance) = match fix {
-            FixName::MissingRows => (true, false, false),
+            FixName::MissingRows | FixName::DivergentRows => (true, false, false),
             FixName::OneByOne => (true, true, false),
             FixName::StalledTask => (false, true, false),
             FixName::Memory => (false, false, true),

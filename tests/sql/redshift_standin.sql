@@ -213,3 +213,13 @@ CREATE OR REPLACE FUNCTION public.version() RETURNS text LANGUAGE sql STABLE AS
 DO $$ BEGIN
   EXECUTE format('ALTER DATABASE %I SET search_path = "$user", public, pg_catalog', current_database());
 END $$;
+
+-- STRTOL(num_string, base) returns BIGINT (r_STRTOL: "Converts a string expression of a number
+-- of the specified base to the equivalent integer value"; STRTOL('abcd1234', 16) = 2882343476).
+-- PostgreSQL has no such function. Modelled for what dmsguard sends, hexadecimal strings of at
+-- most 15 digits (the content comparison's 8-digit MD5 prefixes); any other base gives NULL.
+CREATE OR REPLACE FUNCTION public.strtol(num_string text, base integer) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT CASE WHEN base = 16 AND length(num_string) BETWEEN 1 AND 15
+          THEN CAST(CAST('x' || lpad(num_string, 16, '0') AS bit(64)) AS bigint) END $$;
+GRANT EXECUTE ON FUNCTION public.strtol(text, integer) TO PUBLIC;

@@ -110,8 +110,8 @@ struct SimulateArgs {
     /// Replication instance identifier.
     #[arg(long, default_value = "lab-instance")]
     instance: String,
-    /// Fault active at start: none, drop_rows[:N], missing_then_update, memory_leak[:BYTES_PER_S],
-    /// stall, redshift_restart[:SECONDS].
+    /// Fault active at start: none, drop_rows[:N], missing_then_update, skip_update[:N],
+    /// skip_delete[:N], memory_leak[:BYTES_PER_S], stall, redshift_restart[:SECONDS].
     #[arg(long, default_value = "none")]
     fault: Fault,
     /// A file holding the fault to switch to; read every 500 ms, applied when its content

@@ -40,6 +40,7 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_dms_task_start_time_seconds",
     "dmsguard_table_missing_ids",
     "dmsguard_table_extra_ids",
+    "dmsguard_table_divergent_rows",
     "dmsguard_table_max_id_lag",
     "dmsguard_redshift_maintenance_next_start_seconds",
     "dmsguard_redshift_maintenance_active",
@@ -82,6 +83,7 @@ const ALERTS: &[(&str, bool, Option<&str>)] = &[
     ("DMSInstanceMemoryLow", true, Some("replication_instance")),
     ("RedshiftMaintenanceImminent", true, None),
     ("RedshiftMissingRows", true, Some("table")),
+    ("RedshiftDivergentRows", true, Some("table")),
     ("DMSTaskStalled", true, Some("task")),
     ("DMSTargetLatencyHigh", false, None),
     ("DmsguardProbeDown", false, None),
@@ -675,7 +677,7 @@ fn lab_copies_of_rules_and_alertmanager_config_pass_promtool_and_amtool() {
         write_lab_alerting(&repo().join("alerts"), dir.path(), &receivers, 20).expect("lab copies");
     let rules = rules.display().to_string();
     let out = run(&promtool(), &["check", "rules", &rules]);
-    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
     let lab = read_yaml(Path::new(&rules));
     let real = read_yaml(&rules_path());
     let fors = |doc: &Yaml| -> Vec<String> {

@@ -52,6 +52,7 @@ replication_instance = "lab-instance"
 source = "public.orders"
 day_column = "created_at"
 task = "lab-task"
+divergent_rows = true
 [frontier]
 margin = "2s"
 cloudwatch_period = "5s"

@@ -1,7 +1,7 @@
 //! The preflight checklist against the lab: everything right (TLS verified against the lab CA,
 //! tables readable and the targets insertable, moto's DMS task and instance found), then a
 //! source user without SELECT, a Redshift user without INSERT and a task that does not exist,
-//! each reported with its fix.
+//! each reported with its fix; DELETE checked only on a table that enables `divergent_rows`.
 
 use dmsguard_lab::harness::{self, create_dms_task, Moto, TestDatabases, REMEDIATOR_USER};
 use dmsguard_pipeline::aws::AwsClients;
@@ -79,6 +79,10 @@ async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> any
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
+    assert!(
+        !out.contains("delete (divergent_rows)"),
+        "DELETE is checked only on tables that enable divergent_rows:\n{out}"
+    );
 
     // A source user without SELECT on the table, and a task name DMS does not know.
     let role = format!("pf_ro_{}", std::process::id());
@@ -117,6 +121,42 @@ async fn preflight_passes_when_all_is_right_and_names_each_fix_when_not() -> any
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
     assert!(!out.contains("pf-secret"), "{out}");
+
+    // A table that enables divergent_rows: DELETE is checked, and named until granted.
+    let text = config_text(
+        &dbs,
+        &moto.url(),
+        &verified,
+        &dbs.env.pg_password,
+        &dbs.remediator_redshift().url,
+        "pf-task",
+    )
+    .replace(
+        "task = \"pf-task\"\n\n[remediator",
+        "task = \"pf-task\"\ndivergent_rows = true\n\n[remediator",
+    );
+    assert!(text.contains("divergent_rows = true"), "{text}");
+    let config = Config::from_toml(&text, &|_| None)?;
+    let out = preflight::run(&config, true).await.render();
+    for line in [
+        "[FAIL] target table public.orders delete (divergent_rows): dmsguard_remediator may not DELETE from public.orders",
+        "fix: GRANT DELETE ON \"public\".\"orders\" TO dmsguard_remediator;",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    harness::apply_grants(
+        &dbs.redshift_client().await?,
+        &["redshift-remediator-divergent-rows"],
+        &[("<table>", "public.orders")],
+    )
+    .await?;
+    let report = preflight::run(&config, true).await;
+    let out = report.render();
+    assert!(report.ok(), "{out}");
+    assert!(
+        out.contains("[ok] target table public.orders delete (divergent_rows): DELETE allowed"),
+        "{out}"
+    );
     dbs.drop().await?;
     Ok(())
 }

@@ -450,6 +450,75 @@ async fn scenario_drop_rows_leaves_ids_missing_in_the_target(lab: &Lab) -> anyho
 }
 
 #[tokio::test]
+async fn skip_update_and_skip_delete_leave_stale_and_extra_rows() -> anyhow::Result<()> {
+    let lab = lab("sim_skip_changes", |_| {}).await?;
+    let outcome = AssertUnwindSafe(scenario_skip_update_and_skip_delete(&lab))
+        .catch_unwind()
+        .await;
+    settle(lab, outcome).await
+}
+
+async fn scenario_skip_update_and_skip_delete(lab: &Lab) -> anyhow::Result<()> {
+    lab.applied_at_least(300).await?;
+    lab.sim.set_fault(Fault::SkipUpdate { every: 4 });
+    eventually("updates skipped", Duration::from_secs(30), || async {
+        Ok((lab.sim.stats().skipped_updates().len() >= 5).then_some(()))
+    })
+    .await?;
+    lab.sim.set_fault(Fault::SkipDelete { every: 4 });
+    eventually("deletes skipped", Duration::from_secs(30), || async {
+        Ok((lab.sim.stats().skipped_deletes().len() >= 5).then_some(()))
+    })
+    .await?;
+    lab.sim.clear_fault();
+    lab.sim.stop_workload().await?;
+    lab.sim.wait_caught_up(Duration::from_secs(30)).await?;
+    let s = lab.sim.stats();
+    let diff = lab.sim.compare_source_target("public.orders").await?;
+    let skipped_updates: Vec<i64> = s.skipped_updates().into_iter().map(|(_, id)| id).collect();
+    let mut skipped_deletes: Vec<i64> = s.skipped_deletes().into_iter().map(|(_, id)| id).collect();
+    skipped_deletes.sort_unstable();
+    // A skipped DELETE is final: the source never has that id again, so the target keeps
+    // exactly those rows extra.
+    let mut extra = diff.extra_in_target.clone();
+    extra.sort_unstable();
+    assert_eq!(extra, skipped_deletes, "{diff}");
+    // A skipped UPDATE leaves the row stale until a later UPDATE of it applies (the workload
+    // may have updated it again, or deleted it): every stale row is a skipped one, and some
+    // remain stale.
+    assert!(!diff.mismatched.is_empty(), "{diff}");
+    assert!(
+        diff.mismatched
+            .iter()
+            .all(|m| skipped_updates.contains(&m.id)),
+        "stale {:?} skipped {skipped_updates:?}",
+        diff.mismatched
+    );
+    assert!(
+        diff.missing_in_target.is_empty() && diff.duplicated_in_target.is_empty(),
+        "{diff}"
+    );
+    // Silent: no rollback, no one-by-one, no apply exception.
+    assert_eq!(s.one_by_one_batches(), 0, "{s:?}");
+    assert_eq!(
+        lab.count("SELECT count(*) FROM sys_transaction_history WHERE status <> 'committed'")
+            .await?,
+        0
+    );
+    assert_eq!(
+        lab.count("SELECT count(*) FROM awsdms_apply_exceptions")
+            .await?,
+        0
+    );
+    assert_eq!(
+        s.generated,
+        s.applied() + s.dropped_changes(),
+        "every source change applied or skipped exactly once: {s:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn missing_then_update_stays_one_by_one_until_the_row_exists() -> anyhow::Result<()> {
     let lab = lab("sim_one_by_one", |_| {}).await?;
     let outcome =

@@ -2,16 +2,27 @@
 //! with the gap finder (`dmsguard_pipeline::gap_finder`). Only ids replication has passed are
 //! judged (`dmsguard_pipeline::frontier`): a quiet table's dropped newest rows are found, and
 //! rows still on their way are not counted.
+//!
+//! Tables with `divergent_rows = true` also get a content comparison of each window read
+//! (`dmsguard_pipeline::content`): `dmsguard_table_divergent_rows` counts the ids whose row
+//! differs, once two comparisons separated by more than the replication latency (now minus the
+//! task's progress, plus `[frontier] margin`) both saw them ([`Persistence`]).
+//!
+//! Today's window is read on every run; yesterday's, once read in full and clean, only every
+//! `[exporter] finished_window_interval` ([`super::window_scans`]): between reads its gauges
+//! keep their last values.
 
 use std::sync::Arc;
 
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use dmsguard_pipeline::clock::Clock;
 use dmsguard_pipeline::config::{Config, DatabaseConfig};
+use dmsguard_pipeline::content::{ContentComparer, ContentOptions, Persistence};
 use dmsguard_pipeline::frontier::{FrontierConfig, IdSamples, ProgressBoard};
 use dmsguard_pipeline::gap_finder::{self, GapFinder, TableSpec};
 use tokio_postgres::Client;
 
+use super::window_scans::WindowScans;
 use super::{Probe, ProbeError};
 use crate::metrics::{DayWindow, GapMetrics, ProbeName, TableLabels, TableWindowLabels};
 
@@ -26,6 +37,17 @@ struct GapTable {
     task: Option<String>,
     /// The source's newest id over time.
     samples: IdSamples,
+    /// The content comparison, for tables with `divergent_rows = true`.
+    content: Option<ContentState>,
+}
+
+/// A table's content comparison: planned once from both catalogues, and per window which
+/// differences have persisted.
+#[derive(Debug, Clone, Default)]
+struct ContentState {
+    comparer: Option<ContentComparer>,
+    today: Persistence,
+    yesterday: Persistence,
 }
 
 /// The gaps probe: per configured table, missing ids today and yesterday, and the id lag.
@@ -42,6 +64,8 @@ pub struct GapsProbe {
     clock: Clock,
     /// Whether the source reads go to `[source.replica]`: its replay point bounds progress.
     replica: bool,
+    /// When yesterday's window is read again.
+    scans: WindowScans,
 }
 
 impl GapsProbe {
@@ -60,6 +84,7 @@ impl GapsProbe {
                     day_column: t.day_column.clone(),
                     task: t.task.clone(),
                     samples: IdSamples::default(),
+                    content: t.divergent_rows.then(ContentState::default),
                 })
             })
             .collect::<Result<_, ProbeError>>()?;
@@ -75,6 +100,7 @@ impl GapsProbe {
             frontier: config.frontier.clone(),
             clock: Clock::from_config(&config.clock),
             replica: config.source_replica.is_some(),
+            scans: WindowScans::new(config.exporter.finished_window_interval),
         })
     }
 
@@ -88,12 +114,24 @@ impl GapsProbe {
         Ok(())
     }
 
-    async fn refresh_inner(&mut self) -> Result<(), ProbeError> {
+    /// One run as if the calendar showed `now` (the probe's clock when scheduled): the day
+    /// windows and when yesterday's is due follow it. Replication progress keeps the real
+    /// clock.
+    pub async fn refresh_at(&mut self, now: DateTime<Utc>) -> Result<(), ProbeError> {
+        let result = self.refresh_inner(now).await;
+        if result.is_err() {
+            self.source = None;
+            self.target = None;
+        }
+        result
+    }
+
+    async fn refresh_inner(&mut self, now: DateTime<Utc>) -> Result<(), ProbeError> {
         self.connect().await?;
         let (Some(source), Some(target)) = (&self.source, &self.target) else {
             return Err(ProbeError::Invalid("not connected".to_owned()));
         };
-        let today = self.clock.today();
+        let today = now.date_naive();
         // Ids read from a replica are complete only up to its replay point (see
         // `dmsguard_pipeline::replica`); without a replica the source sees every commit.
         let replayed = if self.replica {
@@ -158,9 +196,15 @@ impl GapsProbe {
             };
             for window in DayWindow::ALL {
                 let day = today - ChronoDuration::days(window.days_back());
+                let finished = window == DayWindow::Yesterday;
+                if finished && !self.scans.due(&table.label, day, now) {
+                    tracing::debug!(table = %table.label, %day, "Finished window read in full recently: not read again yet.");
+                    continue;
+                }
                 let range =
                     gap_finder::id_range_for_day(source, &table.spec, day_column, day).await?;
-                let (missing, extra) = match range.and_then(|r| r.up_to(frontier)) {
+                let judged = range.and_then(|r| r.up_to(frontier));
+                let (missing, extra) = match judged {
                     Some(range) => {
                         let report = self.finder.find(source, target, &table.spec, range).await?;
                         (report.missing.len(), report.extra.len())
@@ -171,6 +215,52 @@ impl GapsProbe {
                     table: table.label.clone(),
                     window,
                 };
+                let mut clean = missing == 0 && extra == 0;
+                if let Some(state) = &mut table.content {
+                    if state.comparer.is_none() {
+                        state.comparer = Some(
+                            ContentComparer::load(
+                                source,
+                                target,
+                                &table.spec,
+                                ContentOptions::default(),
+                            )
+                            .await?,
+                        );
+                    }
+                    let divergent = match (judged, &state.comparer) {
+                        (Some(range), Some(comparer)) => {
+                            let started = Utc::now();
+                            let report = comparer.compare(source, target, range).await?;
+                            let finished = Utc::now();
+                            clean = clean && report.is_clean();
+                            // Everything committed before `progress` is applied: a change is in
+                            // flight at most this long (plus the longest write transaction).
+                            let latency = progress
+                                .map(|p| (started - p).to_std().unwrap_or_default())
+                                .unwrap_or_default()
+                                + self.frontier.margin;
+                            let persistence = match window {
+                                DayWindow::Today => &mut state.today,
+                                DayWindow::Yesterday => &mut state.yesterday,
+                            };
+                            persistence
+                                .observe(&report, started, finished, latency)
+                                .divergent_ids
+                                .len()
+                        }
+                        _ => 0,
+                    };
+                    self.metrics
+                        .divergent_rows
+                        .get_or_create(&labels)
+                        .set(i64::try_from(divergent).unwrap_or(i64::MAX));
+                }
+                if finished {
+                    // Complete when replication had passed every id of the window.
+                    self.scans
+                        .record(&table.label, day, now, judged == range, clean);
+                }
                 self.metrics
                     .missing_ids
                     .get_or_create(&labels)
@@ -191,11 +281,7 @@ impl Probe for GapsProbe {
     }
 
     async fn refresh(&mut self) -> Result<(), ProbeError> {
-        let result = self.refresh_inner().await;
-        if result.is_err() {
-            self.source = None;
-            self.target = None;
-        }
-        result
+        let now = self.clock.now();
+        self.refresh_at(now).await
     }
 }

@@ -10,6 +10,7 @@ pub mod dms;
 pub mod gaps;
 pub mod maintenance;
 pub mod redshift_statements;
+pub mod window_scans;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,8 @@ pub enum ProbeError {
     Query(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Gap(#[from] dmsguard_pipeline::gap_finder::GapError),
+    #[error(transparent)]
+    Content(#[from] dmsguard_pipeline::content::ContentError),
     #[error(transparent)]
     SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
     #[error("AWS {call} failed: {message}")]

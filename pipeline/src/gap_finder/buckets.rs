@@ -28,6 +28,9 @@ pub(crate) struct Fingerprint {
     pub sum: i128,
     /// Sum of [`id_hash`] over the bucket.
     pub hash: i128,
+    /// Sum of the rows' content hashes (0 where only ids are compared): the content
+    /// comparison's addition, so a bucket whose rows changed differs too.
+    pub content: i128,
 }
 
 /// One row of a grouped query: a bucket number and its fingerprint.
@@ -171,6 +174,8 @@ pub(crate) struct Verdict {
     /// Ids settled by the fingerprints alone (single-id buckets).
     pub missing: Vec<i64>,
     pub extra: Vec<i64>,
+    /// Single-id buckets present on both sides whose content differs.
+    pub divergent: Vec<i64>,
     /// Differing buckets to read as bitmaps on both sides.
     pub bitmap: Vec<IdRange>,
     /// Differing buckets to split at the next level.
@@ -227,6 +232,7 @@ pub(crate) fn compare(
             match (s.count, t.count) {
                 (1, 0) => verdict.missing.push(range.lo),
                 (0, 1) => verdict.extra.push(range.lo),
+                (1, 1) => verdict.divergent.push(range.lo),
                 _ => {
                     return Err(GapError::Decode(format!(
                         "id {} counted {} times in source and {} in target",
@@ -251,6 +257,32 @@ pub(crate) fn compare(
 /// Next level's width: `fanout` times narrower, at least 1.
 pub(crate) fn child_width(width: u64, fanout: u64) -> u64 {
     (width / fanout.max(2)).max(1)
+}
+
+/// What both sides' leaves of one leaf query tell apart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct LeafDiff {
+    pub missing: Vec<i64>,
+    pub extra: Vec<i64>,
+    pub divergent: Vec<i64>,
+}
+
+/// The finest unit a search reads once buckets are narrow: a bitmap word of ids (the gap
+/// finder) or one row with its content hash (the content comparison).
+pub(crate) trait Leaf: Sized {
+    /// Compares both sides' leaves of one query anchored at `anchor`.
+    fn diff(anchor: i64, source: &[Self], target: &[Self]) -> LeafDiff;
+}
+
+impl Leaf for Word {
+    fn diff(anchor: i64, source: &[Self], target: &[Self]) -> LeafDiff {
+        let (missing, extra) = diff_words(anchor, source, target);
+        LeafDiff {
+            missing,
+            extra,
+            divergent: Vec::new(),
+        }
+    }
 }
 
 /// Ids in `source` but not `target`, and in `target` but not `source`, from both sides'
@@ -385,7 +417,12 @@ mod tests {
             width: 1024,
             ranges: vec![r(0, 8191)],
         };
-        let fp = |count, sum, hash| Fingerprint { count, sum, hash };
+        let fp = |count, sum, hash| Fingerprint {
+            count,
+            sum,
+            hash,
+            content: 0,
+        };
         let row = |bucket, print| BucketPrint { bucket, print };
         let source = vec![
             row(0, fp(1024, 28, 1)),

@@ -16,16 +16,16 @@
 //! Rows change while the search runs (replication goes on): a report describes each bucket as
 //! it was when that bucket was last read. Callers that repair must re-check ids before writing.
 
-mod buckets;
-mod queries;
+pub(crate) mod buckets;
+pub(crate) mod queries;
 
 use chrono::NaiveDate;
 use tokio_postgres::Client;
 
 use crate::config::{QualifiedName, TableConfig};
 use buckets::{
-    batch_ranges, child_width, coalesce, compare, diff_words, first_ranges, first_width, span,
-    BitmapQuery, BucketPrint, GroupQuery, Word, WORD_BITS,
+    batch_ranges, child_width, coalesce, compare, first_ranges, first_width, span, BitmapQuery,
+    BucketPrint, GroupQuery, Leaf, WORD_BITS,
 };
 
 /// Which database a query ran on.
@@ -67,8 +67,8 @@ pub enum GapError {
     UnsupportedDayColumn { column: String, type_name: String },
 }
 
-/// An inclusive range of ids, `lo..=hi`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// An inclusive range of ids, `lo..=hi` (the default is `0..=0`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdRange {
     pub lo: i64,
     pub hi: i64,
@@ -262,12 +262,26 @@ impl GapFinderOptions {
     }
 }
 
-/// One side's ids, as the search sees them.
+/// One side's ids (and, for the content comparison, rows), as the search sees them.
 pub(crate) trait IdSet {
+    /// What a narrow bucket is read as: bitmap words of ids, or rows with their hashes.
+    type Leaf: Leaf;
     /// Per-bucket fingerprints of the query's ranges (buckets without rows are absent).
     async fn fingerprints(&self, query: &GroupQuery) -> Result<Vec<BucketPrint>, GapError>;
-    /// Bitmaps of the ids in the query's ranges (words without ids are absent).
-    async fn bitmaps(&self, query: &BitmapQuery) -> Result<Vec<Word>, GapError>;
+    /// The leaves of the query's ranges (empty leaves are absent).
+    async fn leaves(&self, query: &BitmapQuery) -> Result<Vec<Self::Leaf>, GapError>;
+}
+
+/// What a search over two [`IdSet`]s found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WalkReport {
+    pub missing: Vec<i64>,
+    pub extra: Vec<i64>,
+    /// Ids on both sides whose rows differ (always empty for id-only sets).
+    pub divergent: Vec<i64>,
+    pub stats: GapStats,
+    /// Rows the fingerprint queries aggregated, both sides together (the scan cost).
+    pub rows_aggregated: u64,
 }
 
 /// Finds missing and extra ids between a source and a target table.
@@ -329,12 +343,34 @@ impl GapFinder {
     }
 
     /// The search over any pair of id sets.
-    pub(crate) async fn search<S: IdSet, T: IdSet>(
+    pub(crate) async fn search<S: IdSet, T: IdSet<Leaf = S::Leaf>>(
         &self,
         source: &S,
         target: &T,
         request: IdRange,
     ) -> Result<GapReport, GapError> {
+        let walk = self.walk(source, target, request).await?;
+        if let Some(id) = walk.divergent.first() {
+            // Only a single-id bucket counted more than once on a side gets here.
+            return Err(GapError::Decode(format!(
+                "id {id} is counted more than once on a side"
+            )));
+        }
+        Ok(GapReport {
+            missing: walk.missing,
+            extra: walk.extra,
+            stats: walk.stats,
+        })
+    }
+
+    /// The bucket walk shared by the gap finder and the content comparison: fingerprints of
+    /// the whole range, differing buckets split round by round, narrow ones read as leaves.
+    pub(crate) async fn walk<S: IdSet, T: IdSet<Leaf = S::Leaf>>(
+        &self,
+        source: &S,
+        target: &T,
+        request: IdRange,
+    ) -> Result<WalkReport, GapError> {
         IdRange::new(request.lo, request.hi)?;
         if request.hi.checked_sub(request.lo).is_none() {
             // Bucket numbers are `id - lo` in a bigint.
@@ -343,7 +379,7 @@ impl GapFinder {
             )));
         }
         let o = &self.options;
-        let mut report = GapReport::default();
+        let mut report = WalkReport::default();
         let width = first_width(
             request,
             o.max_buckets_per_query,
@@ -398,15 +434,17 @@ impl GapFinder {
             );
             report.stats.queries += 2 * (groups.len() + bitmaps.len()) as u64;
             report.stats.rows_transferred += from_source.rows() + from_target.rows();
+            report.rows_aggregated += from_source.aggregated() + from_target.aggregated();
 
             for ((query, s), t) in bitmaps
                 .iter()
                 .zip(&from_source.bitmaps)
                 .zip(&from_target.bitmaps)
             {
-                let (missing, extra) = diff_words(query.anchor, s, t);
-                report.missing.extend(missing);
-                report.extra.extend(extra);
+                let diff = S::Leaf::diff(query.anchor, s, t);
+                report.missing.extend(diff.missing);
+                report.extra.extend(diff.extra);
+                report.divergent.extend(diff.divergent);
             }
             let mut split = Vec::new();
             let mut to_bitmap = Vec::new();
@@ -419,6 +457,7 @@ impl GapFinder {
                 report.stats.ranges_compared += verdict.compared;
                 report.missing.extend(verdict.missing);
                 report.extra.extend(verdict.extra);
+                report.divergent.extend(verdict.divergent);
                 split.extend(verdict.split);
                 to_bitmap.extend(verdict.bitmap);
             }
@@ -443,21 +482,31 @@ impl GapFinder {
         }
         report.missing.sort_unstable();
         report.extra.sort_unstable();
+        report.divergent.sort_unstable();
         Ok(report)
     }
 }
 
 /// One side's answers to one round.
-struct RoundResult {
+struct RoundResult<L> {
     groups: Vec<Vec<BucketPrint>>,
-    bitmaps: Vec<Vec<Word>>,
+    bitmaps: Vec<Vec<L>>,
 }
 
-impl RoundResult {
+impl<L> RoundResult<L> {
     fn rows(&self) -> u64 {
         let g: usize = self.groups.iter().map(Vec::len).sum();
         let l: usize = self.bitmaps.iter().map(Vec::len).sum();
         (g + l) as u64
+    }
+
+    /// Rows the round's fingerprints cover.
+    fn aggregated(&self) -> u64 {
+        self.groups
+            .iter()
+            .flatten()
+            .map(|b| b.print.count.unsigned_abs())
+            .sum()
     }
 }
 
@@ -466,10 +515,10 @@ async fn round<S: IdSet>(
     side: &S,
     groups: &[GroupQuery],
     bitmaps: &[BitmapQuery],
-) -> Result<RoundResult, GapError> {
+) -> Result<RoundResult<S::Leaf>, GapError> {
     let (groups, bitmaps) = futures::try_join!(
         futures::future::try_join_all(groups.iter().map(|q| side.fingerprints(q))),
-        futures::future::try_join_all(bitmaps.iter().map(|q| side.bitmaps(q))),
+        futures::future::try_join_all(bitmaps.iter().map(|q| side.leaves(q))),
     )?;
     Ok(RoundResult { groups, bitmaps })
 }

@@ -66,44 +66,15 @@ impl<'a> PgIdSet<'a> {
         request: IdRange,
         first_round_buckets: u128,
     ) -> Result<FingerprintQuery, GapError> {
-        let version: String = self.scalar("SELECT version()").await?;
-        if version.contains("Redshift") {
-            return Ok(FingerprintQuery::Grouped);
-        }
-        // The bounds are integers of ours, not input: literal, so the planner sees them.
-        let plan: serde_json::Value = self
-            .scalar(&format!(
-                "EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {id} >= {} AND {id} <= {}",
-                self.table,
-                request.lo,
-                request.hi,
-                id = self.id
-            ))
-            .await?;
-        let rows = plan[0]["Plan"]["Plan Rows"]
-            .as_f64()
-            .ok_or_else(|| GapError::Decode(format!("{} plan without rows: {plan}", self.side)))?;
-        let dense = rows >= (first_round_buckets * PER_BUCKET_MIN_ROWS) as f64;
-        Ok(if dense {
-            FingerprintQuery::PerBucket
-        } else {
-            FingerprintQuery::Grouped
-        })
-    }
-
-    async fn scalar<T: for<'r> tokio_postgres::types::FromSql<'r>>(
-        &self,
-        sql: &str,
-    ) -> Result<T, GapError> {
-        let row = self
-            .client
-            .query_one(sql, &[])
-            .await
-            .map_err(|source| GapError::Query {
-                side: self.side,
-                source,
-            })?;
-        row.try_get(0).map_err(|e| self.decode(e))
+        detect_shape(
+            self.client,
+            self.side,
+            &self.table,
+            &self.id,
+            request,
+            first_round_buckets,
+        )
+        .await
     }
 
     pub(crate) fn fingerprint_query(&self) -> FingerprintQuery {
@@ -125,7 +96,50 @@ impl<'a> PgIdSet<'a> {
     }
 }
 
+/// [`FingerprintQuery::Detect`] settled for one side: the grouped query on Redshift
+/// (`version()` names it) and on PostgreSQL the per-bucket one, unless the planner expects
+/// fewer than [`PER_BUCKET_MIN_ROWS`] rows per first-round bucket. `table` and `id` are quoted.
+pub(crate) async fn detect_shape(
+    client: &Client,
+    side: Side,
+    table: &str,
+    id: &str,
+    request: IdRange,
+    first_round_buckets: u128,
+) -> Result<FingerprintQuery, GapError> {
+    let query_error = |source| GapError::Query { side, source };
+    let decode = |e: tokio_postgres::Error| {
+        GapError::Decode(format!("{side} row: {}", crate::report::error_chain(&e)))
+    };
+    let row = client
+        .query_one("SELECT version()", &[])
+        .await
+        .map_err(query_error)?;
+    let version: String = row.try_get(0).map_err(decode)?;
+    if version.contains("Redshift") {
+        return Ok(FingerprintQuery::Grouped);
+    }
+    // The bounds are integers of ours, not input: literal, so the planner sees them.
+    let sql = format!(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {id} >= {} AND {id} <= {}",
+        request.lo, request.hi
+    );
+    let row = client.query_one(&sql, &[]).await.map_err(query_error)?;
+    let plan: serde_json::Value = row.try_get(0).map_err(decode)?;
+    let rows = plan[0]["Plan"]["Plan Rows"]
+        .as_f64()
+        .ok_or_else(|| GapError::Decode(format!("{side} plan without rows: {plan}")))?;
+    let dense = rows >= (first_round_buckets * PER_BUCKET_MIN_ROWS) as f64;
+    Ok(if dense {
+        FingerprintQuery::PerBucket
+    } else {
+        FingerprintQuery::Grouped
+    })
+}
+
 impl IdSet for PgIdSet<'_> {
+    type Leaf = Word;
+
     async fn fingerprints(&self, query: &GroupQuery) -> Result<Vec<BucketPrint>, GapError> {
         let (sql, params) = match self.fingerprints {
             FingerprintQuery::PerBucket => per_bucket_sql(&self.table, &self.id, query),
@@ -146,13 +160,14 @@ impl IdSet for PgIdSet<'_> {
                         count,
                         sum: parse_sum(&sum, self.side)?,
                         hash: parse_sum(&hash, self.side)?,
+                        content: 0,
                     },
                 })
             })
             .collect()
     }
 
-    async fn bitmaps(&self, query: &BitmapQuery) -> Result<Vec<Word>, GapError> {
+    async fn leaves(&self, query: &BitmapQuery) -> Result<Vec<Word>, GapError> {
         let (sql, params) = bitmap_sql(&self.table, &self.id, query);
         let rows = self.query(&sql, &params).await?;
         rows.iter()
@@ -177,7 +192,7 @@ impl PgIdSet<'_> {
 }
 
 /// Sums arrive as text: PostgreSQL's `sum(bigint)` is numeric, Redshift's is bigint.
-fn parse_sum(text: &str, side: Side) -> Result<i128, GapError> {
+pub(crate) fn parse_sum(text: &str, side: Side) -> Result<i128, GapError> {
     text.trim()
         .parse::<i128>()
         .map_err(|_| GapError::Decode(format!("{side} sum `{text}` is not an integer")))
@@ -190,7 +205,7 @@ fn parse_sum(text: &str, side: Side) -> Result<i128, GapError> {
 /// column of a `UNION ALL` get its default estimate of a few hundred groups. Over a plain scan
 /// it would take the id's statistics (one group per row), plan a hash table for every row and
 /// spill it to disk, or sort.
-fn branches(
+pub(crate) fn branches(
     table: &str,
     id: &str,
     ranges: &[IdRange],
@@ -231,6 +246,17 @@ fn branches(
 /// where an id's offset is its distance from the start of its bucket (so it does not depend on
 /// how the statement cuts its ranges, and [`per_bucket_sql`] computes the same).
 pub(crate) fn group_sql(table: &str, id: &str, query: &GroupQuery) -> (String, Vec<i64>) {
+    group_sql_with(table, id, query, None)
+}
+
+/// [`group_sql`] with a fifth column, the sum of `content` (a bigint expression over the row,
+/// the content comparison's row hash), cast to text like the other sums.
+pub(crate) fn group_sql_with(
+    table: &str,
+    id: &str,
+    query: &GroupQuery,
+    content: Option<&str>,
+) -> (String, Vec<i64>) {
     let width = i64::try_from(query.width).unwrap_or(i64::MAX);
     let mut params = vec![query.anchor, width];
     let x = format!("CAST({id} AS BIGINT)");
@@ -239,14 +265,21 @@ pub(crate) fn group_sql(table: &str, id: &str, query: &GroupQuery) -> (String, V
     // `max_span_per_query`, 2^31) and the hash below the prime, so both fit; sums of integers
     // keep a plain bigint state (PostgreSQL's bigint sums keep a 128-bit one per group, and
     // spill sooner).
+    let (content_column, content_sum) = match content {
+        Some(c) => (
+            format!(", {c} AS c"),
+            ", CAST(SUM(c) AS VARCHAR(40)) AS c".to_owned(),
+        ),
+        None => (String::new(), String::new()),
+    };
     let columns = format!(
         "({x} - $1) / $2 AS bucket, CAST(({x} - $1) % $2 AS INTEGER) AS x, \
-         CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER) AS h"
+         CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER) AS h{content_column}"
     );
     let ids = branches(table, id, &query.ranges, &mut params, &columns);
     let sql = format!(
         "SELECT bucket, COUNT(*) AS n, CAST(SUM(x) AS VARCHAR(40)) AS s, \
-         CAST(SUM(h) AS VARCHAR(40)) AS h FROM ({ids}) AS ids GROUP BY bucket"
+         CAST(SUM(h) AS VARCHAR(40)) AS h{content_sum} FROM ({ids}) AS ids GROUP BY bucket"
     );
     (sql, params)
 }
@@ -259,6 +292,16 @@ pub(crate) fn group_sql(table: &str, id: &str, query: &GroupQuery) -> (String, V
 /// A bucket's upper bound is computed in numeric, so a bucket ending past `i64::MAX` is cut
 /// at its range's end instead of overflowing.
 pub(crate) fn per_bucket_sql(table: &str, id: &str, query: &GroupQuery) -> (String, Vec<i64>) {
+    per_bucket_sql_with(table, id, query, None)
+}
+
+/// [`per_bucket_sql`] with the sum of `content` as a fifth column (see [`group_sql_with`]).
+pub(crate) fn per_bucket_sql_with(
+    table: &str,
+    id: &str,
+    query: &GroupQuery,
+    content: Option<&str>,
+) -> (String, Vec<i64>) {
     let width = i64::try_from(query.width).unwrap_or(i64::MAX);
     let mut params = vec![query.anchor, width, width - 1];
     let starts: Vec<String> = query
@@ -277,11 +320,18 @@ pub(crate) fn per_bucket_sql(table: &str, id: &str, query: &GroupQuery) -> (Stri
     let starts = starts.join(" UNION ALL ");
     let x = format!("CAST({id} AS BIGINT)");
     let r = format!("({x} % {HASH_PRIME})");
+    let (content_out, content_sum) = match content {
+        Some(c) => (
+            ", CAST(f.c AS VARCHAR(40)) AS c".to_owned(),
+            format!(", SUM({c}) AS c"),
+        ),
+        None => (String::new(), String::new()),
+    };
     let sql = format!(
         "SELECT (r.b - $1) / $2 AS bucket, f.n, CAST(f.s AS VARCHAR(40)) AS s, \
-         CAST(f.h AS VARCHAR(40)) AS h FROM ({starts}) AS r CROSS JOIN LATERAL (\
+         CAST(f.h AS VARCHAR(40)) AS h{content_out} FROM ({starts}) AS r CROSS JOIN LATERAL (\
          SELECT COUNT(*) AS n, SUM(CAST({x} - r.b AS INTEGER)) AS s, \
-         SUM(CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER)) AS h \
+         SUM(CAST(({r} * {r} % {HASH_PRIME}) * {r} % {HASH_PRIME} AS INTEGER)) AS h{content_sum} \
          FROM {table} WHERE {id} >= GREATEST(r.b, r.lo) \
          AND {id} <= CAST(LEAST(CAST(r.b AS NUMERIC) + $3, r.hi) AS BIGINT)) AS f \
          WHERE f.n > 0"

@@ -20,6 +20,8 @@ impl Memory {
 }
 
 impl IdSet for Memory {
+    type Leaf = Word;
+
     async fn fingerprints(&self, query: &GroupQuery) -> Result<Vec<BucketPrint>, GapError> {
         let mut buckets = std::collections::BTreeMap::<i64, Fingerprint>::new();
         for id in self.in_ranges(&query.ranges) {
@@ -35,7 +37,7 @@ impl IdSet for Memory {
             .collect())
     }
 
-    async fn bitmaps(&self, query: &BitmapQuery) -> Result<Vec<Word>, GapError> {
+    async fn leaves(&self, query: &BitmapQuery) -> Result<Vec<Word>, GapError> {
         let mut words = std::collections::BTreeMap::<i64, i64>::new();
         for id in self.in_ranges(&query.ranges) {
             let offset = i128::from(id) - i128::from(query.anchor);
@@ -284,6 +286,8 @@ fn table_spec_from_config_uses_target_and_id_column() {
         id_column: "order_id".to_owned(),
         day_column: None,
         task: None,
+        divergent_rows: false,
+        delete_extra: false,
     };
     let spec = TableSpec::from_config(&config).unwrap();
     assert_eq!(spec.target.to_string(), "dw.orders");

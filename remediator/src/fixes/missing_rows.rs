@@ -131,7 +131,7 @@ pub(crate) fn job_table<'c>(config: &'c Config, job: &Job) -> Result<&'c TableCo
         .target
         .table
         .as_deref()
-        .ok_or_else(|| FixError::Input("fix `missing_rows` needs a table".to_owned()))?;
+        .ok_or_else(|| FixError::Input(format!("fix `{}` needs a table", job.fix)))?;
     config
         .table(name)
         .ok_or_else(|| FixError::Input(format!("table `{name}` is not in [[tables]]")))
@@ -148,13 +148,13 @@ struct Search {
 }
 
 /// The window's ids as the source has them now, cut at its newest id, and when they were read.
-struct Sighting {
-    range: Option<IdRange>,
-    frontier: Option<i64>,
-    seen: DateTime<Utc>,
+pub(crate) struct Sighting {
+    pub range: Option<IdRange>,
+    pub frontier: Option<i64>,
+    pub seen: DateTime<Utc>,
 }
 
-async fn sight(
+pub(crate) async fn sight(
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
     table: &TableConfig,
@@ -182,7 +182,7 @@ async fn sight(
 /// With a `[source.replica]` the
 /// replica's replay point (read on `source`, the reads connection) must have passed it too, so
 /// the source ids compared afterwards include every row committed by then.
-async fn wait_settled(
+pub(crate) async fn wait_settled(
     ctx: &FixContext,
     table: &TableConfig,
     seen: DateTime<Utc>,
@@ -817,6 +817,8 @@ mod tests {
             id_column: "id".into(),
             day_column: day_column.map(str::to_owned),
             task: None,
+            divergent_rows: false,
+            delete_extra: false,
         }
     }
 

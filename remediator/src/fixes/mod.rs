@@ -4,6 +4,7 @@
 //! prints and what the ledger records), then executes the plan. The worker takes the advisory
 //! locks of every task in `Plan::tasks` before `execute` and holds them until it returns.
 
+mod divergent_rows;
 mod maintenance;
 mod memory;
 mod missing_rows;
@@ -20,6 +21,7 @@ use dmsguard_pipeline::db::{self, ConnectError};
 use dmsguard_pipeline::dms_tasks::{DmsTaskError, DmsTasks, TaskState, STOPPED};
 use serde::{Deserialize, Serialize};
 
+pub use divergent_rows::DivergentRowsFix;
 pub use maintenance::MaintenanceFix;
 pub use memory::MemoryFix;
 pub use missing_rows::MissingRowsFix;
@@ -58,6 +60,10 @@ pub enum FixError {
     Fetch(#[from] dmsguard_pipeline::type_translator::FetchError),
     #[error("{0}")]
     Insert(#[from] dmsguard_pipeline::type_translator::InsertError),
+    #[error("{0}")]
+    Content(#[from] dmsguard_pipeline::content::ContentError),
+    #[error("{0}")]
+    Rewrite(#[from] dmsguard_pipeline::rewrite::RewriteError),
     #[error("{0}")]
     SystemView(#[from] dmsguard_pipeline::system_views::SystemViewError),
     #[error("{0}")]
@@ -510,6 +516,7 @@ fn standard_fix(name: FixName) -> Arc<dyn Fix> {
         FixName::StalledTask => Arc::new(StalledTaskFix),
         FixName::OneByOne => Arc::new(OneByOneFix),
         FixName::MissingRows => Arc::new(MissingRowsFix),
+        FixName::DivergentRows => Arc::new(DivergentRowsFix),
     }
 }
 

@@ -52,6 +52,14 @@ struct Args {
         default_value = "grouped,dump-and-join,reladiff,count"
     )]
     methods: Vec<Method>,
+    /// Time the content comparison instead (issue: rows whose values diverged): tables of
+    /// several column types, `--stale` percent of the target's rows holding old values, against
+    /// reladiff's content diff, a row-by-row comparison in the client and `count(*)`.
+    #[arg(long)]
+    content: bool,
+    /// With `--content`: percent of the target's rows left stale.
+    #[arg(long, value_delimiter = ',', default_value = "0.01,1")]
+    stale: Vec<f64>,
 }
 
 /// A method timed against the gap finder.
@@ -184,7 +192,11 @@ async fn main() -> anyhow::Result<()> {
     }
     grant_exporter(&env, [&src_db, &tgt_db]).await?;
     println!("Load average at start: {}", load_average());
-    let result = run(&args, &env, &src_db, &tgt_db).await;
+    let result = if args.content {
+        content::run(&args, &env, &src_db, &tgt_db).await
+    } else {
+        run(&args, &env, &src_db, &tgt_db).await
+    };
     println!("Load average at end: {}", load_average());
     if !args.keep && !args.reuse {
         for db in [&src_db, &tgt_db] {
@@ -557,6 +569,9 @@ impl Case<'_> {
 }
 
 type Row = (i64, f64, usize, Vec<Measurement>);
+
+#[path = "bench_gaps/content.rs"]
+mod content;
 
 fn print_table(rows: &[Row]) {
     println!(

@@ -19,6 +19,13 @@ pub enum Fault {
     /// Instance memory falls by `bytes_per_second` for each running task; stopping and
     /// resuming a task gives its memory back (F2). Lasts while set.
     MemoryLeak { bytes_per_second: u64 },
+    /// Every `every`-th captured UPDATE never reaches the target, silently: the target row
+    /// keeps its old values (a divergent row). Lasts while set; a later UPDATE of the same row
+    /// applies again (and heals it, since DMS's UPDATE sets every column).
+    SkipUpdate { every: u32 },
+    /// Every `every`-th captured DELETE never reaches the target, silently: the row stays in
+    /// the target although the source no longer has it (an extra id). Lasts while set.
+    SkipDelete { every: u32 },
     /// Every running task stops applying while staying `running` in DMS, until it is stopped
     /// and resumed (F5). Latched when set.
     Stall,
@@ -29,6 +36,8 @@ pub enum Fault {
 
 /// Default `every` of `drop_rows`.
 pub const DEFAULT_DROP_EVERY: u32 = 50;
+/// Default `every` of `skip_update` and `skip_delete`.
+pub const DEFAULT_SKIP_EVERY: u32 = 20;
 /// Default leak of `memory_leak`: 64 MiB/s.
 pub const DEFAULT_LEAK_BYTES_PER_SECOND: u64 = 64 << 20;
 /// Default outage of `redshift_restart`.
@@ -41,6 +50,8 @@ impl Fault {
             Fault::None => "none",
             Fault::DropRows { .. } => "drop_rows",
             Fault::MissingThenUpdate => "missing_then_update",
+            Fault::SkipUpdate { .. } => "skip_update",
+            Fault::SkipDelete { .. } => "skip_delete",
             Fault::MemoryLeak { .. } => "memory_leak",
             Fault::Stall => "stall",
             Fault::RedshiftRestart { .. } => "redshift_restart",
@@ -60,6 +71,8 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fault::DropRows { every } => write!(f, "drop_rows:{every}"),
+            Fault::SkipUpdate { every } => write!(f, "skip_update:{every}"),
+            Fault::SkipDelete { every } => write!(f, "skip_delete:{every}"),
             Fault::MemoryLeak { bytes_per_second } => write!(f, "memory_leak:{bytes_per_second}"),
             Fault::RedshiftRestart { seconds } => write!(f, "redshift_restart:{seconds}"),
             other => f.write_str(other.name()),
@@ -70,7 +83,7 @@ impl fmt::Display for Fault {
 /// A fault specification that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FaultParseError {
-    #[error("unknown fault `{0}` (known: none, drop_rows[:N], missing_then_update, memory_leak[:BYTES_PER_S], stall, redshift_restart[:SECONDS])")]
+    #[error("unknown fault `{0}` (known: none, drop_rows[:N], missing_then_update, skip_update[:N], skip_delete[:N], memory_leak[:BYTES_PER_S], stall, redshift_restart[:SECONDS])")]
     Unknown(String),
     #[error("fault `{name}`: `{value}` is not a positive whole number")]
     BadArgument { name: String, value: String },
@@ -115,6 +128,12 @@ impl FromStr for Fault {
                 every: narrow(number(u64::from(DEFAULT_DROP_EVERY))?)?,
             }),
             "missing_then_update" => no_arg(Fault::MissingThenUpdate),
+            "skip_update" => Ok(Fault::SkipUpdate {
+                every: narrow(number(u64::from(DEFAULT_SKIP_EVERY))?)?,
+            }),
+            "skip_delete" => Ok(Fault::SkipDelete {
+                every: narrow(number(u64::from(DEFAULT_SKIP_EVERY))?)?,
+            }),
             "memory_leak" => Ok(Fault::MemoryLeak {
                 bytes_per_second: number(DEFAULT_LEAK_BYTES_PER_SECOND)?,
             }),
@@ -149,6 +168,20 @@ mod tests {
             Fault::RedshiftRestart { seconds: 3 }
         );
         assert_eq!("stall".parse::<Fault>().unwrap(), Fault::Stall);
+        assert_eq!(
+            "skip_update".parse::<Fault>().unwrap(),
+            Fault::SkipUpdate {
+                every: DEFAULT_SKIP_EVERY
+            }
+        );
+        assert_eq!(
+            "skip_delete:3".parse::<Fault>().unwrap(),
+            Fault::SkipDelete { every: 3 }
+        );
+        assert!(matches!(
+            "skip_delete:0".parse::<Fault>(),
+            Err(FaultParseError::BadArgument { .. })
+        ));
     }
 
     #[test]
@@ -173,6 +206,8 @@ mod tests {
             Fault::None,
             Fault::DropRows { every: 3 },
             Fault::MissingThenUpdate,
+            Fault::SkipUpdate { every: 1 },
+            Fault::SkipDelete { every: 9 },
             Fault::MemoryLeak {
                 bytes_per_second: 10,
             },

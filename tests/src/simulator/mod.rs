@@ -177,6 +177,10 @@ pub struct TaskStats {
     pub dropped_changes: u64,
     /// Inserts dropped by a fault, as (`schema.table`, id).
     pub dropped_ids: Vec<(String, i64)>,
+    /// UPDATEs `skip_update` kept from the target, as (`schema.table`, id), in capture order.
+    pub skipped_updates: Vec<(String, i64)>,
+    /// DELETEs `skip_delete` kept from the target, as (`schema.table`, id).
+    pub skipped_deletes: Vec<(String, i64)>,
     pub batches: u64,
     pub bulk_batches: u64,
     pub one_by_one_batches: u64,
@@ -228,6 +232,20 @@ impl SimStats {
         self.tasks
             .iter()
             .flat_map(|t| t.dropped_ids.iter().cloned())
+            .collect()
+    }
+    /// UPDATEs `skip_update` kept from the target, as (`schema.table`, id).
+    pub fn skipped_updates(&self) -> Vec<(String, i64)> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.skipped_updates.iter().cloned())
+            .collect()
+    }
+    /// DELETEs `skip_delete` kept from the target, as (`schema.table`, id).
+    pub fn skipped_deletes(&self) -> Vec<(String, i64)> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.skipped_deletes.iter().cloned())
             .collect()
     }
     /// The highest `seq` applied by any task.

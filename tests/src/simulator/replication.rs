@@ -321,6 +321,9 @@ struct Replicator {
     keep_from: Option<i64>,
     pending: Pending,
     inserts_seen: u64,
+    /// Captured UPDATEs and DELETEs, counted for `skip_update` and `skip_delete`.
+    updates_seen: u64,
+    deletes_seen: u64,
     /// Rows whose insert a `drop_rows` fault dropped: their later changes are dropped too.
     dropped_keys: HashSet<(usize, i64)>,
     db_name: String,
@@ -362,6 +365,8 @@ pub(crate) async fn run(
         keep_from: None,
         pending: Pending::default(),
         inserts_seen: 0,
+        updates_seen: 0,
+        deletes_seen: 0,
         dropped_keys: HashSet::new(),
         db_name,
         session_id,
@@ -696,6 +701,8 @@ impl Replicator {
         }
         let mut dropped = 0u64;
         let mut dropped_ids = Vec::new();
+        let mut skipped_updates = Vec::new();
+        let mut skipped_deletes = Vec::new();
         let mut net: Vec<BTreeMap<i64, Net>> = vec![BTreeMap::new(); self.tables.len()];
         for t in txns {
             for c in t.changes {
@@ -727,6 +734,27 @@ impl Replicator {
                 } else if self.dropped_keys.contains(&key) {
                     dropped += 1;
                     continue;
+                } else if c.op == Op::Update {
+                    // skip_update: DMS loses the UPDATE silently; the target row keeps its
+                    // old values (or, inserted in this batch, its inserted ones).
+                    self.updates_seen += 1;
+                    if let Fault::SkipUpdate { every } = fault {
+                        if self.updates_seen % u64::from(every.max(1)) == 0 {
+                            dropped += 1;
+                            skipped_updates.push((self.tables[c.table].dotted.clone(), c.id));
+                            continue;
+                        }
+                    }
+                } else if c.op == Op::Delete {
+                    // skip_delete: the row stays in the target, the source no longer has it.
+                    self.deletes_seen += 1;
+                    if let Fault::SkipDelete { every } = fault {
+                        if self.deletes_seen % u64::from(every.max(1)) == 0 {
+                            dropped += 1;
+                            skipped_deletes.push((self.tables[c.table].dotted.clone(), c.id));
+                            continue;
+                        }
+                    }
                 }
                 let m = &mut net[c.table];
                 let prev = m.remove(&c.id);
@@ -792,6 +820,8 @@ impl Replicator {
             s.applied += raw as u64 - dropped;
             s.dropped_changes += dropped;
             s.dropped_ids.extend(dropped_ids);
+            s.skipped_updates.extend(skipped_updates);
+            s.skipped_deletes.extend(skipped_deletes);
             s.batches += 1;
             if one_by_one {
                 s.one_by_one_batches += 1;

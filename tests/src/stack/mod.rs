@@ -81,6 +81,8 @@ pub struct StackSpec {
     /// `remediator.task_state_timeout`: how long a fix waits for `stopped` / `running` (raise
     /// it above the lab's DMS stop and start times, see `LabControl::set_dms_timing`).
     pub task_state_timeout: Duration,
+    /// Extra lines of every `[[tables]]` entry (e.g. `divergent_rows = true`).
+    pub table_settings: String,
 }
 
 impl StackSpec {
@@ -108,6 +110,7 @@ impl StackSpec {
             extra_sections: String::new(),
             clock_start: None,
             task_state_timeout: Duration::from_secs(30),
+            table_settings: String::new(),
         }
     }
 
@@ -148,7 +151,8 @@ impl StackSpec {
         }
         for (table, task) in &self.tables {
             text.push_str(&format!(
-                "[[tables]]\nsource = \"{table}\"\nday_column = \"created_at\"\ntask = \"{task}\"\n\n"
+                "[[tables]]\nsource = \"{table}\"\nday_column = \"created_at\"\ntask = \"{task}\"\n{}\n",
+                self.table_settings
             ));
         }
         // The simulator publishes CloudWatch datapoints every second: short periods let the
