@@ -128,7 +128,7 @@ async fn build(
              INSERT INTO {name}
                SELECT g, {status}, {amount}, g % 1000, 'note ' || md5(g::text),
                  timestamp '2026-11-01 00:00:00' + g * interval '10 ms'
-               FROM generate_series(1, {size}) g;
+               FROM generate_series(CAST(1 AS BIGINT), {size}) g;
              ALTER TABLE {name} ADD PRIMARY KEY (id);"
         ))
         .await
@@ -345,6 +345,8 @@ impl Case<'_> {
         let output = command
             // The password goes through the environment, never the command line.
             .env("PGPASSWORD", &self.env.pg_password)
+            // Its JSON goes through a console that wraps lines at the terminal's width.
+            .env("COLUMNS", "1000000")
             .output()
             .await
             .with_context(|| format!("running {reladiff}"))?;
