@@ -197,12 +197,12 @@ impl GapsProbe {
             for window in DayWindow::ALL {
                 let day = today - ChronoDuration::days(window.days_back());
                 let finished = window == DayWindow::Yesterday;
-                if finished && !self.scans.due(&table.label, day, now) {
-                    tracing::debug!(table = %table.label, %day, "Finished window read in full recently: not read again yet.");
-                    continue;
-                }
                 let range =
                     gap_finder::id_range_for_day(source, &table.spec, day_column, day).await?;
+                if finished && !self.scans.due(&table.label, day, range, now) {
+                    tracing::debug!(table = %table.label, %day, "Finished window read in full recently and its ids unchanged: not read again yet.");
+                    continue;
+                }
                 let judged = range.and_then(|r| r.up_to(frontier));
                 let (missing, extra) = match judged {
                     Some(range) => {
@@ -259,7 +259,7 @@ impl GapsProbe {
                 if finished {
                     // Complete when replication had passed every id of the window.
                     self.scans
-                        .record(&table.label, day, now, judged == range, clean);
+                        .record(&table.label, day, range, now, judged == range, clean);
                 }
                 self.metrics
                     .missing_ids

@@ -3,19 +3,23 @@
 //! Today's window changes all day and is read on every run. Yesterday's is finished: once a read
 //! covered all of it (replication had passed its last id) and found nothing missing or extra,
 //! it is read again only after `finished_window_interval`, and its gauges keep the last values
-//! meanwhile. A window not yet read in full, or whose last read found differences (a repair may
-//! be under way and the alert must resolve when it is done), is read on every run. Pure: the
-//! instant is passed in.
+//! meanwhile. A window not yet read in full, whose last read found differences (a repair may
+//! be under way and the alert must resolve when it is done), or whose source id range changed
+//! since (rows of that day committed late, e.g. a long transaction or a backfill), is read on
+//! every run. Pure: the instant and the range are passed in.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use dmsguard_pipeline::gap_finder::IdRange;
 
 /// The last complete read of a table's finished window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FullRead {
     day: NaiveDate,
+    /// The window's source id range then (None: no rows).
+    range: Option<IdRange>,
     at: DateTime<Utc>,
     clean: bool,
 }
@@ -36,10 +40,17 @@ impl WindowScans {
         }
     }
 
-    /// Whether `table`'s finished window `day` must be read at `now`.
-    pub fn due(&self, table: &str, day: NaiveDate, now: DateTime<Utc>) -> bool {
+    /// Whether `table`'s finished window `day`, whose source ids are now `range`, must be
+    /// read at `now`.
+    pub fn due(
+        &self,
+        table: &str,
+        day: NaiveDate,
+        range: Option<IdRange>,
+        now: DateTime<Utc>,
+    ) -> bool {
         match self.last.get(table) {
-            Some(read) if read.day == day && read.clean => {
+            Some(read) if read.day == day && read.clean && read.range == range => {
                 let every = chrono::Duration::from_std(self.every).unwrap_or(chrono::Duration::MAX);
                 now < read.at || now.signed_duration_since(read.at) >= every
             }
@@ -54,6 +65,7 @@ impl WindowScans {
         &mut self,
         table: &str,
         day: NaiveDate,
+        range: Option<IdRange>,
         now: DateTime<Utc>,
         complete: bool,
         clean: bool,
@@ -63,6 +75,7 @@ impl WindowScans {
                 table.to_owned(),
                 FullRead {
                     day,
+                    range,
                     at: now,
                     clean,
                 },
@@ -90,48 +103,68 @@ mod tests {
         NaiveDate::from_ymd_opt(2027, 1, d).unwrap()
     }
 
+    /// The window's source ids in the tests' reads.
+    const R: Option<IdRange> = Some(IdRange { lo: 100, hi: 200 });
+
+    #[test]
+    fn a_window_whose_ids_changed_is_read_again_at_once() {
+        let mut scans = WindowScans::new(Duration::from_secs(3600));
+        // Read in full and clean while the day had no rows yet.
+        scans.record("t", day(1), None, at(0), true, true);
+        assert!(!scans.due("t", day(1), None, at(5)));
+        // Rows of that day committed since: read at once.
+        assert!(scans.due("t", day(1), R, at(5)));
+        scans.record("t", day(1), R, at(5), true, true);
+        assert!(!scans.due("t", day(1), R, at(6)));
+        let grown = Some(IdRange { lo: 100, hi: 201 });
+        assert!(scans.due("t", day(1), grown, at(6)));
+    }
+
     #[test]
     fn a_clean_complete_window_waits_for_its_interval() {
         let mut scans = WindowScans::new(Duration::from_secs(3600));
-        assert!(scans.due("t", day(1), at(0)), "never read");
-        scans.record("t", day(1), at(0), true, true);
-        assert!(!scans.due("t", day(1), at(5)));
-        assert!(!scans.due("t", day(1), at(59)));
-        assert!(scans.due("t", day(1), at(60)));
-        assert!(scans.due("other", day(1), at(5)), "per table");
-        assert!(scans.due("t", day(2), at(5)), "a new day is a new window");
+        assert!(scans.due("t", day(1), R, at(0)), "never read");
+        scans.record("t", day(1), R, at(0), true, true);
+        assert!(!scans.due("t", day(1), R, at(5)));
+        assert!(!scans.due("t", day(1), R, at(59)));
+        assert!(scans.due("t", day(1), R, at(60)));
+        assert!(scans.due("other", day(1), R, at(5)), "per table");
+        assert!(
+            scans.due("t", day(2), R, at(5)),
+            "a new day is a new window"
+        );
         assert_eq!(scans.last_full_read("t"), Some(at(0)));
     }
 
     #[test]
     fn an_incomplete_or_unclean_window_is_read_every_run() {
         let mut scans = WindowScans::new(Duration::from_secs(3600));
-        scans.record("t", day(1), at(0), false, true);
+        scans.record("t", day(1), R, at(0), false, true);
         assert!(
-            scans.due("t", day(1), at(1)),
+            scans.due("t", day(1), R, at(1)),
             "replication had not passed it all"
         );
-        scans.record("t", day(1), at(1), true, false);
+        scans.record("t", day(1), R, at(1), true, false);
         assert!(
-            scans.due("t", day(1), at(2)),
+            scans.due("t", day(1), R, at(2)),
             "differences: watch the repair"
         );
-        scans.record("t", day(1), at(2), true, true);
-        assert!(!scans.due("t", day(1), at(3)));
+        scans.record("t", day(1), R, at(2), true, true);
+        assert!(!scans.due("t", day(1), R, at(3)));
         // A read that turns incomplete again (e.g. the frontier went back after a restart)
         // forgets the full read.
-        scans.record("t", day(1), at(3), false, true);
-        assert!(scans.due("t", day(1), at(4)));
+        scans.record("t", day(1), R, at(3), false, true);
+        assert!(scans.due("t", day(1), R, at(4)));
         assert_eq!(scans.last_full_read("t"), None);
     }
 
     #[test]
     fn zero_reads_every_run_and_a_clock_going_back_reads_again() {
         let mut scans = WindowScans::new(Duration::ZERO);
-        scans.record("t", day(1), at(10), true, true);
-        assert!(scans.due("t", day(1), at(10)));
+        scans.record("t", day(1), R, at(10), true, true);
+        assert!(scans.due("t", day(1), R, at(10)));
         let mut scans = WindowScans::new(Duration::from_secs(3600));
-        scans.record("t", day(1), at(10), true, true);
-        assert!(scans.due("t", day(1), at(9)));
+        scans.record("t", day(1), R, at(10), true, true);
+        assert!(scans.due("t", day(1), R, at(9)));
     }
 }
