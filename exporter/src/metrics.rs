@@ -59,6 +59,12 @@ pub const TABLE_MAX_ID_LAG: &str = "table_max_id_lag";
 pub const TABLE_DIVERGENT_ROWS: &str = "table_divergent_rows";
 /// `dmsguard_table_frontier_id`
 pub const TABLE_FRONTIER_ID: &str = "table_frontier_id";
+/// `dmsguard_table_scan_progress_ratio`
+pub const TABLE_SCAN_PROGRESS: &str = "table_scan_progress_ratio";
+/// `dmsguard_table_scan_pass_completed_timestamp_seconds`
+pub const TABLE_SCAN_PASS_COMPLETED_TIMESTAMP: &str = "table_scan_pass_completed_timestamp";
+/// `dmsguard_table_scanned_ids_total`
+pub const TABLE_SCANNED_IDS: &str = "table_scanned_ids";
 /// `dmsguard_source_replica_lag_seconds`
 pub const SOURCE_REPLICA_LAG: &str = "source_replica_lag";
 /// `dmsguard_config_memory_threshold_bytes`
@@ -291,6 +297,19 @@ impl DayWindow {
             DayWindow::Today => "today",
             DayWindow::Yesterday => "yesterday",
         }
+    }
+
+    /// Its position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            DayWindow::Today => 0,
+            DayWindow::Yesterday => 1,
+        }
+    }
+
+    /// Whether the day is over (its rows change rarely: late commits, backfills).
+    pub fn is_finished(self) -> bool {
+        self == DayWindow::Yesterday
     }
 
     /// How many days before today this window is.
@@ -588,6 +607,12 @@ pub struct GapMetrics {
     pub divergent_rows: Family<TableWindowLabels, Gauge>,
     pub max_id_lag: Family<TableLabels, Gauge>,
     pub frontier_id: Family<TableLabels, Gauge>,
+    /// The fraction of the window the current pass of slices has covered.
+    pub scan_progress: Family<TableWindowLabels, FloatGauge>,
+    /// When the last pass over the window ended (the probe's clock).
+    pub scan_pass_completed: Family<TableWindowLabels, FloatGauge>,
+    /// Ids read per side, summed over the slices read.
+    pub scanned_ids: Family<TableWindowLabels, Counter>,
     /// How far `[source.replica]` is behind the primary; absent without a replica.
     pub replica_lag_seconds: OptionalGauge,
 }
@@ -600,6 +625,9 @@ impl GapMetrics {
             divergent_rows: Family::default(),
             max_id_lag: Family::default(),
             frontier_id: Family::default(),
+            scan_progress: Family::default(),
+            scan_pass_completed: Family::default(),
+            scanned_ids: Family::default(),
             replica_lag_seconds: OptionalGauge::default(),
         };
         registry.register_with_unit(
@@ -610,17 +638,17 @@ impl GapMetrics {
         );
         registry.register(
             TABLE_MISSING_IDS,
-            "Ids in the source but not in the target, among the source rows of the UTC day.",
+            "Ids in the source but not in the target, among the source rows of the UTC day. A window larger than the scan budget is read in slices over successive runs: the count sums each slice's latest read, so it may be up to one pass old.",
             m.missing_ids.clone(),
         );
         registry.register(
             TABLE_EXTRA_IDS,
-            "Ids in the target but not in the source, within the UTC day's source id range.",
+            "Ids in the target but not in the source (a DELETE the target missed), within the UTC day's source id range; summed over each slice's latest read (up to one pass old).",
             m.extra_ids.clone(),
         );
         registry.register(
             TABLE_DIVERGENT_ROWS,
-            "Ids on both sides whose row differs between source and target, among the UTC day's ids, counted once two content comparisons separated by more than the replication latency saw them (tables with divergent_rows = true).",
+            "Ids on both sides whose row differs between source and target, among the UTC day's ids, counted once two content comparisons separated by more than the replication latency saw them (tables with divergent_rows = true); summed over each slice's latest read (up to one pass old).",
             m.divergent_rows.clone(),
         );
         registry.register(
@@ -632,6 +660,22 @@ impl GapMetrics {
             TABLE_FRONTIER_ID,
             "Newest source id replication progress has passed: absent ids up to it count as missing, newer ones are in flight.",
             m.frontier_id.clone(),
+        );
+        registry.register(
+            TABLE_SCAN_PROGRESS,
+            "Fraction of the UTC day's judged id range the gaps probe's current pass has read (1 once a pass ended, until the next starts); below 1 for a window read in slices under the scan budget.",
+            m.scan_progress.clone(),
+        );
+        registry.register_with_unit(
+            TABLE_SCAN_PASS_COMPLETED_TIMESTAMP,
+            "Unix time the gaps probe last finished reading every judged id of the UTC day's window (one pass of slices).",
+            Unit::Seconds,
+            m.scan_pass_completed.clone(),
+        );
+        registry.register(
+            TABLE_SCANNED_IDS,
+            "Ids of the UTC day's window the gaps probe read per side, summed over the slices read (a table with divergent_rows = true reads each id twice, ids then content, and counts it twice).",
+            m.scanned_ids.clone(),
         );
         m
     }

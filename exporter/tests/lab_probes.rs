@@ -211,6 +211,7 @@ async fn stl_statements_are_read_from_stl_query_and_querytext() -> anyhow::Resul
         task: None,
         divergent_rows: false,
         delete_extra: false,
+        scan_budget_rows: None,
     });
     record_stl(
         &rs,
@@ -452,6 +453,7 @@ fn orders_table() -> TableConfig {
         task: None,
         divergent_rows: false,
         delete_extra: false,
+        scan_budget_rows: None,
     }
 }
 

@@ -62,6 +62,7 @@ async fn the_gaps_probe_reads_the_replica_and_exports_its_lag() -> anyhow::Resul
             task: None,
             divergent_rows: false,
             delete_extra: false,
+            scan_budget_rows: None,
         });
         let exporter = spawn_exporter(config).await?;
         let addr = exporter.addr;
@@ -260,6 +261,7 @@ async fn a_paused_standby_shows_lag_and_hides_rows_until_it_replays() -> anyhow:
         task: None,
         divergent_rows: false,
         delete_extra: false,
+        scan_budget_rows: None,
     });
     let exporter = spawn_exporter(config).await?;
     let addr = exporter.addr;

@@ -347,12 +347,23 @@ pub struct TableConfig {
     /// default: such ids are reported and left alone.
     #[serde(default)]
     pub delete_extra: bool,
+    /// The most ids of this table the gaps probe reads per side in one run, across its day
+    /// windows; overrides `[exporter] gaps_scan_budget_rows`. A window larger than its share
+    /// is read in slices over successive runs. With `divergent_rows`, each id is read twice
+    /// (ids, then content) and counts twice.
+    pub scan_budget_rows: Option<u64>,
 }
 
 impl TableConfig {
     /// The target table name (`target`, or `source` when unset).
     pub fn target_name(&self) -> &str {
         self.target.as_deref().unwrap_or(&self.source)
+    }
+
+    /// The ids of this table the gaps probe reads per side in one run.
+    pub fn scan_budget(&self, exporter: &ExporterConfig) -> u64 {
+        self.scan_budget_rows
+            .unwrap_or(exporter.gaps_scan_budget_rows)
     }
 }
 
@@ -423,6 +434,16 @@ pub struct ExporterConfig {
         with = "humantime_serde"
     )]
     pub finished_window_interval: Duration,
+    /// The most ids per table the gaps probe reads per side in one run, today's and
+    /// yesterday's windows together (a table's `scan_budget_rows` overrides it). A window
+    /// larger than its share is read in slices of consecutive ids over successive runs, and its
+    /// counts are those of each slice's latest read (up to one pass old);
+    /// `dmsguard_table_scan_progress_ratio` says how far the current pass got. With
+    /// `divergent_rows`, each id is read twice (ids, then content) and counts twice. The default
+    /// (10,000,000) reads both windows of a table of up to about 5 million rows a day in full
+    /// on every run, as without a budget, and bounds what a larger table costs the source.
+    #[serde(default = "defaults::gaps_scan_budget_rows")]
+    pub gaps_scan_budget_rows: u64,
     /// Probe of the Redshift maintenance window.
     #[serde(default = "defaults::maintenance_probe")]
     pub maintenance: ProbeSchedule,
@@ -445,6 +466,7 @@ impl Default for ExporterConfig {
             dms: defaults::dms_probe(),
             gaps: defaults::gaps_probe(),
             finished_window_interval: defaults::finished_window_interval(),
+            gaps_scan_budget_rows: defaults::gaps_scan_budget_rows(),
             maintenance: defaults::maintenance_probe(),
             preflight: true,
         }
@@ -796,6 +818,9 @@ pub mod defaults {
     pub fn finished_window_interval() -> Duration {
         Duration::from_secs(60 * 60)
     }
+    pub fn gaps_scan_budget_rows() -> u64 {
+        10_000_000
+    }
     pub fn maintenance_probe() -> ProbeSchedule {
         ProbeSchedule::every(60, 20)
     }
@@ -1004,6 +1029,18 @@ impl Config {
                     ));
                 }
             }
+            if table.scan_budget_rows == Some(0) {
+                return Err(ConfigError::key(
+                    format!("tables[{i}].scan_budget_rows"),
+                    "must be above 0",
+                ));
+            }
+        }
+        if self.exporter.gaps_scan_budget_rows == 0 {
+            return Err(ConfigError::key(
+                "exporter.gaps_scan_budget_rows",
+                "must be above 0",
+            ));
         }
         if self.redshift.serverless
             && (self.redshift.cluster_identifier.is_some()

@@ -11,6 +11,11 @@
 //! Today's window is read on every run; yesterday's, once read in full and clean, only every
 //! `[exporter] finished_window_interval` ([`super::window_scans`]): between reads its gauges
 //! keep their last values.
+//!
+//! A run reads at most the table's scan budget of ids per side, shared by the windows it reads
+//! ([`super::scan_budget`]): a larger window is read in slices over successive runs, and its
+//! counts sum each slice's latest read. A finished window counts as read in full when a pass of
+//! slices over all of it ended.
 
 use std::sync::Arc;
 
@@ -22,6 +27,7 @@ use dmsguard_pipeline::frontier::{FrontierConfig, IdSamples, ProgressBoard};
 use dmsguard_pipeline::gap_finder::{self, GapFinder, TableSpec};
 use tokio_postgres::Client;
 
+use super::scan_budget::{self, Found, WindowWalk};
 use super::window_scans::WindowScans;
 use super::{Probe, ProbeError};
 use crate::metrics::{DayWindow, GapMetrics, ProbeName, TableLabels, TableWindowLabels};
@@ -39,6 +45,22 @@ struct GapTable {
     samples: IdSamples,
     /// The content comparison, for tables with `divergent_rows = true`.
     content: Option<ContentState>,
+    /// Ids read per side per run at most (`scan_budget_rows`).
+    budget: u64,
+    /// Per window (`DayWindow::index`), how far the slices got and what each last found.
+    walks: [WindowWalk; 2],
+}
+
+impl GapTable {
+    /// What reading one id costs against the budget: the gap finder's read, and the content
+    /// comparison's read of the same id when there is one.
+    fn cost_per_id(&self) -> u64 {
+        if self.content.is_some() {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 /// A table's content comparison: planned once from both catalogues, and per window which
@@ -48,6 +70,15 @@ struct ContentState {
     comparer: Option<ContentComparer>,
     today: Persistence,
     yesterday: Persistence,
+}
+
+impl ContentState {
+    fn persistence(&mut self, window: DayWindow) -> &mut Persistence {
+        match window {
+            DayWindow::Today => &mut self.today,
+            DayWindow::Yesterday => &mut self.yesterday,
+        }
+    }
 }
 
 /// The gaps probe: per configured table, missing ids today and yesterday, and the id lag.
@@ -85,6 +116,8 @@ impl GapsProbe {
                     task: t.task.clone(),
                     samples: IdSamples::default(),
                     content: t.divergent_rows.then(ContentState::default),
+                    budget: t.scan_budget(&config.exporter),
+                    walks: Default::default(),
                 })
             })
             .collect::<Result<_, ProbeError>>()?;
@@ -194,28 +227,63 @@ impl GapsProbe {
             let Some(day_column) = &table.day_column else {
                 continue;
             };
+            // The windows read this run, and what reading the rest of each pass would cost.
+            let mut plans = Vec::new();
             for window in DayWindow::ALL {
                 let day = today - ChronoDuration::days(window.days_back());
-                let finished = window == DayWindow::Yesterday;
+                if table.walks[window.index()].follow_day(day) {
+                    // A new day is a new window: what the comparison saw of the old one is moot.
+                    if let Some(state) = &mut table.content {
+                        *state.persistence(window) = Persistence::default();
+                    }
+                }
                 let range =
                     gap_finder::id_range_for_day(source, &table.spec, day_column, day).await?;
-                if finished && !self.scans.due(&table.label, day, range, now) {
+                if window.is_finished() && !self.scans.due(&table.label, day, range, now) {
                     tracing::debug!(table = %table.label, %day, "Finished window read in full recently and its ids unchanged: not read again yet.");
                     continue;
                 }
                 let judged = range.and_then(|r| r.up_to(frontier));
-                let (missing, extra) = match judged {
-                    Some(range) => {
-                        let report = self.finder.find(source, target, &table.spec, range).await?;
-                        (report.missing.len(), report.extra.len())
-                    }
-                    None => (0, 0),
-                };
+                let need = judged.map_or(0, |j| {
+                    table.walks[window.index()]
+                        .remaining(j)
+                        .saturating_mul(table.cost_per_id())
+                });
+                plans.push((window, day, range, judged, need));
+            }
+            let shares =
+                scan_budget::split(table.budget, &plans.iter().map(|p| p.4).collect::<Vec<_>>());
+            for ((window, day, range, judged, _), share) in plans.into_iter().zip(shares) {
                 let labels = TableWindowLabels {
                     table: table.label.clone(),
                     window,
                 };
-                let mut clean = missing == 0 && extra == 0;
+                let Some(judged) = judged else {
+                    // Nothing replication has passed yet, or a day without rows (read in full).
+                    self.metrics.missing_ids.get_or_create(&labels).set(0);
+                    self.metrics.extra_ids.get_or_create(&labels).set(0);
+                    if table.content.is_some() {
+                        self.metrics.divergent_rows.get_or_create(&labels).set(0);
+                    }
+                    self.metrics
+                        .scan_progress
+                        .get_or_create(&labels)
+                        .set(if range.is_none() { 1.0 } else { 0.0 });
+                    if window.is_finished() {
+                        self.scans
+                            .record(&table.label, day, range, now, range.is_none(), true);
+                    }
+                    continue;
+                };
+                let cost = table.cost_per_id();
+                let walk = &mut table.walks[window.index()];
+                let slice = walk.next_slice(judged, share / cost);
+                let report = self.finder.find(source, target, &table.spec, slice).await?;
+                let mut found = Found {
+                    missing: report.missing,
+                    extra: report.extra,
+                    ..Found::default()
+                };
                 if let Some(state) = &mut table.content {
                     if state.comparer.is_none() {
                         state.comparer = Some(
@@ -228,47 +296,72 @@ impl GapsProbe {
                             .await?,
                         );
                     }
-                    let divergent = match (judged, &state.comparer) {
-                        (Some(range), Some(comparer)) => {
-                            let started = Utc::now();
-                            let report = comparer.compare(source, target, range).await?;
-                            let finished = Utc::now();
-                            clean = clean && report.is_clean();
-                            // Everything committed before `progress` is applied: a change is in
-                            // flight at most this long (plus the longest write transaction).
-                            let latency = progress
-                                .map(|p| (started - p).to_std().unwrap_or_default())
-                                .unwrap_or_default()
-                                + self.frontier.margin;
-                            let persistence = match window {
-                                DayWindow::Today => &mut state.today,
-                                DayWindow::Yesterday => &mut state.yesterday,
-                            };
-                            persistence
-                                .observe(&report, started, finished, latency)
-                                .divergent_ids
-                                .len()
-                        }
-                        _ => 0,
-                    };
+                    if let Some(comparer) = &state.comparer {
+                        let started = Utc::now();
+                        let report = comparer.compare(source, target, slice).await?;
+                        let finished = Utc::now();
+                        // Everything committed before `progress` is applied: a change is in
+                        // flight at most this long (plus the longest write transaction).
+                        let latency = progress
+                            .map(|p| (started - p).to_std().unwrap_or_default())
+                            .unwrap_or_default()
+                            + self.frontier.margin;
+                        found.divergent = state
+                            .persistence(window)
+                            .observe(&report, started, finished, latency)
+                            .divergent_ids;
+                        found.unconfirmed = [
+                            &report.divergent_ids,
+                            &report.extra_ids,
+                            &report.missing_ids,
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .collect();
+                    }
+                }
+                let pass = walk.record(slice, judged, range, &found, now);
+                let counts = walk.counts(judged);
+                self.metrics
+                    .scanned_ids
+                    .get_or_create(&labels)
+                    .inc_by(scan_budget::span(slice).saturating_mul(cost));
+                self.metrics
+                    .scan_progress
+                    .get_or_create(&labels)
+                    .set(walk.progress(judged));
+                if let Some(pass) = pass {
+                    // The probe's clock: a test's injected instant, production's real one.
+                    #[allow(clippy::cast_precision_loss)]
+                    let at = now.timestamp_millis() as f64 / 1000.0;
                     self.metrics
-                        .divergent_rows
+                        .scan_pass_completed
                         .get_or_create(&labels)
-                        .set(i64::try_from(divergent).unwrap_or(i64::MAX));
+                        .set(at);
+                    if window.is_finished() {
+                        // Complete when replication had passed every id of the window and its
+                        // ids did not change during the pass.
+                        let complete = Some(judged) == range && pass.range_unchanged;
+                        self.scans
+                            .record(&table.label, day, range, now, complete, counts.clean);
+                    }
                 }
-                if finished {
-                    // Complete when replication had passed every id of the window.
-                    self.scans
-                        .record(&table.label, day, range, now, judged == range, clean);
-                }
+                let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 self.metrics
                     .missing_ids
                     .get_or_create(&labels)
-                    .set(i64::try_from(missing).unwrap_or(i64::MAX));
+                    .set(gauge(counts.missing));
                 self.metrics
                     .extra_ids
                     .get_or_create(&labels)
-                    .set(i64::try_from(extra).unwrap_or(i64::MAX));
+                    .set(gauge(counts.extra));
+                if table.content.is_some() {
+                    self.metrics
+                        .divergent_rows
+                        .get_or_create(&labels)
+                        .set(gauge(counts.divergent));
+                }
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ pub mod dms;
 pub mod gaps;
 pub mod maintenance;
 pub mod redshift_statements;
+pub mod scan_budget;
 pub mod window_scans;
 
 use std::future::Future;

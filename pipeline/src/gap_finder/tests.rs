@@ -288,6 +288,7 @@ fn table_spec_from_config_uses_target_and_id_column() {
         task: None,
         divergent_rows: false,
         delete_extra: false,
+        scan_budget_rows: None,
     };
     let spec = TableSpec::from_config(&config).unwrap();
     assert_eq!(spec.target.to_string(), "dw.orders");

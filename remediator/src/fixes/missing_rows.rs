@@ -819,6 +819,7 @@ mod tests {
             task: None,
             divergent_rows: false,
             delete_extra: false,
+            scan_budget_rows: None,
         }
     }
 
