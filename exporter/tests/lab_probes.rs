@@ -629,6 +629,257 @@ async fn divergent_rows_count_once_seen_twice_and_clear_after_the_repair() -> an
     dbs.drop().await
 }
 
+/// A window larger than the scan budget is read in slices over successive runs: the progress
+/// gauge moves and reaches a full pass, ids missing in the first and the last slice both count
+/// after one pass, a repaired slice's count drops at its next read, no run reads more ids per
+/// side than the budget, and a finished window read clean in slices waits for
+/// `finished_window_interval`. The probe runs at injected instants, as the exporter's user.
+#[tokio::test]
+async fn a_window_larger_than_the_budget_is_read_in_slices_over_successive_runs(
+) -> anyhow::Result<()> {
+    use dmsguard_exporter::metrics::{DayWindow, GapMetrics, TableWindowLabels};
+    use dmsguard_exporter::probes::gaps::GapsProbe;
+
+    let dbs = TestDatabases::create("exp_scan_budget").await?;
+    let (today, noon) = seeded_today();
+    // Yesterday 1..=300 lost {5, 77, 300}; today 301..=505 lost {301, 450, 501..=505}.
+    seed_gap_tables(&dbs, today).await?;
+    let target = dbs.redshift_client().await?;
+    let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.tables.push(TableConfig {
+        scan_budget_rows: Some(200),
+        ..orders_table()
+    });
+    config.exporter.finished_window_interval = Duration::from_secs(3600);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = GapMetrics::register(&mut registry);
+    let mut probe = GapsProbe::new(
+        std::sync::Arc::new(config),
+        metrics.clone(),
+        dmsguard_pipeline::frontier::ProgressBoard::default(),
+    )?;
+    let labels = |window| TableWindowLabels {
+        table: "public.orders".to_owned(),
+        window,
+    };
+    let missing = |window| metrics.missing_ids.get_or_create(&labels(window)).get();
+    let progress = |window| metrics.scan_progress.get_or_create(&labels(window)).get();
+    let scanned = || {
+        DayWindow::ALL
+            .iter()
+            .map(|w| metrics.scanned_ids.get_or_create(&labels(*w)).get())
+            .sum::<u64>()
+    };
+    let completed = |window| {
+        metrics
+            .scan_pass_completed
+            .get_or_create(&labels(window))
+            .get()
+    };
+    let minutes = |m: i64| noon + chrono::Duration::minutes(m);
+    let seconds = |t: chrono::DateTime<chrono::Utc>| t.timestamp() as f64;
+    let (yesterday, today_w) = (DayWindow::Yesterday, DayWindow::Today);
+
+    // Run 1: 200 ids shared by two windows (300 and 205 ids): 100 each.
+    probe.refresh_at(minutes(0)).await?;
+    assert_eq!(scanned(), 200, "the budget, and no more");
+    assert_eq!(progress(yesterday), 1.0 / 3.0);
+    assert_eq!(progress(today_w), 100.0 / 205.0);
+    assert_eq!(missing(yesterday), 2, "5 and 77, in the first slice");
+    assert_eq!(missing(today_w), 1, "301");
+    assert_eq!(completed(yesterday), 0.0, "no pass ended yet");
+    // Run 2.
+    probe.refresh_at(minutes(1)).await?;
+    assert_eq!(scanned(), 400);
+    assert_eq!(progress(yesterday), 2.0 / 3.0);
+    assert_eq!(progress(today_w), 200.0 / 205.0);
+    assert_eq!(missing(today_w), 2, "and 450");
+    // Run 3: today needs 5 ids, yesterday gets the rest; both passes end.
+    probe.refresh_at(minutes(2)).await?;
+    assert_eq!(scanned(), 505);
+    assert_eq!(progress(yesterday), 1.0);
+    assert_eq!(progress(today_w), 1.0);
+    assert_eq!(missing(yesterday), 3, "first and last slices both counted");
+    assert_eq!(missing(today_w), 7);
+    assert_eq!(
+        metrics.extra_ids.get_or_create(&labels(today_w)).get(),
+        1,
+        "400"
+    );
+    assert_eq!(completed(yesterday), seconds(minutes(2)));
+    assert_eq!(completed(today_w), seconds(minutes(2)));
+
+    // Yesterday is repaired: the first slice's count drops at its next read, while the last
+    // slice keeps its last result until it is read again.
+    target
+        .batch_execute(
+            "INSERT INTO public.orders VALUES (5, NULL, 'new'), (77, NULL, 'new'), (300, NULL, 'new')",
+        )
+        .await?;
+    probe.refresh_at(minutes(3)).await?;
+    assert_eq!(missing(yesterday), 1, "300: its slice not read again yet");
+    assert_eq!(progress(yesterday), 1.0 / 3.0, "a new pass began");
+    probe.refresh_at(minutes(4)).await?;
+    assert_eq!(missing(yesterday), 1);
+    probe.refresh_at(minutes(5)).await?;
+    assert_eq!(missing(yesterday), 0);
+    assert_eq!(completed(yesterday), seconds(minutes(5)));
+
+    // A pass read yesterday in full and clean: it waits for its interval, then its first slice
+    // is read again.
+    target
+        .batch_execute("DELETE FROM public.orders WHERE id = 10")
+        .await?;
+    let before = metrics.scanned_ids.get_or_create(&labels(yesterday)).get();
+    probe.refresh_at(minutes(30)).await?;
+    assert_eq!(missing(yesterday), 0, "not read again yet");
+    assert_eq!(
+        metrics.scanned_ids.get_or_create(&labels(yesterday)).get(),
+        before
+    );
+    assert!(scanned() > before, "today is read on every run");
+    probe.refresh_at(minutes(65)).await?;
+    assert_eq!(missing(yesterday), 1, "read again after the interval");
+    assert!(progress(yesterday) < 1.0);
+    drop(probe);
+    dbs.drop().await
+}
+
+/// With a budget, a row whose UPDATE DMS lost counts in `dmsguard_table_divergent_rows` once
+/// two reads of its slice, a pass apart and past the replication latency, saw it: in the
+/// first and in the last slice alike. A table with `divergent_rows` reads each id twice (ids,
+/// then content): its slices are half as wide.
+#[tokio::test]
+async fn divergent_rows_persist_per_id_across_passes_of_slices() -> anyhow::Result<()> {
+    use dmsguard_exporter::metrics::{DayWindow, GapMetrics, TableWindowLabels};
+    use dmsguard_exporter::probes::gaps::GapsProbe;
+
+    let dbs = TestDatabases::create("exp_scan_content").await?;
+    let (today, noon) = seeded_today();
+    let source = dbs.source_client().await?;
+    let target = dbs.redshift_client().await?;
+    // Today only: ids 1..=90, the first at midnight.
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, status text);
+             INSERT INTO public.orders
+               SELECT i, TIMESTAMPTZ '{today} 00:00:00+00' + i * interval '1 minute', 'new ' || i
+               FROM generate_series(1, 90) i;"
+        ))
+        .await?;
+    target
+        .batch_execute(&format!(
+            "CREATE TABLE public.orders (id bigint, created_at timestamp, status varchar(80));
+             INSERT INTO public.orders
+               SELECT i, TIMESTAMP '{today} 00:00:00' + i * interval '1 minute', 'new ' || i
+               FROM generate_series(1, 90) i;"
+        ))
+        .await?;
+    // DMS lost the UPDATEs of the first and the last id.
+    source
+        .batch_execute("UPDATE public.orders SET status = 'paid' WHERE id IN (1, 90)")
+        .await?;
+    let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.tables.push(TableConfig {
+        divergent_rows: true,
+        // 60 ids per run at two reads each: slices of 30 ids.
+        scan_budget_rows: Some(60),
+        ..orders_table()
+    });
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = GapMetrics::register(&mut registry);
+    let mut probe = GapsProbe::new(
+        std::sync::Arc::new(config),
+        metrics.clone(),
+        dmsguard_pipeline::frontier::ProgressBoard::default(),
+    )?;
+    let labels = TableWindowLabels {
+        table: "public.orders".to_owned(),
+        window: DayWindow::Today,
+    };
+    let divergent = || metrics.divergent_rows.get_or_create(&labels).get();
+    let progress = || metrics.scan_progress.get_or_create(&labels).get();
+    let minutes = |m: i64| noon + chrono::Duration::minutes(m);
+
+    let mut seen = Vec::new();
+    for run in 0..6 {
+        probe.refresh_at(minutes(run)).await?;
+        seen.push((progress(), divergent()));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (1.0 / 3.0, 0),
+            (2.0 / 3.0, 0),
+            (1.0, 0),
+            // The second pass sees 1 again (first slice), then 90 (last slice).
+            (1.0 / 3.0, 1),
+            (2.0 / 3.0, 1),
+            (1.0, 2),
+        ],
+        "(progress, divergent) per run"
+    );
+    assert_eq!(
+        metrics.scanned_ids.get_or_create(&labels).get(),
+        6 * 60,
+        "each run read its budget: 30 ids twice"
+    );
+    // The repair of the first id shows at its slice's next read.
+    target
+        .batch_execute("UPDATE public.orders SET status = 'paid' WHERE id = 1")
+        .await?;
+    probe.refresh_at(minutes(6)).await?;
+    assert_eq!(divergent(), 1);
+    drop(probe);
+    dbs.drop().await
+}
+
+/// Through the running exporter (probe runs every 200 ms, scraped and parsed as Prometheus
+/// does): a budget smaller than the window, a pass of slices ends, and the window's count
+/// holds the ids missing in its first and its last slice.
+#[tokio::test]
+async fn the_running_exporter_exports_how_far_its_slices_got() -> anyhow::Result<()> {
+    let dbs = TestDatabases::create("exp_scan_running").await?;
+    let (today, noon) = seeded_today();
+    seed_gap_tables(&dbs, today).await?;
+    let mut config = only(config(&dbs, None, ""), &["gaps"]);
+    config.clock.start = Some(noon);
+    config.exporter.gaps.interval = Duration::from_millis(200);
+    config.exporter.gaps_scan_budget_rows = 120;
+    config.tables.push(orders_table());
+    let exporter = spawn_exporter(config).await?;
+    let addr = exporter.addr;
+    let w = [("table", "public.orders"), ("window", "yesterday")];
+    // Progress below 1 shows a pass under way (60 of 300 ids per run: 5 runs a pass).
+    eventually("a pass under way", DEADLINE, || async {
+        let s = scrape(addr).await?;
+        Ok(value(&s, "dmsguard_table_scan_progress_ratio", &w)
+            .filter(|p| *p > 0.0 && *p < 1.0)
+            .map(|_| ()))
+    })
+    .await?;
+    eventually("a pass ended", DEADLINE, || async {
+        let s = scrape(addr).await?;
+        Ok(value(
+            &s,
+            "dmsguard_table_scan_pass_completed_timestamp_seconds",
+            &w,
+        )
+        .filter(|t| *t >= noon.timestamp() as f64)
+        .map(|_| ()))
+    })
+    .await?;
+    let s = scrape(addr).await?;
+    assert_eq!(
+        value(&s, "dmsguard_table_missing_ids", &w),
+        Some(3.0),
+        "5 and 77 in the first slice, 300 in the last"
+    );
+    assert!(value(&s, "dmsguard_table_scanned_ids_total", &w).is_some_and(|n| n >= 300.0));
+    drop(exporter);
+    dbs.drop().await
+}
+
 #[tokio::test]
 async fn missing_ids_equal_the_dropped_rows_per_utc_day() -> anyhow::Result<()> {
     let dbs = TestDatabases::create("exp_gaps").await?;
