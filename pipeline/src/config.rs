@@ -1758,6 +1758,33 @@ mod tests {
     }
 
     #[test]
+    fn scan_budget_defaults_and_is_overridden_per_table_and_refuses_zero() {
+        let tables = "[[tables]]\nsource = \"public.a\"\n[[tables]]\nsource = \"public.b\"\nscan_budget_rows = 5000\n";
+        let c = Config::from_toml(&format!("{MINIMAL}\n{tables}"), &env).unwrap();
+        assert_eq!(c.exporter.gaps_scan_budget_rows, 10_000_000);
+        assert_eq!(c.tables[0].scan_budget(&c.exporter), 10_000_000);
+        assert_eq!(c.tables[1].scan_budget(&c.exporter), 5000);
+        let text = format!("{MINIMAL}\n[exporter]\ngaps_scan_budget_rows = 700\n{tables}");
+        let c = Config::from_toml(&text, &env).unwrap();
+        assert_eq!(c.tables[0].scan_budget(&c.exporter), 700);
+        assert_eq!(c.tables[1].scan_budget(&c.exporter), 5000);
+        let err = Config::from_toml(
+            &format!("{MINIMAL}\n[exporter]\ngaps_scan_budget_rows = 0\n"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("exporter.gaps_scan_budget_rows"), "{err}");
+        let err = Config::from_toml(
+            &format!("{MINIMAL}\n[[tables]]\nsource = \"public.a\"\nscan_budget_rows = 0\n"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tables[0].scan_budget_rows"), "{err}");
+    }
+
+    #[test]
     fn assumed_role_keys_are_checked() {
         let with = |aws: &str| format!("{MINIMAL}\n[aws]\n{aws}\n");
         let c = Config::from_toml(

@@ -41,6 +41,9 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_table_missing_ids",
     "dmsguard_table_extra_ids",
     "dmsguard_table_divergent_rows",
+    "dmsguard_table_scan_progress_ratio",
+    "dmsguard_table_scan_pass_completed_timestamp_seconds",
+    "dmsguard_table_scanned_ids_total",
     "dmsguard_table_max_id_lag",
     "dmsguard_redshift_maintenance_next_start_seconds",
     "dmsguard_redshift_maintenance_active",
@@ -84,6 +87,7 @@ const ALERTS: &[(&str, bool, Option<&str>)] = &[
     ("RedshiftMaintenanceImminent", true, None),
     ("RedshiftMissingRows", true, Some("table")),
     ("RedshiftDivergentRows", true, Some("table")),
+    ("RedshiftExtraRows", false, None),
     ("DMSTaskStalled", true, Some("task")),
     ("DMSTargetLatencyHigh", false, None),
     ("DmsguardProbeDown", false, None),
@@ -677,9 +681,22 @@ fn lab_copies_of_rules_and_alertmanager_config_pass_promtool_and_amtool() {
         write_lab_alerting(&repo().join("alerts"), dir.path(), &receivers, 20).expect("lab copies");
     let rules = rules.display().to_string();
     let out = run(&promtool(), &["check", "rules", &rules]);
-    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
     let lab = read_yaml(Path::new(&rules));
     let real = read_yaml(&rules_path());
+    // Every rule of the real file (alerts and recording rules) is in the lab copy.
+    let count = |doc: &Yaml| -> usize {
+        doc["groups"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|g| g["rules"].as_sequence().map_or(0, Vec::len))
+            .sum()
+    };
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", count(&real))),
+        "{out}"
+    );
+    assert_eq!(count(&real), count(&lab));
     let fors = |doc: &Yaml| -> Vec<String> {
         doc["groups"]
             .as_sequence()
