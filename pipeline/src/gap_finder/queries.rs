@@ -364,12 +364,19 @@ pub(crate) fn bounds_sql(table: &QualifiedName, id_column: &str) -> String {
 }
 
 /// Min and max id of the rows whose `day_column` falls in `[$1, $2)`.
+///
+/// The day's rows are aggregated in a subquery with `OFFSET 0`, which PostgreSQL does not
+/// flatten: without it PostgreSQL answers `MIN`/`MAX` by walking the id index from each end
+/// and filtering on the day, which for `MIN` of a recent day reads every older row of the
+/// table (measured: 2.8 million rows read for a day of 100,000 in a 30-day table, 0.81 s,
+/// against 0.04 s through an index on `day_column`). With the fence the cost follows the day's
+/// rows when `day_column` is indexed (docs/operations.md, "What the gaps probe reads").
 pub(crate) fn day_bounds_sql(table: &TableSpec, day_column: &str) -> String {
     let id = quote_ident(&table.id_column);
     let day = quote_ident(day_column);
     format!(
-        "SELECT CAST(MIN({id}) AS BIGINT), CAST(MAX({id}) AS BIGINT) FROM {} \
-         WHERE {day} >= $1 AND {day} < $2",
+        "SELECT CAST(MIN(d.{id}) AS BIGINT), CAST(MAX(d.{id}) AS BIGINT) FROM \
+         (SELECT {id} FROM {} WHERE {day} >= $1 AND {day} < $2 OFFSET 0) d",
         table.source.quoted()
     )
 }

@@ -36,6 +36,9 @@ struct Args {
     /// Minutes between probe runs (`[exporter.gaps] interval`).
     #[arg(long, default_value_t = 5)]
     interval_minutes: i64,
+    /// Days of older rows before yesterday (a production table has history).
+    #[arg(long, default_value_t = 3)]
+    history_days: i64,
     /// Simulated hours per configuration; the last is measured.
     #[arg(long, default_value_t = 2)]
     hours: i64,
@@ -45,6 +48,10 @@ struct Args {
     /// Also measure a table with `divergent_rows = true` (the content comparison).
     #[arg(long)]
     content: bool,
+    /// Index the day column together with the id (`(created_at, id)`), so that the day-bounds
+    /// query can read the index only, instead of `(created_at)` alone.
+    #[arg(long)]
+    covering_index: bool,
 }
 
 /// The largest budget TOML can say (its integers are 64-bit signed): no budget in effect.
@@ -101,21 +108,23 @@ async fn run(args: &Args, dbs: &TestDatabases) -> anyhow::Result<()> {
     let built = Instant::now();
     let r = args.rows_per_day;
     let today_rows = r * args.hour / 24;
-    // Ids spread evenly over yesterday and today up to `hour`.
+    // Ids spread evenly over the history, yesterday and today up to `hour`.
     let step_us = 86_400_000_000 / r;
+    let first_day = 1 + args.history_days;
     let rows = |ts: &str| {
         format!(
-            "SELECT i, {ts} '{today} 00:00:00' - interval '1 day' + (i - 1) * interval '{step_us} microseconds', 'status ' || (i % 7)
+            "SELECT i, {ts} '{today} 00:00:00' - interval '{first_day} days' + (i - 1) * interval '{step_us} microseconds', 'status ' || (i % 7)
              FROM generate_series(1, {total}) i",
-            total = r + today_rows
+            total = r * first_day + today_rows
         )
     };
     source
         .batch_execute(&format!(
             "CREATE TABLE public.orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, status text);
              INSERT INTO public.orders {};
-             CREATE INDEX orders_created_at ON public.orders (created_at);",
-            rows("TIMESTAMPTZ")
+             CREATE INDEX orders_created_at ON public.orders ({index});",
+            rows("TIMESTAMPTZ"),
+            index = if args.covering_index { "created_at, id" } else { "created_at" }
         ))
         .await?;
     // One statement per call: VACUUM refuses to run in the implicit transaction of a batch.
@@ -129,12 +138,15 @@ async fn run(args: &Args, dbs: &TestDatabases) -> anyhow::Result<()> {
         .await?;
     target.batch_execute("VACUUM ANALYZE public.orders").await?;
     eprintln!(
-        "tables built in {:.1} s: {} ids yesterday, {} today (to {:02}:00 UTC)",
+        "tables built in {:.1} s: {} ids a day for {} days before yesterday, {} yesterday, {} today (to {:02}:00 UTC)",
         built.elapsed().as_secs_f64(),
+        r,
+        args.history_days,
         r,
         today_rows,
         args.hour
     );
+    let bounds = day_bounds_side_by_side(dbs, &source, today).await?;
 
     let mut cases = vec![
         Case {
@@ -197,8 +209,10 @@ async fn run(args: &Args, dbs: &TestDatabases) -> anyhow::Result<()> {
     }
     let base = lines[0].1;
     println!(
-        "\nGaps probe, one table of {r} ids/day at {:02}:00 UTC (today {today_rows} ids), a run every {} min, per hour:\n",
-        args.hour, args.interval_minutes
+        "\nGaps probe, one table of {r} ids/day at {:02}:00 UTC (today {today_rows} ids), index on {}, a run every {} min, per hour:\n",
+        args.hour,
+        if args.covering_index { "(created_at, id)" } else { "(created_at)" },
+        args.interval_minutes
     );
     println!(
         "| config | source heap rows | source index entries | source rows read (sum) | vs before | source scans | source queries | target rows read |"
@@ -218,7 +232,49 @@ async fn run(args: &Args, dbs: &TestDatabases) -> anyhow::Result<()> {
             t.heap_rows + t.index_entries
         );
     }
+    println!("\nThe day-bounds query alone, both windows once, as the exporter's user:\n");
+    println!("| day-bounds query | source heap rows | source index entries | ms |");
+    println!("|---|---|---|---|");
+    for (name, stats, ms) in bounds {
+        println!(
+            "| {name} | {} | {} | {ms:.0} |",
+            stats.heap_rows, stats.index_entries
+        );
+    }
     Ok(())
+}
+
+/// The day-bounds query as it was (PostgreSQL answers MIN/MAX by walking the id index) and as
+/// the gap finder runs it now (the day's rows aggregated behind `OFFSET 0`), for yesterday and
+/// today, measured side by side.
+async fn day_bounds_side_by_side(
+    dbs: &TestDatabases,
+    superuser: &Client,
+    today: chrono::NaiveDate,
+) -> anyhow::Result<Vec<(&'static str, Stats, f64)>> {
+    let before = "SELECT CAST(MIN(id) AS BIGINT), CAST(MAX(id) AS BIGINT) FROM public.orders \
+                  WHERE created_at >= $1 AND created_at < $2";
+    let now = "SELECT CAST(MIN(d.id) AS BIGINT), CAST(MAX(d.id) AS BIGINT) FROM \
+               (SELECT id FROM public.orders WHERE created_at >= $1 AND created_at < $2 OFFSET 0) d";
+    let mut out = Vec::new();
+    for (name, sql) in [
+        ("before (MIN/MAX over the day's filter)", before),
+        ("now (OFFSET 0 fence)", now),
+    ] {
+        let start = flushed(superuser).await?;
+        let took = Instant::now();
+        {
+            let client = dmsguard_pipeline::db::connect(&dbs.exporter_source()).await?;
+            for day in [today - chrono::Duration::days(1), today] {
+                let lo = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+                let hi = lo + chrono::Duration::days(1);
+                client.query_one(sql, &[&lo, &hi]).await?;
+            }
+        }
+        let ms = took.elapsed().as_secs_f64() * 1000.0;
+        out.push((name, flushed(superuser).await? - start, ms));
+    }
+    Ok(out)
 }
 
 fn config(dbs: &TestDatabases, case: &Case) -> anyhow::Result<Config> {
