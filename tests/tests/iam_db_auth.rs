@@ -1,12 +1,13 @@
-//! IAM database credentials end to end: Redshift's `GetClusterCredentials` against moto, and
-//! RDS IAM tokens computed locally. The lab's PostgreSQL plays the database: the test sets the
+//! IAM database credentials end to end: Redshift's `GetClusterCredentials` against moto,
+//! Redshift Serverless `GetCredentials` against the lab's moto launcher (moto has no Redshift
+//! Serverless), and RDS IAM tokens computed locally. The lab's PostgreSQL plays the database: the test sets the
 //! lab role's password to what AWS handed out, then dmsguard connects through the IAM path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dmsguard_lab::harness::{self, LabEnv, Moto};
+use dmsguard_lab::harness::{self, LabControl, LabEnv, Moto};
 use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::DatabaseConfig;
 use dmsguard_pipeline::db;
@@ -151,6 +152,100 @@ async fn redshift_cluster_credentials_log_in_are_cached_and_refreshed() -> anyho
         message.contains("redshift:GetClusterCredentials")
             && message.contains("no-such-cluster")
             && message.contains("ClusterNotFound"),
+        "{message}"
+    );
+    role.drop().await
+}
+
+#[tokio::test]
+async fn redshift_serverless_credentials_log_in_are_cached_and_refreshed() -> anyhow::Result<()> {
+    harness::ensure_test_credentials();
+    let env = LabEnv::from_env();
+    let moto = Moto::spawn().await?;
+    let lab = LabControl::new(&moto.url());
+    lab.create_workgroup("dmsguard-wg").await?;
+    let aws_config = harness::aws_config(&moto.url());
+
+    let mut iam = IamAuthConfig::new(IamMethod::RedshiftServerless, aws_config.clone());
+    iam.workgroup_name = Some("dmsguard-wg".to_owned());
+    let (shift, now) = shifted_clock();
+    iam.set_clock(now);
+    // GetCredentials takes no user: the URL's is not the one logged in as.
+    let config = lab_database(&env, "not_the_login_user", iam.clone());
+
+    // The first connection asks AWS for a login; no role has its password yet.
+    let err = db::connect(&config).await.expect_err("no such role yet");
+    assert!(err.to_string().contains("28P01"), "{err}");
+    let issued = lab.serverless_logins().await?;
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let first = issued[0].clone();
+    assert_eq!(first.workgroup_name, "dmsguard-wg");
+    assert_eq!(
+        first.db_name.as_deref(),
+        Some("postgres"),
+        "the URL's database"
+    );
+    // The lab maps the caller (its default identity `moto`) as AWS does an IAM user.
+    assert_eq!(first.db_user, "IAM:moto");
+    let lifetime = first.expiration
+        - SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_secs_f64();
+    assert!((800.0..=900.0).contains(&lifetime), "{lifetime}");
+
+    // A least-privilege role (LOGIN only) whose password is what AWS handed out: dmsguard logs
+    // in as the returned user and runs a query; the next connection reuses the cached login.
+    let role = Role::create(&env, &first.db_user, &first.db_password).await?;
+    assert_eq!(current_user(&config).await?, first.db_user);
+    assert_eq!(current_user(&config).await?, first.db_user);
+    assert_eq!(
+        lab.serverless_logins().await?.len(),
+        1,
+        "the login is reused"
+    );
+
+    // Once the password has expired, the next new connection gets a new one: refused while the
+    // role still has the old password, accepted once it has the new one.
+    shift.store(901, Ordering::SeqCst);
+    let err = db::connect(&config).await.expect_err("the old password");
+    assert!(err.to_string().contains("28P01"), "{err}");
+    let issued = lab.serverless_logins().await?;
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert_ne!(issued[1].db_password, first.db_password);
+    role.set_password(&issued[1].db_password).await?;
+    shift.store(0, Ordering::SeqCst);
+    assert_eq!(current_user(&config).await?, first.db_user);
+    assert_eq!(lab.serverless_logins().await?.len(), 2);
+
+    // Through an assumed role, the login is the role's (`IAMR:`).
+    let mut assumed = aws_config.clone();
+    assumed.role_arn = Some("arn:aws:iam::123456789012:role/dmsguard-serverless".to_owned());
+    let mut by_role = IamAuthConfig::new(IamMethod::RedshiftServerless, assumed);
+    by_role.workgroup_name = Some("dmsguard-wg".to_owned());
+    let login = by_role
+        .login_to("x", &env.pg_host, env.pg_port, Some("postgres"))
+        .await?;
+    assert_eq!(login.user, "IAMR:dmsguard-serverless");
+    assert_eq!(
+        lab.serverless_logins()
+            .await?
+            .last()
+            .map(|l| l.db_user.clone()),
+        Some(login.user)
+    );
+
+    // A workgroup that does not exist: the error names the API call, the workgroup and AWS's
+    // error code.
+    let mut missing = IamAuthConfig::new(IamMethod::RedshiftServerless, aws_config);
+    missing.workgroup_name = Some("no-such-workgroup".to_owned());
+    let err = db::connect(&lab_database(&env, "x", missing))
+        .await
+        .expect_err("no workgroup");
+    let message = err.to_string();
+    assert!(
+        message.contains("redshift-serverless:GetCredentials")
+            && message.contains("no-such-workgroup")
+            && message.contains("ResourceNotFoundException"),
         "{message}"
     );
     role.drop().await
