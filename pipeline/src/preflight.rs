@@ -12,6 +12,7 @@ use aws_sdk_databasemigration::types::Filter;
 use crate::aws::{caller_identity, AwsClients};
 use crate::config::{Config, DatabaseConfig, QualifiedName, SystemViews};
 use crate::db;
+use crate::iam_auth::IamMethod;
 use crate::tls::TlsState;
 
 /// What a check is about. The remediator says which of these each fix needs, so a failed
@@ -156,6 +157,9 @@ async fn connection(
     name: &str,
     config: &DatabaseConfig,
 ) -> Option<tokio_postgres::Client> {
+    if !iam_login(report, kind, name, config).await {
+        return None;
+    }
     let check = format!("{name} connection");
     match db::connect_with_tls_state(config).await {
         Ok((client, state)) => {
@@ -193,6 +197,64 @@ async fn connection(
                 ),
             );
             None
+        }
+    }
+}
+
+/// With `iam` set, records whether the login API answers (the connection that follows reuses
+/// the login); returns false when it failed. Without `iam`, records nothing.
+async fn iam_login(
+    report: &mut Report,
+    kind: CheckKind,
+    name: &str,
+    config: &DatabaseConfig,
+) -> bool {
+    let Some(iam) = &config.iam else {
+        return true;
+    };
+    let (api, fix) = match iam.method {
+        IamMethod::Redshift => (
+            format!(
+                "redshift:GetClusterCredentials for cluster {}",
+                iam.cluster_identifier.as_deref().unwrap_or("")
+            ),
+            format!(
+                "check `{name}.iam.cluster_identifier`; allow redshift:GetClusterCredentials on \
+                 the dbuser (docs/iam-policy.md, iam-database policy)"
+            ),
+        ),
+        IamMethod::RedshiftServerless => (
+            format!(
+                "redshift-serverless:GetCredentials for workgroup {}",
+                iam.workgroup_name.as_deref().unwrap_or("")
+            ),
+            format!(
+                "check `{name}.iam.workgroup_name`; allow redshift-serverless:GetCredentials on \
+                 the workgroup's ARN (docs/iam-policy.md, iam-database policy)"
+            ),
+        ),
+        IamMethod::Rds => (
+            "RDS IAM authentication token".to_owned(),
+            "check the AWS credential chain and [aws] region (the token is signed with them)"
+                .to_owned(),
+        ),
+    };
+    let check = format!("{name} IAM login");
+    match db::iam_login_for(config).await {
+        Ok(Some(login)) => {
+            let until = chrono::DateTime::<chrono::Utc>::from(login.expires)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            report.pass(
+                kind,
+                check,
+                format!("{api}: user {}, valid until {until}", login.user),
+            );
+            true
+        }
+        Ok(None) => true,
+        Err(e) => {
+            report.fail(kind, check, e.to_string(), fix);
+            false
         }
     }
 }

@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use dmsguard_lab::harness::{self, LabControl, LabEnv, Moto};
 use dmsguard_pipeline::aws::AwsClients;
-use dmsguard_pipeline::config::DatabaseConfig;
+use dmsguard_pipeline::config::{Config, DatabaseConfig};
 use dmsguard_pipeline::db;
 use dmsguard_pipeline::iam_auth::{IamAuthConfig, IamMethod};
+use dmsguard_pipeline::preflight;
 
 /// A login role on the lab's PostgreSQL, dropped at the end.
 struct Role {
@@ -249,6 +250,72 @@ async fn redshift_serverless_credentials_log_in_are_cached_and_refreshed() -> an
         "{message}"
     );
     role.drop().await
+}
+
+/// Preflight reports the Redshift Serverless login as its own check, with a fix naming the key
+/// and the permission when it fails; the connection check then reuses the login.
+#[tokio::test]
+async fn preflight_checks_the_serverless_login() -> anyhow::Result<()> {
+    harness::ensure_test_credentials();
+    let env = LabEnv::from_env();
+    let moto = Moto::spawn().await?;
+    let lab = LabControl::new(&moto.url());
+    lab.create_workgroup("preflight-wg").await?;
+    // The source side: a plain login role (no superuser anywhere).
+    let source_user = format!("dmsguard_pf_src_{}", std::process::id());
+    let source = Role::create(&env, &source_user, "pf-source-secret").await?;
+    let text = |workgroup: &str| {
+        format!(
+            "[source]\nurl = \"postgresql://{source_user}@{host}:{port}/postgres\"\n\
+             password = \"pf-source-secret\"\n\n\
+             [redshift]\nurl = \"postgresql://ignored@{host}:{port}/postgres\"\n\
+             serverless = true\n\
+             iam = {{ method = \"redshift_serverless\", workgroup_name = \"{workgroup}\" }}\n\n\
+             [aws]\nendpoint_url = \"{moto}\"\nmax_attempts = 1\ntimeout = \"10s\"\n",
+            host = env.pg_host,
+            port = env.pg_port,
+            moto = moto.url(),
+        )
+    };
+
+    let config = Config::from_toml(&text("no-such-wg"), &|_| None)?;
+    let out = preflight::run(&config, false).await.render();
+    for line in [
+        "[ok] source connection: ",
+        "[FAIL] redshift IAM login: ",
+        "redshift-serverless:GetCredentials for workgroup `no-such-wg` failed",
+        "ResourceNotFoundException",
+        "fix: check `redshift.iam.workgroup_name`; allow redshift-serverless:GetCredentials",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    assert!(!out.contains("redshift connection"), "{out}");
+
+    // The workgroup exists: the login check passes and names the user; the connection is
+    // refused until the role has the password handed out, then passes with the same login.
+    let config = Config::from_toml(&text("preflight-wg"), &|_| None)?;
+    let out = preflight::run(&config, false).await.render();
+    let issued = lab.serverless_logins().await?;
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let expected = format!(
+        "[ok] redshift IAM login: redshift-serverless:GetCredentials for workgroup preflight-wg: user {}, valid until ",
+        issued[0].db_user
+    );
+    assert!(out.contains(&expected), "missing `{expected}` in:\n{out}");
+    assert!(out.contains("[FAIL] redshift connection: "), "{out}");
+    let role = Role::create(&env, &issued[0].db_user, &issued[0].db_password).await?;
+    let report = preflight::run(&config, false).await;
+    let out = report.render();
+    assert!(out.contains(&expected), "{out}");
+    assert!(out.contains("[ok] redshift connection: "), "{out}");
+    assert_eq!(
+        lab.serverless_logins().await?.len(),
+        1,
+        "the login is reused"
+    );
+    assert!(!out.contains(&issued[0].db_password), "{out}");
+    role.drop().await?;
+    source.drop().await
 }
 
 #[tokio::test]
