@@ -22,6 +22,7 @@ pub const REPAIR_ROWS: &str = "remediator_repair_rows";
 pub const REPAIR_ROWS_REMAINING: &str = "remediator_repair_rows_remaining";
 pub const FIX_ENABLED: &str = "remediator_fix_enabled";
 pub const ALERTS_REFUSED: &str = "remediator_alerts_refused";
+pub const FIX_FAILED_CHECKS: &str = "remediator_fix_failed_checks";
 pub const PREFLIGHT_LAST_RUN: &str = "remediator_preflight_last_run_timestamp_seconds";
 
 /// What became of a row a repair set out to insert.
@@ -218,6 +219,7 @@ pub struct Metrics {
     repair_rows_remaining: Family<TableLabels, Gauge>,
     fix_enabled: Family<FixLabels, Gauge>,
     alerts_refused: Family<FixLabels, Counter>,
+    fix_failed_checks: Family<FixLabels, Gauge>,
     preflight_last_run: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -236,6 +238,7 @@ impl Metrics {
             repair_rows_remaining: Family::default(),
             fix_enabled: Family::default(),
             alerts_refused: Family::default(),
+            fix_failed_checks: Family::default(),
             preflight_last_run: Gauge::default(),
         };
         registry.register(
@@ -294,6 +297,11 @@ impl Metrics {
             metrics.alerts_refused.clone(),
         );
         registry.register(
+            FIX_FAILED_CHECKS,
+            "Preflight checks a fix the config enables needs that failed in the last run, by fix (0 while they pass, before the first run, and for a fix the config turns off): above 0, its alerts are refused",
+            metrics.fix_failed_checks.clone(),
+        );
+        registry.register(
             PREFLIGHT_LAST_RUN,
             "Unix time the preflight checks that enable and disable fixes last finished (absent: not yet, or remediator.preflight off)",
             metrics.preflight_last_run.clone(),
@@ -320,6 +328,9 @@ impl Metrics {
             let _ = metrics
                 .alerts_refused
                 .get_or_create(&FixLabels { fix: FixLabel(fix) });
+            let _ = metrics
+                .fix_failed_checks
+                .get_or_create(&FixLabels { fix: FixLabel(fix) });
             for result in ResumeResult::ALL {
                 let _ = metrics.resumes.get_or_create(&ResumeLabels {
                     fix: FixLabel(fix),
@@ -339,6 +350,13 @@ impl Metrics {
         self.fix_enabled
             .get_or_create(&FixLabels { fix: FixLabel(fix) })
             .set(i64::from(enabled));
+    }
+
+    /// Sets how many preflight checks `fix` needs fail.
+    pub fn set_fix_failed_checks(&self, fix: FixName, failed: usize) {
+        self.fix_failed_checks
+            .get_or_create(&FixLabels { fix: FixLabel(fix) })
+            .set(i64::try_from(failed).unwrap_or(i64::MAX));
     }
 
     /// Records that the preflight checks finished at `unix_seconds`.

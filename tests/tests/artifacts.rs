@@ -65,6 +65,7 @@ const EXPORTED_METRICS: &[&str] = &[
     "dmsguard_remediator_repair_rows_remaining",
     "dmsguard_remediator_fix_enabled",
     "dmsguard_remediator_alerts_refused_total",
+    "dmsguard_remediator_fix_failed_checks",
     "dmsguard_remediator_preflight_last_run_timestamp_seconds",
     // Both binaries.
     "dmsguard_build_info",
