@@ -150,6 +150,31 @@ fn user_of(config: &DatabaseConfig) -> String {
         .unwrap_or_else(|| "<user>".to_owned())
 }
 
+/// The user to name in GRANT suggestions for a connection made with `config`: with IAM
+/// database credentials the session's own user (Redshift Serverless maps the AWS identity to a
+/// user such as `IAMR:<role>`, whatever the URL says), quoted when it needs quotes; otherwise
+/// the URL's user.
+async fn grantee(client: &tokio_postgres::Client, config: &DatabaseConfig) -> String {
+    if config.iam.is_none() {
+        return user_of(config);
+    }
+    match client.query_one("SELECT current_user", &[]).await {
+        Ok(row) => {
+            let user: String = row.get(0);
+            let plain = user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && user
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            if plain {
+                user
+            } else {
+                crate::config::quote_ident(&user)
+            }
+        }
+        Err(_) => user_of(config),
+    }
+}
+
 /// Connects and records the connection check; returns the client when it worked.
 async fn connection(
     report: &mut Report,
@@ -451,7 +476,7 @@ pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>)
             .await;
         }
         if let Some(client) = &redshift {
-            let user = user_of(&redshift_db);
+            let user = grantee(client, &redshift_db).await;
             readable(
                 &mut report,
                 CheckKind::TargetTable,
@@ -503,7 +528,7 @@ pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>)
                 db::error_chain(&e),
                 format!(
                     "GRANT ROLE sys:monitor TO {} (to see DMS's statements, not only its own)",
-                    user_of(&redshift_db)
+                    grantee(client, &redshift_db).await
                 ),
             ),
         }

@@ -262,23 +262,29 @@ async fn preflight_checks_the_serverless_login() -> anyhow::Result<()> {
     let lab = LabControl::new(&moto.url());
     lab.create_workgroup("preflight-wg").await?;
     // The source side: a plain login role (no superuser anywhere).
-    let source_user = format!("dmsguard_pf_src_{}", std::process::id());
+    let pid = std::process::id();
+    let source_user = format!("dmsguard_pf_src_{pid}");
     let source = Role::create(&env, &source_user, "pf-source-secret").await?;
-    let text = |workgroup: &str| {
+    // Through a role of this test's own, so its database user (`IAMR:<role>`) is not the one
+    // the other tests log in as.
+    let aws_role = format!("dmsguard-pf-{pid}");
+    let table = format!("dmsguard_pf_{pid}");
+    let text = |workgroup: &str, tables: &str| {
         format!(
             "[source]\nurl = \"postgresql://{source_user}@{host}:{port}/postgres\"\n\
              password = \"pf-source-secret\"\n\n\
              [redshift]\nurl = \"postgresql://ignored@{host}:{port}/postgres\"\n\
              serverless = true\n\
              iam = {{ method = \"redshift_serverless\", workgroup_name = \"{workgroup}\" }}\n\n\
-             [aws]\nendpoint_url = \"{moto}\"\nmax_attempts = 1\ntimeout = \"10s\"\n",
+             [aws]\nendpoint_url = \"{moto}\"\nmax_attempts = 1\ntimeout = \"10s\"\n\
+             role_arn = \"arn:aws:iam::123456789012:role/{aws_role}\"\n{tables}",
             host = env.pg_host,
             port = env.pg_port,
             moto = moto.url(),
         )
     };
 
-    let config = Config::from_toml(&text("no-such-wg"), &|_| None)?;
+    let config = Config::from_toml(&text("no-such-wg", ""), &|_| None)?;
     let out = preflight::run(&config, false).await.render();
     for line in [
         "[ok] source connection: ",
@@ -293,10 +299,11 @@ async fn preflight_checks_the_serverless_login() -> anyhow::Result<()> {
 
     // The workgroup exists: the login check passes and names the user; the connection is
     // refused until the role has the password handed out, then passes with the same login.
-    let config = Config::from_toml(&text("preflight-wg"), &|_| None)?;
+    let config = Config::from_toml(&text("preflight-wg", ""), &|_| None)?;
     let out = preflight::run(&config, false).await.render();
     let issued = lab.serverless_logins().await?;
     assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0].db_user, format!("IAMR:{aws_role}"));
     let expected = format!(
         "[ok] redshift IAM login: redshift-serverless:GetCredentials for workgroup preflight-wg: user {}, valid until ",
         issued[0].db_user
@@ -314,6 +321,49 @@ async fn preflight_checks_the_serverless_login() -> anyhow::Result<()> {
         "the login is reused"
     );
     assert!(!out.contains(&issued[0].db_password), "{out}");
+
+    // A configured table the mapped user may not read: the GRANT names that user (quoted), not
+    // the URL's.
+    let admin = db::connect(&env.database("postgres")).await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.{table} (id bigint); GRANT SELECT ON public.{table} TO {source_user}"
+        ))
+        .await?;
+    let with_table = Config::from_toml(
+        &text(
+            "preflight-wg",
+            &format!("\n[[tables]]\nsource = \"public.{table}\"\n"),
+        ),
+        &|_| None,
+    )?;
+    // A new config has its own login: obtain it and give the role its password.
+    db::iam_login_for(&with_table.redshift.database()).await?;
+    let latest = lab.serverless_logins().await?.pop().expect("a login");
+    role.set_password(&latest.db_password).await?;
+    let out = preflight::run(&with_table, false).await.render();
+    let user = format!("\"IAMR:{aws_role}\"");
+    for line in [
+        format!("[ok] source table public.{table}: SELECT works"),
+        format!("[FAIL] target table public.{table}: ERROR: permission denied"),
+        format!(
+            "fix: GRANT USAGE ON SCHEMA \"public\" TO {user}; GRANT SELECT ON \"public\".\"{table}\" TO {user};"
+        ),
+    ] {
+        assert!(out.contains(&line), "missing `{line}` in:\n{out}");
+    }
+    admin
+        .batch_execute(&format!("GRANT SELECT ON public.{table} TO {user}"))
+        .await?;
+    let out = preflight::run(&with_table, false).await.render();
+    // (The lab's `postgres` database has no Redshift system views: that check fails here.)
+    assert!(
+        out.contains(&format!("[ok] target table public.{table}: SELECT works")),
+        "{out}"
+    );
+    admin
+        .batch_execute(&format!("DROP TABLE public.{table}"))
+        .await?;
     role.drop().await?;
     source.drop().await
 }
