@@ -12,7 +12,7 @@ use dmsguard_pipeline::aws::AwsClients;
 use dmsguard_pipeline::config::{Config, DatabaseConfig};
 use dmsguard_pipeline::db;
 use dmsguard_pipeline::iam_auth::{IamAuthConfig, IamMethod};
-use dmsguard_pipeline::preflight;
+use dmsguard_pipeline::preflight::{self, CheckKind};
 
 /// A login role on the lab's PostgreSQL, dropped at the end.
 struct Role {
@@ -249,22 +249,24 @@ async fn redshift_serverless_credentials_log_in_are_cached_and_refreshed() -> an
             && message.contains("ResourceNotFoundException"),
         "{message}"
     );
-    role.drop().await
+    role.drop().await?;
+    preflight_checks_the_serverless_login(&env, &moto, &lab).await
 }
 
 /// Preflight reports the Redshift Serverless login as its own check, with a fix naming the key
-/// and the permission when it fails; the connection check then reuses the login.
-#[tokio::test]
-async fn preflight_checks_the_serverless_login() -> anyhow::Result<()> {
-    harness::ensure_test_credentials();
-    let env = LabEnv::from_env();
-    let moto = Moto::spawn().await?;
-    let lab = LabControl::new(&moto.url());
+/// and the permission when it fails; the connection check then reuses the login. (Part of the
+/// test above, sharing its moto: a moto of its own costs seconds of CI.)
+async fn preflight_checks_the_serverless_login(
+    env: &LabEnv,
+    moto: &Moto,
+    lab: &LabControl,
+) -> anyhow::Result<()> {
     lab.create_workgroup("preflight-wg").await?;
+    let logins_before = lab.serverless_logins().await?.len();
     // The source side: a plain login role (no superuser anywhere).
     let pid = std::process::id();
     let source_user = format!("dmsguard_pf_src_{pid}");
-    let source = Role::create(&env, &source_user, "pf-source-secret").await?;
+    let source = Role::create(env, &source_user, "pf-source-secret").await?;
     // Through a role of this test's own, so its database user (`IAMR:<role>`) is not the one
     // the other tests log in as.
     let aws_role = format!("dmsguard-pf-{pid}");
@@ -297,11 +299,24 @@ async fn preflight_checks_the_serverless_login() -> anyhow::Result<()> {
     }
     assert!(!out.contains("redshift connection"), "{out}");
 
-    // The workgroup exists: the login check passes and names the user; the connection is
-    // refused until the role has the password handed out, then passes with the same login.
-    let config = Config::from_toml(&text("preflight-wg", ""), &|_| None)?;
+    // The workgroup exists, with a configured table the mapped user may not read yet: the login
+    // check passes and names the user; the connection is refused until the role has the
+    // password handed out, then passes with the same login.
+    let admin = db::connect(&env.database("postgres")).await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.{table} (id bigint); GRANT SELECT ON public.{table} TO {source_user}"
+        ))
+        .await?;
+    let config = Config::from_toml(
+        &text(
+            "preflight-wg",
+            &format!("\n[[tables]]\nsource = \"public.{table}\"\n"),
+        ),
+        &|_| None,
+    )?;
     let out = preflight::run(&config, false).await.render();
-    let issued = lab.serverless_logins().await?;
+    let issued = lab.serverless_logins().await?.split_off(logins_before);
     assert_eq!(issued.len(), 1, "{issued:?}");
     assert_eq!(issued[0].db_user, format!("IAMR:{aws_role}"));
     let expected = format!(
@@ -310,38 +325,21 @@ async fn preflight_checks_the_serverless_login() -> anyhow::Result<()> {
     );
     assert!(out.contains(&expected), "missing `{expected}` in:\n{out}");
     assert!(out.contains("[FAIL] redshift connection: "), "{out}");
-    let role = Role::create(&env, &issued[0].db_user, &issued[0].db_password).await?;
-    let report = preflight::run(&config, false).await;
-    let out = report.render();
+    let role = Role::create(env, &issued[0].db_user, &issued[0].db_password).await?;
+    // The database checks only from here (the AWS ones passed above).
+    let database_only = [CheckKind::RedshiftConnection];
+    let out = preflight::run_for(&config, false, Some(&database_only))
+        .await
+        .render();
     assert!(out.contains(&expected), "{out}");
     assert!(out.contains("[ok] redshift connection: "), "{out}");
     assert_eq!(
         lab.serverless_logins().await?.len(),
-        1,
+        logins_before + 1,
         "the login is reused"
     );
     assert!(!out.contains(&issued[0].db_password), "{out}");
-
-    // A configured table the mapped user may not read: the GRANT names that user (quoted), not
-    // the URL's.
-    let admin = db::connect(&env.database("postgres")).await?;
-    admin
-        .batch_execute(&format!(
-            "CREATE TABLE public.{table} (id bigint); GRANT SELECT ON public.{table} TO {source_user}"
-        ))
-        .await?;
-    let with_table = Config::from_toml(
-        &text(
-            "preflight-wg",
-            &format!("\n[[tables]]\nsource = \"public.{table}\"\n"),
-        ),
-        &|_| None,
-    )?;
-    // A new config has its own login: obtain it and give the role its password.
-    db::iam_login_for(&with_table.redshift.database()).await?;
-    let latest = lab.serverless_logins().await?.pop().expect("a login");
-    role.set_password(&latest.db_password).await?;
-    let out = preflight::run(&with_table, false).await.render();
+    // The GRANT names the mapped user (quoted), not the URL's.
     let user = format!("\"IAMR:{aws_role}\"");
     for line in [
         format!("[ok] source table public.{table}: SELECT works"),
@@ -355,7 +353,9 @@ async fn preflight_checks_the_serverless_login() -> anyhow::Result<()> {
     admin
         .batch_execute(&format!("GRANT SELECT ON public.{table} TO {user}"))
         .await?;
-    let out = preflight::run(&with_table, false).await.render();
+    let out = preflight::run_for(&config, false, Some(&database_only))
+        .await
+        .render();
     // (The lab's `postgres` database has no Redshift system views: that check fails here.)
     assert!(
         out.contains(&format!("[ok] target table public.{table}: SELECT works")),
