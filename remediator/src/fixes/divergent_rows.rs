@@ -17,16 +17,13 @@
 //! time (nothing differs any more).
 
 use chrono::Utc;
-use dmsguard_pipeline::clock::Clock;
 use dmsguard_pipeline::config::{FixName, TableConfig};
 use dmsguard_pipeline::content::{ContentComparer, ContentOptions, ContentReport};
 use dmsguard_pipeline::gap_finder::{IdRange, TableSpec};
 use dmsguard_pipeline::rewrite::{Rewritten, RowRewriter};
 use serde_json::{json, Value};
 
-use super::missing_rows::{
-    ids_fact, job_table, merge, preview, sight, wait_settled, window, RowCopier,
-};
+use super::missing_rows::{ids_fact, job_table, merge, preview, wait_settled, RowCopier, Sighted};
 use super::{Fix, FixContext, FixError, Outcome, Plan};
 use crate::ledger::Job;
 
@@ -94,16 +91,14 @@ impl Fix for DivergentRowsFix {
 
     async fn plan(&self, ctx: &FixContext, job: &Job) -> Result<Plan, FixError> {
         let table = enabled_table(ctx, job)?;
-        let window = window(
-            &job.labels,
-            table,
-            Clock::from_config(&ctx.config().clock).today(),
-        )?;
-        let spec = TableSpec::from_config(table)?;
-        let source = ctx.connect_source().await?;
-        let target = ctx.connect_redshift().await?;
         // The plan does not wait for replication: differences still in flight may be listed.
-        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let Sighted {
+            window,
+            spec,
+            source,
+            target,
+            sighting,
+        } = Sighted::open(ctx, table, job).await?;
         let comparer = comparer(&source, &target, &spec).await?;
         let found = compare(&comparer, &source, &target, sighting.range).await?;
         let copier = RowCopier::load(&source, &target, table).await?;
@@ -201,15 +196,13 @@ impl Fix for DivergentRowsFix {
         _plan: &Plan,
     ) -> Result<Outcome, FixError> {
         let table = enabled_table(ctx, job)?;
-        let window = window(
-            &job.labels,
-            table,
-            Clock::from_config(&ctx.config().clock).today(),
-        )?;
-        let spec = TableSpec::from_config(table)?;
-        let source = ctx.connect_source().await?;
-        let mut target = ctx.connect_redshift().await?;
-        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let Sighted {
+            window,
+            spec,
+            source,
+            mut target,
+            sighting,
+        } = Sighted::open(ctx, table, job).await?;
         let progress = wait_settled(ctx, table, sighting.seen, &source).await?;
         let comparer = comparer(&source, &target, &spec).await?;
         let first = compare(&comparer, &source, &target, sighting.range).await?;
