@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use super::missing_rows::{ids_fact, job_table, merge, preview, wait_settled, RowCopier, Sighted};
 use super::{Fix, FixContext, FixError, Outcome, Plan};
 use crate::ledger::Job;
+use crate::metrics::{Metrics, RepairRowOutcome};
 
 pub struct DivergentRowsFix;
 
@@ -69,6 +70,37 @@ fn both(first: &[i64], again: &[i64]) -> Vec<i64> {
         .copied()
         .filter(|id| again.binary_search(id).is_ok())
         .collect()
+}
+
+/// Adds to `repair_rows_total` what a batch did: the difference between two running totals.
+fn count_rows(m: &Metrics, table: &str, before: &Rewritten, now: &Rewritten) {
+    let pairs = [
+        (RepairRowOutcome::Rewritten, before.rewritten, now.rewritten),
+        (
+            RepairRowOutcome::ExtraDeleted,
+            before.extra_deleted,
+            now.extra_deleted,
+        ),
+        (
+            RepairRowOutcome::ExtraKept,
+            before.extra_kept,
+            now.extra_kept,
+        ),
+        (
+            RepairRowOutcome::GoneFromSource,
+            before.gone_from_source,
+            now.gone_from_source,
+        ),
+        (
+            RepairRowOutcome::AbsentInTarget,
+            before.absent_in_target,
+            now.absent_in_target,
+        ),
+        (RepairRowOutcome::Failed, before.failed, now.failed),
+    ];
+    for (outcome, a, b) in pairs {
+        m.repair_rows(table, outcome, b.saturating_sub(a));
+    }
 }
 
 fn rewritten_details(r: &Rewritten) -> Value {
@@ -269,6 +301,15 @@ impl Fix for DivergentRowsFix {
             v.sort_unstable();
             v
         };
+        let metrics = ctx.metrics();
+        if let Some(m) = metrics {
+            m.set_repair_rows_remaining(
+                &table.source,
+                all.len() as u64,
+                &RepairRowOutcome::REWRITES,
+            );
+        }
+        let mut counted = Rewritten::default();
         let result = rewriter
             .rewrite(
                 &source,
@@ -279,9 +320,23 @@ impl Fix for DivergentRowsFix {
                 |through, so_far| {
                     let handled = all.partition_point(|id| *id <= through) as u64;
                     ctx.progress().update(handled, so_far.rewritten);
+                    // Counted as each batch commits, like the inserts of missing_rows.
+                    if let Some(m) = metrics {
+                        count_rows(m, &table.source, &counted, so_far);
+                        m.set_repair_rows_remaining(
+                            &table.source,
+                            all.len() as u64 - handled.min(all.len() as u64),
+                            &RepairRowOutcome::REWRITES,
+                        );
+                    }
+                    counted = so_far.clone();
                 },
             )
-            .await?;
+            .await;
+        if let Some(m) = metrics {
+            m.set_repair_rows_remaining(&table.source, 0, &RepairRowOutcome::REWRITES);
+        }
+        let result = result?;
         rewriter.finish(&target).await?;
         merge(&mut details, rewritten_details(&result));
         let summary = format!(

@@ -404,7 +404,7 @@ impl RowCopier {
             result.found,
         );
         if let Some(m) = ctx.metrics() {
-            m.set_repair_rows_remaining(&table, result.found);
+            m.set_repair_rows_remaining(&table, result.found, &RepairRowOutcome::INSERTS);
         }
         let group = &ctx.config().remediator.repair_query_group;
         if !group.is_empty() {
@@ -524,7 +524,11 @@ impl RowCopier {
             );
             m.repair_rows(table, RepairRowOutcome::GoneFromSource, pending.gone);
             m.repair_rows(table, RepairRowOutcome::Failed, pending.failed);
-            m.set_repair_rows_remaining(table, result.found.saturating_sub(done));
+            m.set_repair_rows_remaining(
+                table,
+                result.found.saturating_sub(done),
+                &RepairRowOutcome::INSERTS,
+            );
         }
         if let (Some(c), Some(through)) = (checkpoint, pending.through) {
             let progress = RepairProgress {
