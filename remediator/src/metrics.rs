@@ -32,17 +32,36 @@ pub enum RepairRowOutcome {
     Inserted,
     /// Another writer (DMS, another run) had inserted it meanwhile; left alone.
     AlreadyPresent,
-    /// Deleted at the source since it was found missing.
+    /// Deleted at the source since it was found missing (or divergent).
     GoneFromSource,
     /// The translator refused it (a value the target column cannot hold).
     Failed,
+    /// A divergent row rewritten from the source (`divergent_rows`).
+    Rewritten,
+    /// An extra id deleted from the target (`divergent_rows` with `delete_extra`).
+    ExtraDeleted,
+    /// An extra id left in the target: `delete_extra` is off, or the source has it again.
+    ExtraKept,
+    /// A divergent id the target no longer holds: left for DMS or `missing_rows`.
+    AbsentInTarget,
 }
 
 impl RepairRowOutcome {
-    pub const ALL: [RepairRowOutcome; 4] = [
+    /// The outcomes of the repair that inserts missing rows (`missing_rows`).
+    pub const INSERTS: [RepairRowOutcome; 4] = [
         RepairRowOutcome::Inserted,
         RepairRowOutcome::AlreadyPresent,
         RepairRowOutcome::GoneFromSource,
+        RepairRowOutcome::Failed,
+    ];
+
+    /// The outcomes of the repair that rewrites divergent rows (`divergent_rows`).
+    pub const REWRITES: [RepairRowOutcome; 6] = [
+        RepairRowOutcome::Rewritten,
+        RepairRowOutcome::ExtraDeleted,
+        RepairRowOutcome::ExtraKept,
+        RepairRowOutcome::GoneFromSource,
+        RepairRowOutcome::AbsentInTarget,
         RepairRowOutcome::Failed,
     ];
 
@@ -52,6 +71,10 @@ impl RepairRowOutcome {
             RepairRowOutcome::AlreadyPresent => "already_present",
             RepairRowOutcome::GoneFromSource => "gone_from_source",
             RepairRowOutcome::Failed => "failed",
+            RepairRowOutcome::Rewritten => "rewritten",
+            RepairRowOutcome::ExtraDeleted => "extra_deleted",
+            RepairRowOutcome::ExtraKept => "extra_kept",
+            RepairRowOutcome::AbsentInTarget => "absent_in_target",
         }
     }
 }
@@ -278,7 +301,7 @@ impl Metrics {
         );
         registry.register(
             REPAIR_ROWS,
-            "Rows repairs that insert rows have handled, by table and outcome (inserted, already_present, gone_from_source, failed), counted as each batch commits",
+            "Rows repairs have handled, by table and outcome, counted as each batch commits: missing_rows inserted, already_present, gone_from_source, failed; divergent_rows rewritten, extra_deleted, extra_kept, gone_from_source, absent_in_target, failed",
             metrics.repair_rows.clone(),
         );
         registry.register(
@@ -429,9 +452,9 @@ impl Metrics {
     }
 
     /// Sets the rows a repair of `table` has still to handle; the first call for a table also
-    /// creates its row counters at 0, so `rate()` sees the first batch.
-    pub fn set_repair_rows_remaining(&self, table: &str, n: u64) {
-        for outcome in RepairRowOutcome::ALL {
+    /// creates the repair's row counters (`outcomes`) at 0, so `rate()` sees the first batch.
+    pub fn set_repair_rows_remaining(&self, table: &str, n: u64, outcomes: &[RepairRowOutcome]) {
+        for &outcome in outcomes {
             let _ = self.repair_rows.get_or_create(&RepairRowLabels {
                 table: table.to_owned(),
                 outcome,
