@@ -89,7 +89,7 @@ async fn injected_faults_show_in_prometheus() -> anyhow::Result<()> {
 
     // F4: dropped inserts are exactly the missing ids, once the pipeline is quiet.
     sim.set_fault(Fault::DropRows { every: 7 });
-    eventually("a few dropped rows", Duration::from_secs(30), || async {
+    eventually("a few dropped rows", Duration::from_secs(120), || async {
         let s = sim.stats();
         anyhow::ensure!(s.dropped_ids().len() >= 5, "{s:?}");
         Ok(Some(()))

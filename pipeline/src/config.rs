@@ -105,8 +105,10 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
     /// Log in with IAM database credentials instead of a password (then leave out `password`
     /// and `password_file`): `method = "rds"` for an RDS/Aurora IAM authentication token,
-    /// `method = "redshift"` with `cluster_identifier` for `GetClusterCredentials`. Obtained
-    /// for each new connection and reused until shortly before they expire.
+    /// `method = "redshift"` with `cluster_identifier` for `GetClusterCredentials`,
+    /// `method = "redshift_serverless"` with `workgroup_name` for Redshift Serverless
+    /// `GetCredentials`. Obtained for each new connection and reused until shortly before they
+    /// expire.
     pub iam: Option<crate::iam_auth::IamAuthConfig>,
 }
 
@@ -148,7 +150,10 @@ pub struct RedshiftConfig {
     pub statement_timeout: Duration,
     /// Log in with IAM database credentials instead of a password (then leave out `password`
     /// and `password_file`): `method = "redshift"` with `cluster_identifier` calls
-    /// `GetClusterCredentials`; the login user is the `IAM:`-prefixed name it returns.
+    /// `GetClusterCredentials`; the login user is the `IAM:`-prefixed name it returns. With
+    /// `serverless = true`, `method = "redshift_serverless"` with `workgroup_name` calls
+    /// Redshift Serverless `GetCredentials` for the URL's database; the login user is the one
+    /// it maps the AWS identity to.
     pub iam: Option<crate::iam_auth::IamAuthConfig>,
     /// System views to read statements from: `sys` (default) or `stl`.
     #[serde(default)]
@@ -983,7 +988,15 @@ impl Config {
         }
         self.aws.validate()?;
         check_iam("source", &self.source, IamMethod::Rds)?;
-        check_iam("redshift", &self.redshift.database(), IamMethod::Redshift)?;
+        check_iam(
+            "redshift",
+            &self.redshift.database(),
+            if self.redshift.serverless {
+                IamMethod::RedshiftServerless
+            } else {
+                IamMethod::Redshift
+            },
+        )?;
         if let Some(ledger) = &self.remediator.ledger {
             check_iam("remediator.ledger", ledger, IamMethod::Rds)?;
         }
@@ -1212,21 +1225,69 @@ fn check_iam(section: &str, db: &DatabaseConfig, method: IamMethod) -> Result<()
         ));
     }
     if iam.method != method {
-        return Err(ConfigError::key(
-            format!("{section}.iam.method"),
-            format!("`{}` does not apply here; use `{method}`", iam.method),
-        ));
+        let why = match (iam.method, method) {
+            (IamMethod::Redshift, IamMethod::RedshiftServerless) => {
+                "Redshift Serverless (`redshift.serverless = true`) issues logins with \
+                 GetCredentials: use `method = \"redshift_serverless\"` with `workgroup_name`"
+                    .to_owned()
+            }
+            (IamMethod::RedshiftServerless, IamMethod::Redshift) => {
+                "`redshift_serverless` needs `redshift.serverless = true`; a provisioned cluster \
+                 uses `method = \"redshift\"` with `cluster_identifier`"
+                    .to_owned()
+            }
+            _ => format!("`{}` does not apply here; use `{method}`", iam.method),
+        };
+        return Err(ConfigError::key(format!("{section}.iam.method"), why));
+    }
+    // The keys each method takes; any other is refused.
+    let keys = [
+        ("cluster_identifier", iam.cluster_identifier.is_some()),
+        ("workgroup_name", iam.workgroup_name.is_some()),
+        ("db_user", iam.db_user.is_some()),
+        ("auto_create", iam.auto_create),
+        ("db_groups", !iam.db_groups.is_empty()),
+    ];
+    let takes: &[&str] = match iam.method {
+        IamMethod::Redshift => &["cluster_identifier", "db_user", "auto_create", "db_groups"],
+        IamMethod::RedshiftServerless => &["workgroup_name"],
+        IamMethod::Rds => &[],
+    };
+    if let Some((key, _)) = keys.iter().find(|(key, set)| *set && !takes.contains(key)) {
+        let why = match iam.method {
+            IamMethod::RedshiftServerless => {
+                "not taken by `method = \"redshift_serverless\"`: GetCredentials logs in as the \
+                 user mapped to the AWS identity"
+            }
+            IamMethod::Redshift => "not taken by `method = \"redshift\"`",
+            IamMethod::Rds => "not taken by `method = \"rds\"`",
+        };
+        return Err(ConfigError::key(format!("{section}.iam.{key}"), why));
     }
     match iam.method {
-        IamMethod::Redshift => {
-            if iam.cluster_identifier.as_deref().unwrap_or("").is_empty() {
+        IamMethod::Redshift | IamMethod::RedshiftServerless => {
+            let (key, value, api) = if iam.method == IamMethod::Redshift {
+                (
+                    "cluster_identifier",
+                    &iam.cluster_identifier,
+                    "`method = \"redshift\"` (GetClusterCredentials)",
+                )
+            } else {
+                (
+                    "workgroup_name",
+                    &iam.workgroup_name,
+                    "`method = \"redshift_serverless\"` (GetCredentials)",
+                )
+            };
+            if value.as_deref().unwrap_or("").is_empty() {
                 return Err(ConfigError::key(
-                    format!("{section}.iam.cluster_identifier"),
-                    "required by `method = \"redshift\"` (GetClusterCredentials)",
+                    format!("{section}.iam.{key}"),
+                    format!("required by {api}"),
                 ));
             }
-            // DurationSeconds: 900 to 3600
-            // (https://docs.aws.amazon.com/redshift/latest/APIReference/API_GetClusterCredentials.html).
+            // DurationSeconds: 900 to 3600, for both APIs
+            // (https://docs.aws.amazon.com/redshift/latest/APIReference/API_GetClusterCredentials.html,
+            // https://docs.aws.amazon.com/redshift-serverless/latest/APIReference/API_GetCredentials.html).
             if !(900..=3600).contains(&iam.duration.as_secs()) {
                 return Err(ConfigError::key(
                     format!("{section}.iam.duration"),
@@ -1235,19 +1296,6 @@ fn check_iam(section: &str, db: &DatabaseConfig, method: IamMethod) -> Result<()
             }
         }
         IamMethod::Rds => {
-            for (key, set) in [
-                ("cluster_identifier", iam.cluster_identifier.is_some()),
-                ("db_user", iam.db_user.is_some()),
-                ("auto_create", iam.auto_create),
-                ("db_groups", !iam.db_groups.is_empty()),
-            ] {
-                if set {
-                    return Err(ConfigError::key(
-                        format!("{section}.iam.{key}"),
-                        "only used with `method = \"redshift\"`",
-                    ));
-                }
-            }
             // RDS accepts IAM tokens only over TLS
             // (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAMDBAuth.html).
             if crate::db::tls_settings(db).is_ok_and(|t| t.mode == crate::tls::SslMode::Disable) {
@@ -1622,6 +1670,82 @@ mod tests {
             let err = Config::from_toml(&text, &env).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn redshift_serverless_iam_needs_a_workgroup_and_serverless() {
+        let base = r#"
+            [source]
+            url = "postgresql://dmsguard@db.example:5432/app"
+            password = "x"
+            [redshift]
+            url = "postgresql://dmsguard@wg.123456789012.us-east-1.redshift-serverless.amazonaws.com:5439/dev"
+            serverless = true
+            iam = { method = "redshift_serverless", workgroup_name = "analytics", duration = "20m" }
+        "#;
+        let c = Config::from_toml(base, &env).unwrap();
+        let iam = c.redshift.database().iam.unwrap();
+        assert_eq!(iam.method, IamMethod::RedshiftServerless);
+        assert_eq!(iam.workgroup_name.as_deref(), Some("analytics"));
+        assert_eq!(iam.duration, Duration::from_secs(1200));
+        assert!(iam.aws.is_some());
+
+        for (change, key, says) in [
+            (
+                ("workgroup_name = \"analytics\", ", ""),
+                "redshift.iam.workgroup_name",
+                "required",
+            ),
+            (
+                ("serverless = true\n", ""),
+                "redshift.iam.method",
+                "serverless = true",
+            ),
+            (
+                ("method = \"redshift_serverless\"", "method = \"redshift\""),
+                "redshift.iam.method",
+                "redshift_serverless",
+            ),
+            (
+                ("duration = \"20m\"", "duration = \"5m\""),
+                "redshift.iam.duration",
+                "15 and 60 minutes",
+            ),
+            (
+                (
+                    "workgroup_name = \"analytics\"",
+                    "workgroup_name = \"analytics\", cluster_identifier = \"c\"",
+                ),
+                "redshift.iam.cluster_identifier",
+                "redshift_serverless",
+            ),
+            (
+                (
+                    "workgroup_name = \"analytics\"",
+                    "workgroup_name = \"analytics\", db_user = \"u\"",
+                ),
+                "redshift.iam.db_user",
+                "AWS identity",
+            ),
+        ] {
+            let text = base.replacen(change.0, change.1, 1);
+            assert_ne!(text, base);
+            let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(says),
+                "{key}: {err}"
+            );
+        }
+        // A provisioned cluster's method does not take a workgroup.
+        let text = base
+            .replace("serverless = true\n", "")
+            .replace("redshift_serverless", "redshift")
+            .replace(
+                "workgroup_name",
+                "cluster_identifier = \"c\", workgroup_name",
+            );
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("`redshift.iam.workgroup_name`"), "{err}");
     }
 
     #[test]

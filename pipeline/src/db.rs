@@ -223,7 +223,26 @@ pub async fn connect_with_tls_state(
     Ok((client, state))
 }
 
-/// The IAM login for a connection with the driver config `pg` (its first host, port and user).
+/// The IAM login a new connection with `config` would use (`None` when it has no `iam`): the
+/// cached one while it is fresh, else a new one from AWS.
+pub async fn iam_login_for(
+    config: &DatabaseConfig,
+) -> Result<Option<crate::iam_auth::Login>, ConnectError> {
+    let Some(iam) = &config.iam else {
+        return Ok(None);
+    };
+    let pg = client_config(config)?;
+    iam_login(iam, &pg)
+        .await
+        .map(Some)
+        .map_err(|source| ConnectError::Iam {
+            target: describe(config),
+            source,
+        })
+}
+
+/// The IAM login for a connection with the driver config `pg` (its first host, port, user and
+/// database).
 pub async fn iam_login(
     iam: &crate::iam_auth::IamAuthConfig,
     pg: &tokio_postgres::Config,
@@ -242,7 +261,7 @@ pub async fn iam_login(
             "IAM database credentials need the database user in the URL".into(),
         )
     })?;
-    iam.login(user, &host, port).await
+    iam.login_to(user, &host, port, pg.get_dbname()).await
 }
 
 fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)

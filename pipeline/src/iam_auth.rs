@@ -4,6 +4,13 @@
 //! - `redshift`: Redshift's `GetClusterCredentials` returns a user name (`IAM:<db_user>`, or
 //!   `IAMA:<db_user>` with `auto_create`) and a temporary password valid 900 to 3600 seconds
 //!   (https://docs.aws.amazon.com/redshift/latest/APIReference/API_GetClusterCredentials.html).
+//! - `redshift_serverless`: Redshift Serverless's `GetCredentials` for a workgroup (and the
+//!   URL's database) returns the database user mapped to the calling AWS identity, a temporary
+//!   password valid 900 to 3600 seconds and its expiration
+//!   (https://docs.aws.amazon.com/redshift-serverless/latest/APIReference/API_GetCredentials.html,
+//!   https://docs.aws.amazon.com/redshift/latest/mgmt/serverless-connecting.html). It takes no
+//!   user name: the API reference does not spell out the user's form (drivers see `IAM:<user>`
+//!   for an IAM user, `IAMR:<role>` for a role), so the returned `dbUser` is used as it is.
 //! - `rds`: RDS/Aurora's IAM authentication token, a SigV4-presigned `connect` request for the
 //!   service `rds-db`, computed locally and valid 15 minutes; the user is the URL's
 //!   (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAMDBAuth.Connecting.html).
@@ -38,6 +45,8 @@ pub enum IamMethod {
     Rds,
     /// Provisioned Redshift `GetClusterCredentials` (needs `cluster_identifier`).
     Redshift,
+    /// Redshift Serverless `GetCredentials` (needs `workgroup_name`).
+    RedshiftServerless,
 }
 
 impl fmt::Display for IamMethod {
@@ -45,6 +54,7 @@ impl fmt::Display for IamMethod {
         f.write_str(match self {
             Self::Rds => "rds",
             Self::Redshift => "redshift",
+            Self::RedshiftServerless => "redshift_serverless",
         })
     }
 }
@@ -53,12 +63,15 @@ impl fmt::Display for IamMethod {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IamAuthConfig {
-    /// `rds` (RDS/Aurora IAM authentication token) or `redshift` (`GetClusterCredentials`).
+    /// `rds` (RDS/Aurora IAM authentication token), `redshift` (`GetClusterCredentials`) or
+    /// `redshift_serverless` (Redshift Serverless `GetCredentials`).
     pub method: IamMethod,
     /// The database's AWS region; default `[aws] region`.
     pub region: Option<String>,
     /// `redshift`: the cluster identifier passed to `GetClusterCredentials`.
     pub cluster_identifier: Option<String>,
+    /// `redshift_serverless`: the workgroup passed to `GetCredentials`.
+    pub workgroup_name: Option<String>,
     /// `redshift`: the database user to get credentials for; default the URL's user.
     pub db_user: Option<String>,
     /// `redshift`: create the user if it does not exist (`AutoCreate`; needs
@@ -69,8 +82,8 @@ pub struct IamAuthConfig {
     /// `redshift:JoinGroup`).
     #[serde(default)]
     pub db_groups: Vec<String>,
-    /// `redshift`: how long the temporary password is valid, 15 to 60 minutes (`DurationSeconds`);
-    /// default 15 minutes.
+    /// `redshift` and `redshift_serverless`: how long the temporary password is valid, 15 to 60
+    /// minutes (`DurationSeconds`, `durationSeconds`); default 15 minutes.
     #[serde(default = "default_duration", with = "humantime_serde")]
     pub duration: Duration,
     /// Filled in when the config is loaded: the `[aws]` settings the credentials come from.
@@ -132,6 +145,8 @@ pub enum IamAuthError {
     Sign(String),
     #[error("redshift:GetClusterCredentials for cluster `{cluster}` failed: {message}")]
     GetClusterCredentials { cluster: String, message: String },
+    #[error("redshift-serverless:GetCredentials for workgroup `{workgroup}` failed: {message}")]
+    GetCredentials { workgroup: String, message: String },
     #[error("{0}")]
     Incomplete(String),
 }
@@ -143,6 +158,7 @@ impl IamAuthConfig {
             method,
             region: None,
             cluster_identifier: None,
+            workgroup_name: None,
             db_user: None,
             auto_create: false,
             db_groups: Vec::new(),
@@ -160,13 +176,25 @@ impl IamAuthConfig {
         host: &str,
         port: u16,
     ) -> Result<Login, IamAuthError> {
+        self.login_to(url_user, host, port, None).await
+    }
+
+    /// As [`login`](Self::login), for the database `database` of the URL (Redshift Serverless
+    /// asks for credentials valid in that database only).
+    pub async fn login_to(
+        &self,
+        url_user: &str,
+        host: &str,
+        port: u16,
+        database: Option<&str>,
+    ) -> Result<Login, IamAuthError> {
         let now = (self.cache.now)();
         if let Some(login) = self.cached() {
             if login.expires > now + REFRESH_MARGIN {
                 return Ok(login);
             }
         }
-        let login = self.fetch(url_user, host, port, now).await?;
+        let login = self.fetch(url_user, host, port, database, now).await?;
         tracing::info!(
             method = %self.method,
             user = %login.user,
@@ -201,6 +229,7 @@ impl IamAuthConfig {
         url_user: &str,
         host: &str,
         port: u16,
+        database: Option<&str>,
         now: SystemTime,
     ) -> Result<Login, IamAuthError> {
         let aws = self.aws()?;
@@ -248,6 +277,37 @@ impl IamAuthConfig {
                     .expiration()
                     .and_then(|e| SystemTime::try_from(*e).ok())
                     .ok_or_else(|| incomplete("Expiration"))?;
+                Ok(Login {
+                    user: user.to_owned(),
+                    password: Secret::new(password),
+                    expires,
+                })
+            }
+            IamMethod::RedshiftServerless => {
+                let workgroup = self.workgroup_name.clone().unwrap_or_default();
+                let out = aws_sdk_redshiftserverless::Client::new(&sdk)
+                    .get_credentials()
+                    .workgroup_name(&workgroup)
+                    .set_db_name(database.map(str::to_owned))
+                    .duration_seconds(self.duration.as_secs().try_into().unwrap_or(i32::MAX))
+                    .send()
+                    .await
+                    .map_err(|e| IamAuthError::GetCredentials {
+                        workgroup: workgroup.clone(),
+                        message: aws_sdk_redshiftserverless::error::DisplayErrorContext(e)
+                            .to_string(),
+                    })?;
+                let incomplete = |what: &str| {
+                    IamAuthError::Incomplete(format!(
+                        "redshift-serverless:GetCredentials for workgroup `{workgroup}` returned no {what}"
+                    ))
+                };
+                let user = out.db_user().ok_or_else(|| incomplete("dbUser"))?;
+                let password = out.db_password().ok_or_else(|| incomplete("dbPassword"))?;
+                let expires = out
+                    .expiration()
+                    .and_then(|e| SystemTime::try_from(*e).ok())
+                    .ok_or_else(|| incomplete("expiration"))?;
                 Ok(Login {
                     user: user.to_owned(),
                     password: Secret::new(password),

@@ -12,6 +12,7 @@ use aws_sdk_databasemigration::types::Filter;
 use crate::aws::{caller_identity, AwsClients};
 use crate::config::{Config, DatabaseConfig, QualifiedName, SystemViews};
 use crate::db;
+use crate::iam_auth::IamMethod;
 use crate::tls::TlsState;
 
 /// What a check is about. The remediator says which of these each fix needs, so a failed
@@ -149,6 +150,31 @@ fn user_of(config: &DatabaseConfig) -> String {
         .unwrap_or_else(|| "<user>".to_owned())
 }
 
+/// The user to name in GRANT suggestions for a connection made with `config`: with IAM
+/// database credentials the session's own user (Redshift Serverless maps the AWS identity to a
+/// user such as `IAMR:<role>`, whatever the URL says), quoted when it needs quotes; otherwise
+/// the URL's user.
+async fn grantee(client: &tokio_postgres::Client, config: &DatabaseConfig) -> String {
+    if config.iam.is_none() {
+        return user_of(config);
+    }
+    match client.query_one("SELECT current_user", &[]).await {
+        Ok(row) => {
+            let user: String = row.get(0);
+            let plain = user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && user
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            if plain {
+                user
+            } else {
+                crate::config::quote_ident(&user)
+            }
+        }
+        Err(_) => user_of(config),
+    }
+}
+
 /// Connects and records the connection check; returns the client when it worked.
 async fn connection(
     report: &mut Report,
@@ -156,6 +182,9 @@ async fn connection(
     name: &str,
     config: &DatabaseConfig,
 ) -> Option<tokio_postgres::Client> {
+    if !iam_login(report, kind, name, config).await {
+        return None;
+    }
     let check = format!("{name} connection");
     match db::connect_with_tls_state(config).await {
         Ok((client, state)) => {
@@ -193,6 +222,64 @@ async fn connection(
                 ),
             );
             None
+        }
+    }
+}
+
+/// With `iam` set, records whether the login API answers (the connection that follows reuses
+/// the login); returns false when it failed. Without `iam`, records nothing.
+async fn iam_login(
+    report: &mut Report,
+    kind: CheckKind,
+    name: &str,
+    config: &DatabaseConfig,
+) -> bool {
+    let Some(iam) = &config.iam else {
+        return true;
+    };
+    let (api, fix) = match iam.method {
+        IamMethod::Redshift => (
+            format!(
+                "redshift:GetClusterCredentials for cluster {}",
+                iam.cluster_identifier.as_deref().unwrap_or("")
+            ),
+            format!(
+                "check `{name}.iam.cluster_identifier`; allow redshift:GetClusterCredentials on \
+                 the dbuser (docs/iam-policy.md, iam-database policy)"
+            ),
+        ),
+        IamMethod::RedshiftServerless => (
+            format!(
+                "redshift-serverless:GetCredentials for workgroup {}",
+                iam.workgroup_name.as_deref().unwrap_or("")
+            ),
+            format!(
+                "check `{name}.iam.workgroup_name`; allow redshift-serverless:GetCredentials on \
+                 the workgroup's ARN (docs/iam-policy.md, iam-database policy)"
+            ),
+        ),
+        IamMethod::Rds => (
+            "RDS IAM authentication token".to_owned(),
+            "check the AWS credential chain and [aws] region (the token is signed with them)"
+                .to_owned(),
+        ),
+    };
+    let check = format!("{name} IAM login");
+    match db::iam_login_for(config).await {
+        Ok(Some(login)) => {
+            let until = chrono::DateTime::<chrono::Utc>::from(login.expires)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            report.pass(
+                kind,
+                check,
+                format!("{api}: user {}, valid until {until}", login.user),
+            );
+            true
+        }
+        Ok(None) => true,
+        Err(e) => {
+            report.fail(kind, check, e.to_string(), fix);
+            false
         }
     }
 }
@@ -389,7 +476,7 @@ pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>)
             .await;
         }
         if let Some(client) = &redshift {
-            let user = user_of(&redshift_db);
+            let user = grantee(client, &redshift_db).await;
             readable(
                 &mut report,
                 CheckKind::TargetTable,
@@ -441,7 +528,7 @@ pub async fn run_for(config: &Config, ledger: bool, kinds: Option<&[CheckKind]>)
                 db::error_chain(&e),
                 format!(
                     "GRANT ROLE sys:monitor TO {} (to see DMS's statements, not only its own)",
-                    user_of(&redshift_db)
+                    grantee(client, &redshift_db).await
                 ),
             ),
         }

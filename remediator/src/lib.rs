@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use crate::fixes::{FixContext, FixRegistry};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::metrics::RepairRowOutcome;
 use crate::worker::Worker;
 
 /// The parts every mode shares: config, ledger (migrated), fix context, worker, metrics.
@@ -74,7 +75,10 @@ impl Core {
         let metrics = Metrics::register(&mut registry);
         // Every configured table's repair series exist from the start, at 0.
         for table in &config.tables {
-            metrics.set_repair_rows_remaining(&table.source, 0);
+            metrics.set_repair_rows_remaining(&table.source, 0, &RepairRowOutcome::INSERTS);
+            if table.divergent_rows {
+                metrics.set_repair_rows_remaining(&table.source, 0, &RepairRowOutcome::REWRITES);
+            }
         }
         let gate = preflight_gate::FixGate::new(&config, metrics.clone());
         let worker = Worker::new(

@@ -22,6 +22,7 @@ pub const REPAIR_ROWS: &str = "remediator_repair_rows";
 pub const REPAIR_ROWS_REMAINING: &str = "remediator_repair_rows_remaining";
 pub const FIX_ENABLED: &str = "remediator_fix_enabled";
 pub const ALERTS_REFUSED: &str = "remediator_alerts_refused";
+pub const FIX_FAILED_CHECKS: &str = "remediator_fix_failed_checks";
 pub const PREFLIGHT_LAST_RUN: &str = "remediator_preflight_last_run_timestamp_seconds";
 
 /// What became of a row a repair set out to insert.
@@ -31,17 +32,36 @@ pub enum RepairRowOutcome {
     Inserted,
     /// Another writer (DMS, another run) had inserted it meanwhile; left alone.
     AlreadyPresent,
-    /// Deleted at the source since it was found missing.
+    /// Deleted at the source since it was found missing (or divergent).
     GoneFromSource,
     /// The translator refused it (a value the target column cannot hold).
     Failed,
+    /// A divergent row rewritten from the source (`divergent_rows`).
+    Rewritten,
+    /// An extra id deleted from the target (`divergent_rows` with `delete_extra`).
+    ExtraDeleted,
+    /// An extra id left in the target: `delete_extra` is off, or the source has it again.
+    ExtraKept,
+    /// A divergent id the target no longer holds: left for DMS or `missing_rows`.
+    AbsentInTarget,
 }
 
 impl RepairRowOutcome {
-    pub const ALL: [RepairRowOutcome; 4] = [
+    /// The outcomes of the repair that inserts missing rows (`missing_rows`).
+    pub const INSERTS: [RepairRowOutcome; 4] = [
         RepairRowOutcome::Inserted,
         RepairRowOutcome::AlreadyPresent,
         RepairRowOutcome::GoneFromSource,
+        RepairRowOutcome::Failed,
+    ];
+
+    /// The outcomes of the repair that rewrites divergent rows (`divergent_rows`).
+    pub const REWRITES: [RepairRowOutcome; 6] = [
+        RepairRowOutcome::Rewritten,
+        RepairRowOutcome::ExtraDeleted,
+        RepairRowOutcome::ExtraKept,
+        RepairRowOutcome::GoneFromSource,
+        RepairRowOutcome::AbsentInTarget,
         RepairRowOutcome::Failed,
     ];
 
@@ -51,6 +71,10 @@ impl RepairRowOutcome {
             RepairRowOutcome::AlreadyPresent => "already_present",
             RepairRowOutcome::GoneFromSource => "gone_from_source",
             RepairRowOutcome::Failed => "failed",
+            RepairRowOutcome::Rewritten => "rewritten",
+            RepairRowOutcome::ExtraDeleted => "extra_deleted",
+            RepairRowOutcome::ExtraKept => "extra_kept",
+            RepairRowOutcome::AbsentInTarget => "absent_in_target",
         }
     }
 }
@@ -218,6 +242,7 @@ pub struct Metrics {
     repair_rows_remaining: Family<TableLabels, Gauge>,
     fix_enabled: Family<FixLabels, Gauge>,
     alerts_refused: Family<FixLabels, Counter>,
+    fix_failed_checks: Family<FixLabels, Gauge>,
     preflight_last_run: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -236,6 +261,7 @@ impl Metrics {
             repair_rows_remaining: Family::default(),
             fix_enabled: Family::default(),
             alerts_refused: Family::default(),
+            fix_failed_checks: Family::default(),
             preflight_last_run: Gauge::default(),
         };
         registry.register(
@@ -275,7 +301,7 @@ impl Metrics {
         );
         registry.register(
             REPAIR_ROWS,
-            "Rows repairs that insert rows have handled, by table and outcome (inserted, already_present, gone_from_source, failed), counted as each batch commits",
+            "Rows repairs have handled, by table and outcome, counted as each batch commits: missing_rows inserted, already_present, gone_from_source, failed; divergent_rows rewritten, extra_deleted, extra_kept, gone_from_source, absent_in_target, failed",
             metrics.repair_rows.clone(),
         );
         registry.register(
@@ -292,6 +318,11 @@ impl Metrics {
             ALERTS_REFUSED,
             "Firing alerts (and queued jobs) refused because the preflight checks their fix needs fail, by fix",
             metrics.alerts_refused.clone(),
+        );
+        registry.register(
+            FIX_FAILED_CHECKS,
+            "Preflight checks a fix the config enables needs that failed in the last run, by fix (0 while they pass, before the first run, and for a fix the config turns off): above 0, its alerts are refused",
+            metrics.fix_failed_checks.clone(),
         );
         registry.register(
             PREFLIGHT_LAST_RUN,
@@ -320,6 +351,9 @@ impl Metrics {
             let _ = metrics
                 .alerts_refused
                 .get_or_create(&FixLabels { fix: FixLabel(fix) });
+            let _ = metrics
+                .fix_failed_checks
+                .get_or_create(&FixLabels { fix: FixLabel(fix) });
             for result in ResumeResult::ALL {
                 let _ = metrics.resumes.get_or_create(&ResumeLabels {
                     fix: FixLabel(fix),
@@ -339,6 +373,13 @@ impl Metrics {
         self.fix_enabled
             .get_or_create(&FixLabels { fix: FixLabel(fix) })
             .set(i64::from(enabled));
+    }
+
+    /// Sets how many preflight checks `fix` needs fail.
+    pub fn set_fix_failed_checks(&self, fix: FixName, failed: usize) {
+        self.fix_failed_checks
+            .get_or_create(&FixLabels { fix: FixLabel(fix) })
+            .set(i64::try_from(failed).unwrap_or(i64::MAX));
     }
 
     /// Records that the preflight checks finished at `unix_seconds`.
@@ -411,9 +452,9 @@ impl Metrics {
     }
 
     /// Sets the rows a repair of `table` has still to handle; the first call for a table also
-    /// creates its row counters at 0, so `rate()` sees the first batch.
-    pub fn set_repair_rows_remaining(&self, table: &str, n: u64) {
-        for outcome in RepairRowOutcome::ALL {
+    /// creates the repair's row counters (`outcomes`) at 0, so `rate()` sees the first batch.
+    pub fn set_repair_rows_remaining(&self, table: &str, n: u64, outcomes: &[RepairRowOutcome]) {
+        for &outcome in outcomes {
             let _ = self.repair_rows.get_or_create(&RepairRowLabels {
                 table: table.to_owned(),
                 outcome,

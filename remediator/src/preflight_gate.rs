@@ -234,12 +234,20 @@ impl FixGate {
         self.export(config);
     }
 
-    /// Sets `fix_enabled` per fix: 1 when enabled in the config and its checks pass.
+    /// Sets `fix_enabled` per fix (1 when enabled in the config and its checks pass) and
+    /// `fix_failed_checks` (how many of its checks fail; 0 for a fix the config turns off, which
+    /// nobody needs to be told about).
     fn export(&self, config: &Config) {
         for fix in FixName::ALL {
-            let on =
-                config.remediator.fixes.get(fix).enabled && self.verdict(fix) == Verdict::Enabled;
-            self.metrics.set_fix_enabled(fix, on);
+            let configured = config.remediator.fixes.get(fix).enabled;
+            let verdict = self.verdict(fix);
+            self.metrics
+                .set_fix_enabled(fix, configured && verdict == Verdict::Enabled);
+            let failed = match verdict {
+                Verdict::Refused(failed) if configured => failed.len(),
+                _ => 0,
+            };
+            self.metrics.set_fix_failed_checks(fix, failed);
         }
     }
 
@@ -385,6 +393,49 @@ mod tests {
             verdict(FixName::MissingRows, &with_task, &report),
             Verdict::Refused(_)
         ));
+    }
+
+    /// `dmsguard_remediator_fix_failed_checks` counts the failed checks of the fixes the config
+    /// enables, and stays 0 for one it turns off (the alert on it would be noise).
+    #[test]
+    fn failed_checks_are_exported_for_the_fixes_the_config_enables() {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("dmsguard");
+        let metrics = Metrics::register(&mut registry);
+        let config = config(
+            "[[tables]]\nsource = \"public.orders\"\ntask = \"t1\"\n\
+             [remediator.fixes.one_by_one]\nenabled = false\n",
+        );
+        let gate = FixGate::new(&config, metrics);
+        let report = Report {
+            checks: vec![
+                check(CheckKind::SourceTable, "source table public.orders", false),
+                check(CheckKind::TargetTable, "target table public.orders", false),
+                check(CheckKind::DmsTask, "DMS task t1", true),
+            ],
+        };
+        gate.apply(&config, &report);
+        let value = |fix: &str| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            let series = format!("dmsguard_remediator_fix_failed_checks{{fix=\"{fix}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        };
+        assert_eq!(value("missing_rows"), "2", "both failed checks it needs");
+        assert_eq!(value("one_by_one"), "0", "turned off in the config");
+        assert_eq!(value("stalled_task"), "0", "its checks pass");
+        gate.apply(
+            &config,
+            &Report {
+                checks: vec![check(
+                    CheckKind::SourceTable,
+                    "source table public.orders",
+                    true,
+                )],
+            },
+        );
+        assert_eq!(value("missing_rows"), "0", "the checks pass again");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The preflight gate through the real `dmsguard-remediator` binary on the lab, connected as the
 //! remediator's least-privilege user: with SELECT on the source table revoked, `missing_rows`
-//! is disabled (`dmsguard_remediator_fix_enabled` 0) while the fixes that do not read the source
+//! is disabled (`dmsguard_remediator_fix_enabled` 0, `dmsguard_remediator_fix_failed_checks` 1)
+//! while the fixes that do not read the source
 //! stay enabled; its alert is acknowledged (2xx) and recorded as a `refused` job naming the
 //! failed check and its GRANT; a hand run is refused too unless `--skip-preflight`. Once the
 //! grant is back, a SIGHUP rechecks, the fix is enabled again and the alert's repeat repairs
@@ -140,6 +141,15 @@ async fn a_fix_missing_a_grant_is_refused_until_a_recheck_finds_it_back() -> any
         dir.path().join("remediator.log"),
     )?;
     wait_metric(&mut process, &base, &enabled("missing_rows"), 0.0).await?;
+    // What DmsguardRemediatorFixDisabled fires on: the one failed check it needs.
+    let failed_checks =
+        |fix: &str| format!("dmsguard_remediator_fix_failed_checks{{fix=\"{fix}\"}}");
+    // (0 until the first checks finish: `fix_enabled` 0 alone may still be that.)
+    wait_metric(&mut process, &base, &failed_checks("missing_rows"), 1.0).await?;
+    assert_eq!(
+        metric_value(&metrics(&base).await?, &failed_checks("stalled_task"))?,
+        0.0
+    );
     // The fixes that do not read the source stay enabled meanwhile.
     for fix in ["stalled_task", "memory", "maintenance"] {
         wait_metric(&mut process, &base, &enabled(fix), 1.0).await?;
@@ -219,6 +229,10 @@ async fn a_fix_missing_a_grant_is_refused_until_a_recheck_finds_it_back() -> any
     process.signal("HUP")?;
     wait_metric(&mut process, &base, &enabled("missing_rows"), 1.0).await?;
     wait_metric(&mut process, &base, &enabled("one_by_one"), 1.0).await?;
+    assert_eq!(
+        metric_value(&metrics(&base).await?, &failed_checks("missing_rows"))?,
+        0.0
+    );
 
     // Alertmanager's repeat of the same alert now runs the fix on the same job.
     let (status, response) =

@@ -716,7 +716,9 @@ async fn redshift_down(lab: &SimLab) -> anyhow::Result<()> {
         )
         .await
     });
-    let at_cut = eventually("the fill to start", Duration::from_secs(30), || async {
+    // The run first waits for replication to pass the window's sighting; on a loaded machine
+    // (CI runs several test binaries at once) that alone can take tens of seconds.
+    let at_cut = eventually("the fill to start", Duration::from_secs(120), || async {
         let n = lab.target_count(ORDERS, &missing).await?;
         Ok((n > 0).then_some(n))
     })

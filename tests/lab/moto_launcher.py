@@ -27,6 +27,15 @@ tests/lab/README.md, "Control plane"), driven by a lab-only HTTP endpoint under 
   PreferredMaintenanceWindow) and DeferredMaintenanceWindows (API_Cluster:
   https://docs.aws.amazon.com/redshift/latest/APIReference/API_Cluster.html).
 
+- Redshift Serverless GetCredentials, which moto does not serve: for a workgroup the lab
+  endpoint created, a database user named after the calling identity (`IAM:<user>`, or
+  `IAMR:<role>` for an assumed role, as drivers observe; the API reference does not spell the
+  form out), a random temporary password and its expiration `durationSeconds` (900-3600,
+  default 900) from now; an unknown workgroup answers ResourceNotFoundException, a duration out
+  of range ValidationException
+  (https://docs.aws.amazon.com/redshift-serverless/latest/APIReference/API_GetCredentials.html).
+  Every answer is kept, so a test can read what was handed out.
+
 Defaults keep moto's instant behaviour: stop_seconds = start_seconds = 0 unless set with the
 endpoint or the DMSGUARD_LAB_DMS_STOP_SECONDS / DMSGUARD_LAB_DMS_START_SECONDS variables.
 """
@@ -45,11 +54,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import moto.server
+import secrets
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.dms import models as dms_models
 from moto.dms.exceptions import InvalidResourceStateFault
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.redshift import models as redshift_models
 from moto.server import main as moto_main
+from moto.sts import models as sts_models
 
 # Date fields moto puts in FakeReplicationTask.to_dict (top level and ReplicationTaskStats)
 # and FakeReplicationInstance.to_dict.
@@ -124,6 +136,10 @@ class Control:
         self.throttled: dict[str, int] = {}
         # cluster identifier -> {"next_start": datetime | None (None: none pending), "deferred": [...]}
         self.maintenance: dict[str, dict[str, Any]] = {}
+        # Redshift Serverless workgroup names GetCredentials answers for.
+        self.workgroups: set[str] = set()
+        # Every GetCredentials answer, oldest first (workgroup, dbName, dbUser, dbPassword, ...).
+        self.serverless_credentials: list[dict[str, Any]] = []
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -299,6 +315,79 @@ def cluster_deferred(self: Any) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Redshift Serverless GetCredentials (awsJson1_1, target RedshiftServerless.GetCredentials).
+
+SERVERLESS_TARGET = "RedshiftServerless.GetCredentials"
+
+
+def access_key_of(environ: dict[str, Any]) -> str:
+    """The access key id in a SigV4 Authorization header ("" when there is none)."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    marker = "Credential="
+    if marker not in auth:
+        return ""
+    return auth.split(marker, 1)[1].split("/", 1)[0]
+
+
+def serverless_db_user(access_key: str) -> str:
+    """IAMR:<role> for credentials of an assumed role, else IAM:<user> of the caller."""
+    for backends in sts_models.sts_backends.values():
+        for backend in backends.values():
+            role = backend.get_assumed_role_from_access_key(access_key)
+            if role is not None:
+                # arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION
+                return "IAMR:" + role.arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
+    backend = sts_models.sts_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    _, arn, _ = backend.get_caller_identity(access_key, "us-east-1")
+    return "IAM:" + arn.rsplit("/", 1)[-1]
+
+
+def serverless_get_credentials(environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    request = json.loads(raw) if raw.strip() else {}
+    workgroup = request.get("workgroupName")
+    duration = request.get("durationSeconds", 900)
+    if not workgroup and not request.get("customDomainName"):
+        return 400, {
+            "__type": "ValidationException",
+            "message": "Either workgroupName or customDomainName must be provided",
+        }
+    if not isinstance(duration, int) or not 900 <= duration <= 3600:
+        return 400, {
+            "__type": "ValidationException",
+            "message": f"durationSeconds {duration} is not between 900 and 3600",
+        }
+    with LOCK:
+        if workgroup not in CONTROL.workgroups:
+            return 400, {
+                "__type": "ResourceNotFoundException",
+                "message": f"Workgroup {workgroup} not found.",
+                "resourceName": workgroup,
+            }
+        now = time.time()
+        answer = {
+            "dbUser": serverless_db_user(access_key_of(environ)),
+            "dbPassword": secrets.token_urlsafe(24),
+            "expiration": now + duration,
+            "nextRefreshTime": now + duration,
+        }
+        CONTROL.serverless_credentials.append(
+            dict(answer, workgroupName=workgroup, dbName=request.get("dbName"))
+        )
+    return 200, answer
+
+
+def json_response(status: int, answer: Any, content_type: str, start_response: Any) -> list[bytes]:
+    body = json.dumps(answer, default=str).encode()
+    start_response(
+        f"{status} {'OK' if status == 200 else 'Error'}",
+        [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+# ---------------------------------------------------------------------------------------------
 # The lab endpoint and throttling, in front of moto's WSGI application.
 
 PREFIX = "/dmsguard-lab/"
@@ -430,6 +519,11 @@ def control(environ: dict[str, Any]) -> tuple[int, Any]:
                 ],
             }
             return 200, {"cluster": body["cluster"]}
+        if path == "redshift-serverless/workgroup" and method == "POST":
+            CONTROL.workgroups.add(body["name"])
+            return 200, {"workgroups": sorted(CONTROL.workgroups)}
+        if path == "redshift-serverless/credentials" and method == "GET":
+            return 200, {"credentials": list(CONTROL.serverless_credentials)}
         if path == "reset" and method == "POST":
             CONTROL.__init__()  # type: ignore[misc]
             return 200, CONTROL.snapshot()
@@ -454,6 +548,9 @@ class LabApplication(DomainDispatcherApplication):
         code = throttled(operation_of(environ))
         if code is not None:
             return throttling_response(environ, code, start_response)
+        if environ.get("HTTP_X_AMZ_TARGET") == SERVERLESS_TARGET:
+            status, answer = serverless_get_credentials(environ)
+            return json_response(status, answer, "application/x-amz-json-1.1", start_response)
         return super().__call__(environ, start_response)
 
 

@@ -178,12 +178,46 @@ def redshift_checks() -> None:
           window == "sun:03:00-sun:03:30", window)
 
 
+def serverless_checks() -> None:
+    """The launcher's Redshift Serverless GetCredentials (moto has none): it needs moto's STS."""
+    body = json.dumps({"name": "lab-wg"}).encode()
+    urllib.request.urlopen(
+        urllib.request.Request(f"{URL}/dmsguard-lab/redshift-serverless/workgroup", data=body, method="POST")
+    )
+    rss = client("redshift-serverless")
+    out = rss.get_credentials(workgroupName="lab-wg", dbName="dev", durationSeconds=1200)
+    left = (out["expiration"] - datetime.now(timezone.utc)).total_seconds()
+    check("Redshift Serverless GetCredentials (launcher) user and expiration",
+          out["dbUser"].startswith("IAM:") and 1100 < left <= 1200, (out["dbUser"], left))
+    creds = client("sts").assume_role(
+        RoleArn="arn:aws:iam::123456789012:role/lab-role", RoleSessionName="smoke"
+    )["Credentials"]
+    as_role = boto3.client(
+        "redshift-serverless", endpoint_url=URL, region_name=REGION,
+        aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+    user = as_role.get_credentials(workgroupName="lab-wg")["dbUser"]
+    check("Redshift Serverless GetCredentials through an assumed role", user == "IAMR:lab-role", user)
+    try:
+        rss.get_credentials(workgroupName="no-such-wg")
+        check("Redshift Serverless GetCredentials of an unknown workgroup is refused", False)
+    except botocore.exceptions.ClientError as e:
+        code = e.response["Error"]["Code"]
+        check("Redshift Serverless GetCredentials of an unknown workgroup is refused",
+              code == "ResourceNotFoundException", code)
+    urllib.request.urlopen(
+        urllib.request.Request(f"{URL}/dmsguard-lab/reset", data=b"{}", method="POST")
+    )
+
+
 if __name__ == "__main__":
     reset()
     try:
         dms_checks()
         cloudwatch_checks()
         redshift_checks()
+        serverless_checks()
     finally:
         reset()
     print(f"{'FAILED: ' + ', '.join(failures) if failures else 'all moto checks passed'}")

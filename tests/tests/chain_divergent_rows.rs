@@ -80,6 +80,31 @@ async fn skipped_updates_and_deletes_are_repaired_through_the_chain() -> anyhow:
         serde_json::json!(diff.extra_in_target.len()),
         "{job:?}"
     );
+    // The rows are counted on the remediator's /metrics as they are, by outcome.
+    let metrics = reqwest::get(format!("{}/metrics", lab.stack.remediator_url()))
+        .await?
+        .text()
+        .await?;
+    let rows = |outcome: &str| -> Option<f64> {
+        let series = format!(
+            "dmsguard_remediator_repair_rows_total{{table=\"{TABLE}\",outcome=\"{outcome}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(
+        rows("rewritten"),
+        Some(diff.mismatched.len() as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        rows("extra_deleted"),
+        Some(diff.extra_in_target.len() as f64),
+        "{metrics}"
+    );
+    assert_eq!(rows("failed"), Some(0.0), "{metrics}");
     let after = lab.sim.compare_source_target(TABLE).await?;
     assert!(
         after.is_empty(),

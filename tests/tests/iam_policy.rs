@@ -11,7 +11,10 @@ const PERMISSION_FREE: &[&str] = &["sts:GetCallerIdentity"];
 
 /// Actions called only for IAM database credentials (`iam` in a database section): listed in
 /// the doc's own `iam-database` policy, not in the exporter's and remediator's.
-const DATABASE_LOGIN: &[&str] = &["redshift:GetClusterCredentials"];
+const DATABASE_LOGIN: &[&str] = &[
+    "redshift:GetClusterCredentials",
+    "redshift-serverless:GetCredentials",
+];
 
 /// The only actions that change something; only the remediator may have them.
 const MUTATING: &[&str] = &["dms:StartReplicationTask", "dms:StopReplicationTask"];
@@ -55,6 +58,10 @@ fn service(op: &str) -> &'static str {
         "cloudwatch"
     } else if op.contains("cluster") {
         "redshift"
+    } else if op == "get_credentials" {
+        // Redshift Serverless's only call: GetCredentials (the cluster API's is
+        // get_cluster_credentials, above).
+        "redshift-serverless"
     } else if op.contains("caller_identity") || op.contains("assume_role") {
         "sts"
     } else {

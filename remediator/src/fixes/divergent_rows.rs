@@ -17,18 +17,16 @@
 //! time (nothing differs any more).
 
 use chrono::Utc;
-use dmsguard_pipeline::clock::Clock;
 use dmsguard_pipeline::config::{FixName, TableConfig};
 use dmsguard_pipeline::content::{ContentComparer, ContentOptions, ContentReport};
 use dmsguard_pipeline::gap_finder::{IdRange, TableSpec};
 use dmsguard_pipeline::rewrite::{Rewritten, RowRewriter};
 use serde_json::{json, Value};
 
-use super::missing_rows::{
-    ids_fact, job_table, merge, preview, sight, wait_settled, window, RowCopier,
-};
+use super::missing_rows::{ids_fact, job_table, merge, preview, wait_settled, RowCopier, Sighted};
 use super::{Fix, FixContext, FixError, Outcome, Plan};
 use crate::ledger::Job;
+use crate::metrics::{Metrics, RepairRowOutcome};
 
 pub struct DivergentRowsFix;
 
@@ -74,6 +72,37 @@ fn both(first: &[i64], again: &[i64]) -> Vec<i64> {
         .collect()
 }
 
+/// Adds to `repair_rows_total` what a batch did: the difference between two running totals.
+fn count_rows(m: &Metrics, table: &str, before: &Rewritten, now: &Rewritten) {
+    let pairs = [
+        (RepairRowOutcome::Rewritten, before.rewritten, now.rewritten),
+        (
+            RepairRowOutcome::ExtraDeleted,
+            before.extra_deleted,
+            now.extra_deleted,
+        ),
+        (
+            RepairRowOutcome::ExtraKept,
+            before.extra_kept,
+            now.extra_kept,
+        ),
+        (
+            RepairRowOutcome::GoneFromSource,
+            before.gone_from_source,
+            now.gone_from_source,
+        ),
+        (
+            RepairRowOutcome::AbsentInTarget,
+            before.absent_in_target,
+            now.absent_in_target,
+        ),
+        (RepairRowOutcome::Failed, before.failed, now.failed),
+    ];
+    for (outcome, a, b) in pairs {
+        m.repair_rows(table, outcome, b.saturating_sub(a));
+    }
+}
+
 fn rewritten_details(r: &Rewritten) -> Value {
     json!({
         "rewritten": r.rewritten,
@@ -94,16 +123,14 @@ impl Fix for DivergentRowsFix {
 
     async fn plan(&self, ctx: &FixContext, job: &Job) -> Result<Plan, FixError> {
         let table = enabled_table(ctx, job)?;
-        let window = window(
-            &job.labels,
-            table,
-            Clock::from_config(&ctx.config().clock).today(),
-        )?;
-        let spec = TableSpec::from_config(table)?;
-        let source = ctx.connect_source().await?;
-        let target = ctx.connect_redshift().await?;
         // The plan does not wait for replication: differences still in flight may be listed.
-        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let Sighted {
+            window,
+            spec,
+            source,
+            target,
+            sighting,
+        } = Sighted::open(ctx, table, job).await?;
         let comparer = comparer(&source, &target, &spec).await?;
         let found = compare(&comparer, &source, &target, sighting.range).await?;
         let copier = RowCopier::load(&source, &target, table).await?;
@@ -201,15 +228,13 @@ impl Fix for DivergentRowsFix {
         _plan: &Plan,
     ) -> Result<Outcome, FixError> {
         let table = enabled_table(ctx, job)?;
-        let window = window(
-            &job.labels,
-            table,
-            Clock::from_config(&ctx.config().clock).today(),
-        )?;
-        let spec = TableSpec::from_config(table)?;
-        let source = ctx.connect_source().await?;
-        let mut target = ctx.connect_redshift().await?;
-        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let Sighted {
+            window,
+            spec,
+            source,
+            mut target,
+            sighting,
+        } = Sighted::open(ctx, table, job).await?;
         let progress = wait_settled(ctx, table, sighting.seen, &source).await?;
         let comparer = comparer(&source, &target, &spec).await?;
         let first = compare(&comparer, &source, &target, sighting.range).await?;
@@ -276,6 +301,15 @@ impl Fix for DivergentRowsFix {
             v.sort_unstable();
             v
         };
+        let metrics = ctx.metrics();
+        if let Some(m) = metrics {
+            m.set_repair_rows_remaining(
+                &table.source,
+                all.len() as u64,
+                &RepairRowOutcome::REWRITES,
+            );
+        }
+        let mut counted = Rewritten::default();
         let result = rewriter
             .rewrite(
                 &source,
@@ -286,9 +320,23 @@ impl Fix for DivergentRowsFix {
                 |through, so_far| {
                     let handled = all.partition_point(|id| *id <= through) as u64;
                     ctx.progress().update(handled, so_far.rewritten);
+                    // Counted as each batch commits, like the inserts of missing_rows.
+                    if let Some(m) = metrics {
+                        count_rows(m, &table.source, &counted, so_far);
+                        m.set_repair_rows_remaining(
+                            &table.source,
+                            all.len() as u64 - handled.min(all.len() as u64),
+                            &RepairRowOutcome::REWRITES,
+                        );
+                    }
+                    counted = so_far.clone();
                 },
             )
-            .await?;
+            .await;
+        if let Some(m) = metrics {
+            m.set_repair_rows_remaining(&table.source, 0, &RepairRowOutcome::REWRITES);
+        }
+        let result = result?;
         rewriter.finish(&target).await?;
         merge(&mut details, rewritten_details(&result));
         let summary = format!(

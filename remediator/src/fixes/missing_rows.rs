@@ -178,6 +178,41 @@ pub(crate) async fn sight(
     })
 }
 
+/// What a table fix starts from, in plan and in execute alike: the job's window, the two
+/// connections (the source's for reads, so a replica when configured) and the window sighted.
+pub(crate) struct Sighted {
+    pub window: Window,
+    pub spec: TableSpec,
+    pub source: tokio_postgres::Client,
+    pub target: tokio_postgres::Client,
+    pub sighting: Sighting,
+}
+
+impl Sighted {
+    pub(crate) async fn open(
+        ctx: &FixContext,
+        table: &TableConfig,
+        job: &Job,
+    ) -> Result<Sighted, FixError> {
+        let window = window(
+            &job.labels,
+            table,
+            Clock::from_config(&ctx.config().clock).today(),
+        )?;
+        let spec = TableSpec::from_config(table)?;
+        let source = ctx.connect_source().await?;
+        let target = ctx.connect_redshift().await?;
+        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        Ok(Sighted {
+            window,
+            spec,
+            source,
+            target,
+            sighting,
+        })
+    }
+}
+
 /// Waits until replication of `table` has passed `seen` plus the margin; the progress reached.
 /// With a `[source.replica]` the
 /// replica's replay point (read on `source`, the reads connection) must have passed it too, so
@@ -369,7 +404,7 @@ impl RowCopier {
             result.found,
         );
         if let Some(m) = ctx.metrics() {
-            m.set_repair_rows_remaining(&table, result.found);
+            m.set_repair_rows_remaining(&table, result.found, &RepairRowOutcome::INSERTS);
         }
         let group = &ctx.config().remediator.repair_query_group;
         if !group.is_empty() {
@@ -489,7 +524,11 @@ impl RowCopier {
             );
             m.repair_rows(table, RepairRowOutcome::GoneFromSource, pending.gone);
             m.repair_rows(table, RepairRowOutcome::Failed, pending.failed);
-            m.set_repair_rows_remaining(table, result.found.saturating_sub(done));
+            m.set_repair_rows_remaining(
+                table,
+                result.found.saturating_sub(done),
+                &RepairRowOutcome::INSERTS,
+            );
         }
         if let (Some(c), Some(through)) = (checkpoint, pending.through) {
             let progress = RepairProgress {
@@ -584,16 +623,14 @@ impl Fix for MissingRowsFix {
 
     async fn plan(&self, ctx: &FixContext, job: &Job) -> Result<Plan, FixError> {
         let table = job_table(ctx.config(), job)?;
-        let window = window(
-            &job.labels,
-            table,
-            Clock::from_config(&ctx.config().clock).today(),
-        )?;
-        let spec = TableSpec::from_config(table)?;
-        let source = ctx.connect_source().await?;
-        let target = ctx.connect_redshift().await?;
         // The plan does not wait for replication: rows still on their way may be listed.
-        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let Sighted {
+            window,
+            spec,
+            source,
+            target,
+            sighting,
+        } = Sighted::open(ctx, table, job).await?;
         let key = repair_key(table, &window);
         let recorded = ctx.ledger().repair_progress(&key).await?;
         let (sighting, resumed_from) = resume(sighting, recorded.as_ref());
@@ -682,16 +719,14 @@ impl Fix for MissingRowsFix {
         _plan: &Plan,
     ) -> Result<Outcome, FixError> {
         let table = job_table(ctx.config(), job)?;
-        let window = window(
-            &job.labels,
-            table,
-            Clock::from_config(&ctx.config().clock).today(),
-        )?;
-        let spec = TableSpec::from_config(table)?;
-        let source = ctx.connect_source().await?;
-        let mut target = ctx.connect_redshift().await?;
         // Read again: the plan may be stale, and the search is cheap next to a repair.
-        let sighting = sight(&source, &target, table, &spec, &window).await?;
+        let Sighted {
+            window,
+            spec,
+            source,
+            mut target,
+            sighting,
+        } = Sighted::open(ctx, table, job).await?;
         let progress = wait_settled(ctx, table, sighting.seen, &source).await?;
         let key = repair_key(table, &window);
         let recorded = ctx.ledger().repair_progress(&key).await?;

@@ -180,7 +180,9 @@ impl SimLab {
     pub async fn finished_jobs(&self, n: usize) -> anyhow::Result<Vec<JobRow>> {
         eventually(
             &format!("{n} finished jobs"),
-            Duration::from_secs(40),
+            // A generous bound: a job may wait for DMS stops and starts and for replication,
+            // and CI runs several test binaries at once.
+            Duration::from_secs(120),
             || async {
                 let jobs = self.jobs().await?;
                 let done = jobs.len() == n

@@ -209,68 +209,136 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args, env: &LabEnv, src_db: &str, tgt_db: &str) -> anyhow::Result<()> {
-    let source = connect(env, src_db).await?;
-    let target = connect(env, tgt_db).await?;
-    // The measured gap finder connects as the exporter's user, never a superuser.
-    let finder_source = connect_as_exporter(env, src_db).await?;
-    let finder_target = connect_as_exporter(env, tgt_db).await?;
-    let mut rows = Vec::new();
-    for &size in &args.sizes {
-        let started = Instant::now();
-        let source_table = format!("s_{size}");
-        let targets: Vec<(f64, String)> = args
-            .missing
-            .iter()
-            .map(|&pct| (pct, format!("t_{size}_{}", per_million(pct))))
-            .collect();
-        let reuse = args.reuse;
-        tokio::try_join!(
-            build_table(&source, &source_table, size, None, reuse),
-            async {
-                for (pct, name) in &targets {
-                    build_table(&target, name, size, Some(per_million(*pct)), reuse).await?;
-                }
-                Ok(())
-            }
-        )?;
-        eprintln!(
-            "Built {size}-row tables in {:.1} s.",
-            started.elapsed().as_secs_f64()
-        );
-        for (pct, target_table) in &targets {
-            let expected: BTreeSet<i64> = (1..=size)
-                .filter(|&id| is_missing(id, per_million(*pct)))
-                .collect();
-            let case = Case {
-                source: &source,
-                target: &target,
-                finder_source: &finder_source,
-                finder_target: &finder_target,
-                src_db,
-                tgt_db,
-                source_table: &source_table,
-                target_table,
-                range: IdRange::new(1, size)?,
-                expected: &expected,
-                env,
-            };
-            // Warm both tables' caches so the first method timed does not pay for them.
-            case.count_both().await?;
-            let measurements = case.measure(args).await?;
-            rows.push((size, *pct, expected.len(), measurements));
-        }
-        if !args.reuse {
-            source
-                .batch_execute(&format!("DROP TABLE {source_table}"))
-                .await?;
-            for (_, name) in &targets {
-                target.batch_execute(&format!("DROP TABLE {name}")).await?;
-            }
-        }
-    }
-    print_table(&rows);
-    check_bars(&rows);
+    let conns = Conns::open(env, src_db, tgt_db).await?;
+    let suite = Suite {
+        labels: Labels {
+            what: "missing",
+            ours: "gap finder",
+        },
+        source_table: |size| format!("s_{size}"),
+        target_table: |size, m| format!("t_{size}_{m}"),
+        chosen: is_missing,
+    };
+    let rows = suite
+        .run(
+            args,
+            &args.missing,
+            &conns,
+            build_table,
+            async |case: Case<'_>| {
+                // Warm both tables' caches so the first method timed does not pay for them.
+                case.count_both().await?;
+                case.measure(args).await
+            },
+        )
+        .await?;
+    print_table(&suite.labels, &rows);
+    check_bars(&suite.labels, &rows);
     Ok(())
+}
+
+/// The names of one benchmark's tables and answers; [`Suite::run`] is the loop both share.
+struct Suite {
+    labels: Labels,
+    source_table: fn(i64) -> String,
+    /// The target's table for a size and a fraction (per million).
+    target_table: fn(i64, i64) -> String,
+    /// Whether the generator made `id` differ at that fraction (per million).
+    chosen: fn(i64, i64) -> bool,
+}
+
+/// The connections of a benchmark: as the lab's superuser to build and time the other methods,
+/// and as the exporter's least-privilege user for ours.
+struct Conns<'e> {
+    source: Client,
+    target: Client,
+    exporter_source: Client,
+    exporter_target: Client,
+    src_db: &'e str,
+    tgt_db: &'e str,
+    env: &'e LabEnv,
+}
+
+impl<'e> Conns<'e> {
+    async fn open(env: &'e LabEnv, src_db: &'e str, tgt_db: &'e str) -> anyhow::Result<Conns<'e>> {
+        Ok(Conns {
+            source: connect(env, src_db).await?,
+            target: connect(env, tgt_db).await?,
+            exporter_source: connect_as_exporter(env, src_db).await?,
+            exporter_target: connect_as_exporter(env, tgt_db).await?,
+            src_db,
+            tgt_db,
+            env,
+        })
+    }
+}
+
+impl Suite {
+    /// Per size: builds the source table and one target per fraction (`build(client, name,
+    /// size, per million or None for the source, reuse)`), measures each case, and drops the
+    /// tables unless `--reuse`.
+    async fn run(
+        &self,
+        args: &Args,
+        fractions: &[f64],
+        conns: &Conns<'_>,
+        build: impl AsyncFn(&Client, &str, i64, Option<i64>, bool) -> anyhow::Result<()>,
+        measure: impl AsyncFn(Case<'_>) -> anyhow::Result<Vec<Measurement>>,
+    ) -> anyhow::Result<Vec<Row>> {
+        let (source, target) = (&conns.source, &conns.target);
+        let mut rows = Vec::new();
+        for &size in &args.sizes {
+            let started = Instant::now();
+            let source_table = (self.source_table)(size);
+            let targets: Vec<(f64, String)> = fractions
+                .iter()
+                .map(|&pct| (pct, (self.target_table)(size, per_million(pct))))
+                .collect();
+            tokio::try_join!(
+                build(source, &source_table, size, None, args.reuse),
+                async {
+                    for (pct, name) in &targets {
+                        build(target, name, size, Some(per_million(*pct)), args.reuse).await?;
+                    }
+                    Ok(())
+                }
+            )?;
+            eprintln!(
+                "Built {size}-row tables ({}) in {:.1} s.",
+                self.labels.ours,
+                started.elapsed().as_secs_f64()
+            );
+            for (pct, target_table) in &targets {
+                let expected: BTreeSet<i64> = (1..=size)
+                    .filter(|&id| (self.chosen)(id, per_million(*pct)))
+                    .collect();
+                let measurements = measure(Case {
+                    source,
+                    target,
+                    exporter_source: &conns.exporter_source,
+                    exporter_target: &conns.exporter_target,
+                    src_db: conns.src_db,
+                    tgt_db: conns.tgt_db,
+                    source_table: &source_table,
+                    target_table,
+                    range: IdRange::new(1, size)?,
+                    expected: &expected,
+                    env: conns.env,
+                })
+                .await?;
+                rows.push((size, *pct, expected.len(), measurements));
+            }
+            if !args.reuse {
+                source
+                    .batch_execute(&format!("DROP TABLE {source_table}"))
+                    .await?;
+                for (_, name) in &targets {
+                    target.batch_execute(&format!("DROP TABLE {name}")).await?;
+                }
+            }
+        }
+        Ok(rows)
+    }
 }
 
 /// Creates `name` with ids 1..=size (minus the missing ones) and a payload, keyed and analysed;
@@ -314,9 +382,9 @@ async fn build_table(
 struct Case<'a> {
     source: &'a Client,
     target: &'a Client,
-    /// The gap finder's connections, as the exporter's least-privilege user.
-    finder_source: &'a Client,
-    finder_target: &'a Client,
+    /// The measured method's connections, as the exporter's least-privilege user.
+    exporter_source: &'a Client,
+    exporter_target: &'a Client,
     src_db: &'a str,
     tgt_db: &'a str,
     source_table: &'a str,
@@ -443,8 +511,8 @@ impl Case<'_> {
     async fn gap_finder_with(&self, options: GapFinderOptions) -> anyhow::Result<GapReport> {
         Ok(GapFinder::new(options)?
             .find(
-                self.finder_source,
-                self.finder_target,
+                self.exporter_source,
+                self.exporter_target,
                 &self.spec(),
                 self.range,
             )
@@ -460,7 +528,8 @@ impl Case<'_> {
             && report.extra.is_empty()
     }
 
-    async fn count_both(&self) -> anyhow::Result<()> {
+    /// `count(*)` of the range on both sides concurrently, each on its own connection.
+    async fn counts(&self) -> anyhow::Result<(i64, i64)> {
         let sql = |t: &str| format!("SELECT count(*) FROM {t} WHERE id >= $1 AND id <= $2");
         let (s, t) = (sql(self.source_table), sql(self.target_table));
         let bounds: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
@@ -469,7 +538,11 @@ impl Case<'_> {
             self.source.query_one(&s, &bounds),
             self.target.query_one(&t, &bounds),
         )?;
-        let (a, b): (i64, i64) = (a.get(0), b.get(0));
+        Ok((a.get(0), b.get(0)))
+    }
+
+    async fn count_both(&self) -> anyhow::Result<()> {
+        let (a, b) = self.counts().await?;
         if a - b != self.expected.len() as i64 {
             bail!(
                 "count(*) difference {} but {} ids missing",
@@ -573,16 +646,23 @@ type Row = (i64, f64, usize, Vec<Measurement>);
 #[path = "bench_gaps/content.rs"]
 mod content;
 
-fn print_table(rows: &[Row]) {
+/// The words of one benchmark's table: what the target's chosen rows are, and our method.
+struct Labels {
+    what: &'static str,
+    ours: &'static str,
+}
+
+fn print_table(labels: &Labels, rows: &[Row]) {
+    let Labels { what, ours } = labels;
     println!(
-        "| method | rows | missing | missing ids | seconds | x gap finder | rows moved | exact | note |"
+        "| method | rows | {what} | {what} rows | seconds | x {ours} | rows moved | exact | note |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---|---|");
-    for (size, pct, missing, ms) in rows {
+    for (size, pct, chosen, ms) in rows {
         let ours = ms[0].seconds;
         for m in ms {
             println!(
-                "| {} | {size} | {pct}% | {missing} | {:.3} | {:.2} | {} | {} | {} |",
+                "| {} | {size} | {pct}% | {chosen} | {:.3} | {:.2} | {} | {} | {} |",
                 m.method,
                 m.seconds,
                 m.seconds / ours,
@@ -594,18 +674,32 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// docs/architecture.md, on the largest table with the smallest missing fraction.
-fn check_bars(rows: &[Row]) {
-    let Some((size, pct, _, ms)) = rows
+/// The case the bars are judged on: the largest table with the smallest fraction. Prints the
+/// bars' heading; returns the case's measurements.
+fn bars_case<'r>(labels: &Labels, rows: &'r [Row]) -> Option<&'r [Measurement]> {
+    let (size, pct, _, ms) = rows
         .iter()
-        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
-    else {
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))?;
+    println!();
+    println!(
+        "Bars on {size} rows, {pct}% {} ({} {:.3} s):",
+        labels.what, labels.ours, ms[0].seconds
+    );
+    Some(ms)
+}
+
+/// The seconds of `method` in a case, if it was measured.
+fn seconds(ms: &[Measurement], method: &str) -> Option<f64> {
+    ms.iter().find(|m| m.method == method).map(|m| m.seconds)
+}
+
+/// docs/architecture.md, on the largest table with the smallest missing fraction.
+fn check_bars(labels: &Labels, rows: &[Row]) {
+    let Some(ms) = bars_case(labels, rows) else {
         return;
     };
-    let time = |name: &str| ms.iter().find(|m| m.method == name).map(|m| m.seconds);
+    let time = |name: &str| seconds(ms, name);
     let ours = ms[0].seconds;
-    println!();
-    println!("Bars on {size} rows, {pct}% missing (gap finder {ours:.3} s):");
     let bar = |what: &str, ok: Option<bool>| {
         let verdict = match ok {
             Some(true) => "met",

@@ -1,6 +1,7 @@
 //! Typed client of the lab-only control endpoint `tests/lab/moto_launcher.py` puts in front of
 //! moto (`/dmsguard-lab/…`): how long DMS stops and starts take, tasks that fail, throttled
-//! operations, and the Redshift maintenance schedule. See `tests/lab/README.md`.
+//! operations, the Redshift maintenance schedule, and Redshift Serverless workgroups with the
+//! `GetCredentials` logins handed out for them. See `tests/lab/README.md`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,6 +56,19 @@ pub struct LabControlState {
     /// Task status by identifier, as DescribeReplicationTasks would report it now.
     #[serde(default)]
     pub tasks: BTreeMap<String, String>,
+}
+
+/// One Redshift Serverless `GetCredentials` answer the lab gave.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerlessLogin {
+    pub workgroup_name: String,
+    /// The `dbName` the caller asked for, if any.
+    pub db_name: Option<String>,
+    pub db_user: String,
+    pub db_password: String,
+    /// Epoch seconds.
+    pub expiration: f64,
 }
 
 /// The control endpoint of one moto (`Moto::url()`).
@@ -163,6 +177,34 @@ impl LabControl {
         )
         .await?;
         Ok(())
+    }
+
+    /// Creates the Redshift Serverless workgroup `name`: `GetCredentials` answers for it (moto
+    /// has no Redshift Serverless; the launcher serves that one call).
+    pub async fn create_workgroup(&self, name: &str) -> anyhow::Result<()> {
+        self.post(
+            "redshift-serverless/workgroup",
+            serde_json::json!({ "name": name }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every `GetCredentials` answer so far, oldest first.
+    pub async fn serverless_logins(&self) -> anyhow::Result<Vec<ServerlessLogin>> {
+        #[derive(Deserialize)]
+        struct Answer {
+            credentials: Vec<ServerlessLogin>,
+        }
+        let url = format!("{}/redshift-serverless/credentials", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()?;
+        Ok(response.json::<Answer>().await?.credentials)
     }
 
     /// Back to moto's instant behaviour: no delays, failures, throttling or schedules.

@@ -8,12 +8,13 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use dmsguard_pipeline::config::QualifiedName;
 use dmsguard_pipeline::content::{ContentComparer, ContentOptions, ContentReport};
-use dmsguard_pipeline::gap_finder::{IdRange, TableSpec};
+use dmsguard_pipeline::gap_finder::TableSpec;
 use futures::{Stream, StreamExt};
 use tokio_postgres::Client;
 
 use super::{
-    connect, connect_as_exporter, load_average, median, per_million, Args, LabEnv, Measurement,
+    bars_case, load_average, median, print_table, seconds, Args, Case, Conns, LabEnv, Labels,
+    Measurement, Row, Suite,
 };
 
 /// Rows left stale in the target: a scattered, reproducible choice of `per_million` in a million.
@@ -30,65 +31,24 @@ pub(super) async fn run(
     src_db: &str,
     tgt_db: &str,
 ) -> anyhow::Result<()> {
-    let source = connect(env, src_db).await?;
-    let target = connect(env, tgt_db).await?;
-    // The measured comparison connects as the exporter's user, never a superuser.
-    let cmp_source = connect_as_exporter(env, src_db).await?;
-    let cmp_target = connect_as_exporter(env, tgt_db).await?;
-    let mut rows = Vec::new();
-    for &size in &args.sizes {
-        let started = Instant::now();
-        let source_table = format!("cs_{size}");
-        let targets: Vec<(f64, String)> = args
-            .stale
-            .iter()
-            .map(|&pct| (pct, format!("ct_{size}_{}", per_million(pct))))
-            .collect();
-        tokio::try_join!(
-            build(&source, &source_table, size, None, args.reuse),
-            async {
-                for (pct, name) in &targets {
-                    build(&target, name, size, Some(per_million(*pct)), args.reuse).await?;
-                }
-                Ok(())
-            }
-        )?;
-        eprintln!(
-            "Built {size}-row content tables in {:.1} s.",
-            started.elapsed().as_secs_f64()
-        );
-        for (pct, target_table) in &targets {
-            let expected: BTreeSet<i64> = (1..=size)
-                .filter(|&id| is_stale(id, per_million(*pct)))
-                .collect();
-            let case = Case {
-                source: &source,
-                target: &target,
-                cmp_source: &cmp_source,
-                cmp_target: &cmp_target,
-                src_db,
-                tgt_db,
-                source_table: &source_table,
-                target_table,
-                range: IdRange::new(1, size)?,
-                expected: &expected,
-                env,
-            };
-            case.count_both().await?;
-            let measurements = case.measure(args).await?;
-            rows.push((size, *pct, expected.len(), measurements));
-        }
-        if !args.reuse {
-            source
-                .batch_execute(&format!("DROP TABLE {source_table}"))
-                .await?;
-            for (_, name) in &targets {
-                target.batch_execute(&format!("DROP TABLE {name}")).await?;
-            }
-        }
-    }
-    print_table(&rows);
-    check_bars(&rows);
+    let conns = Conns::open(env, src_db, tgt_db).await?;
+    let suite = Suite {
+        labels: Labels {
+            what: "stale",
+            ours: "content comparison",
+        },
+        source_table: |size| format!("cs_{size}"),
+        target_table: |size, m| format!("ct_{size}_{m}"),
+        chosen: is_stale,
+    };
+    let rows = suite
+        .run(args, &args.stale, &conns, build, async |case: Case<'_>| {
+            case.count_equal().await?;
+            case.measure_content(args).await
+        })
+        .await?;
+    print_table(&suite.labels, &rows);
+    check_bars(&suite.labels, &rows);
     println!("Load average after the content cases: {}", load_average());
     Ok(())
 }
@@ -139,36 +99,26 @@ async fn build(
         .with_context(|| format!("vacuuming {name}"))
 }
 
-struct Case<'a> {
-    source: &'a Client,
-    target: &'a Client,
-    cmp_source: &'a Client,
-    cmp_target: &'a Client,
-    src_db: &'a str,
-    tgt_db: &'a str,
-    source_table: &'a str,
-    target_table: &'a str,
-    range: IdRange,
-    expected: &'a BTreeSet<i64>,
-    env: &'a LabEnv,
-}
-
 impl Case<'_> {
-    async fn measure(&self, args: &Args) -> anyhow::Result<Vec<Measurement>> {
+    async fn measure_content(&self, args: &Args) -> anyhow::Result<Vec<Measurement>> {
         use super::Method;
         let timed = |m: Method| args.methods.contains(&m);
         let (mut ours, mut by_row, mut count) = (Vec::new(), Vec::new(), Vec::new());
+        let mut md5_floor = Vec::new();
         let (mut ours_exact, mut by_row_exact) = (true, true);
         let (mut ours_rows, mut by_row_rows) = (0, 0);
         let mut note = String::new();
         for _ in 0..args.repeat.max(1) {
             if timed(Method::Count) {
                 let t = Instant::now();
-                self.count_both().await?;
+                self.count_equal().await?;
                 count.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                self.md5_text_both().await?;
+                md5_floor.push(t.elapsed().as_secs_f64());
             }
             let t = Instant::now();
-            let report = self.compare().await?;
+            let report = self.compare_content().await?;
             ours.push(t.elapsed().as_secs_f64());
             ours_exact &= report
                 .divergent_ids
@@ -213,7 +163,7 @@ impl Case<'_> {
         match &args.reladiff {
             Some(reladiff) if timed(Method::Reladiff) => {
                 let t = Instant::now();
-                let stale = self.reladiff(reladiff).await?;
+                let stale = self.reladiff_content(reladiff).await?;
                 out.push(Measurement {
                     method: "reladiff -c",
                     seconds: t.elapsed().as_secs_f64(),
@@ -226,45 +176,69 @@ impl Case<'_> {
             None => eprintln!("DMSGUARD_RELADIFF is not set: reladiff skipped."),
         }
         if timed(Method::Count) {
+            let (count, md5_floor) = (median(count), median(md5_floor));
             out.push(Measurement {
                 method: "count(*) both",
-                seconds: median(count),
+                seconds: count,
                 rows_moved: Some(2),
                 exact: true,
                 note: "floor: one scan per side, both sides concurrently".to_owned(),
+            });
+            out.push(Measurement {
+                method: "MD5 of the text columns",
+                seconds: md5_floor,
+                rows_moved: Some(2),
+                exact: true,
+                note: format!(
+                    "floor of any comparison hashing text with MD5 (the one hash both engines have): one MD5 per row of the text columns alone, summed; {:.1}x count(*)",
+                    md5_floor / count
+                ),
             });
         }
         Ok(out)
     }
 
-    async fn compare(&self) -> anyhow::Result<ContentReport> {
+    async fn compare_content(&self) -> anyhow::Result<ContentReport> {
         let spec = TableSpec {
             source: QualifiedName::parse(&format!("public.{}", self.source_table)).unwrap(),
             target: QualifiedName::parse(&format!("public.{}", self.target_table)).unwrap(),
             id_column: "id".to_owned(),
         };
         let comparer = ContentComparer::load(
-            self.cmp_source,
-            self.cmp_target,
+            self.exporter_source,
+            self.exporter_target,
             &spec,
             ContentOptions::default(),
         )
         .await?;
         Ok(comparer
-            .compare(self.cmp_source, self.cmp_target, self.range)
+            .compare(self.exporter_source, self.exporter_target, self.range)
             .await?)
     }
 
-    async fn count_both(&self) -> anyhow::Result<()> {
-        let sql = |t: &str| format!("SELECT count(*) FROM {t} WHERE id >= $1 AND id <= $2");
+    /// One scan per side, both concurrently, hashing each row's text columns with MD5 as the
+    /// comparison does (32-bit prefix read as an integer) and summing: the least any comparison
+    /// of these columns pays when text is hashed with MD5.
+    async fn md5_text_both(&self) -> anyhow::Result<()> {
+        let sql = |t: &str| {
+            format!(
+                "SELECT sum(CAST(CAST('x' || SUBSTR(MD5(COALESCE(status, '') || '|' || COALESCE(note, '')), 1, 8) AS BIT(32)) AS BIGINT)) \
+                 FROM {t} WHERE id >= $1 AND id <= $2"
+            )
+        };
         let bounds: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&self.range.lo, &self.range.hi];
         let (s, t) = (sql(self.source_table), sql(self.target_table));
-        let (a, b) = tokio::try_join!(
+        tokio::try_join!(
             self.source.query_one(&s, &bounds),
             self.target.query_one(&t, &bounds),
         )?;
-        let (a, b): (i64, i64) = (a.get(0), b.get(0));
+        Ok(())
+    }
+
+    /// `count(*)` on both sides, which hold the same ids.
+    async fn count_equal(&self) -> anyhow::Result<()> {
+        let (a, b) = self.counts().await?;
         if a != b {
             bail!("count(*) {a} in the source, {b} in the target");
         }
@@ -325,7 +299,7 @@ impl Case<'_> {
 
     /// reladiff's content diff: every column compared (`-c`), JSON lines parsed; an id on both
     /// sides of the diff is a stale row.
-    async fn reladiff(&self, reladiff: &str) -> anyhow::Result<BTreeSet<i64>> {
+    async fn reladiff_content(&self, reladiff: &str) -> anyhow::Result<BTreeSet<i64>> {
         let url = |db: &str| {
             format!(
                 "postgresql://{}@{}:{}/{db}",
@@ -418,41 +392,13 @@ where
     }
 }
 
-type Row = (i64, f64, usize, Vec<Measurement>);
-
-fn print_table(rows: &[Row]) {
-    println!(
-        "| method | rows | stale | stale rows | seconds | x content comparison | rows moved | exact | note |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---|---|");
-    for (size, pct, stale, ms) in rows {
-        let ours = ms[0].seconds;
-        for m in ms {
-            println!(
-                "| {} | {size} | {pct}% | {stale} | {:.3} | {:.2} | {} | {} | {} |",
-                m.method,
-                m.seconds,
-                m.seconds / ours,
-                m.rows_moved.map_or("n/a".to_owned(), |r| r.to_string()),
-                if m.exact { "yes" } else { "NO" },
-                m.note
-            );
-        }
-    }
-}
-
 /// The issue's bars, on the largest table with the smallest stale fraction.
-fn check_bars(rows: &[Row]) {
-    let Some((size, pct, _, ms)) = rows
-        .iter()
-        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
-    else {
+fn check_bars(labels: &Labels, rows: &[Row]) {
+    let Some(ms) = bars_case(labels, rows) else {
         return;
     };
-    let time = |name: &str| ms.iter().find(|m| m.method == name).map(|m| m.seconds);
+    let time = |name: &str| seconds(ms, name);
     let ours = ms[0].seconds;
-    println!();
-    println!("Bars on {size} rows, {pct}% stale (content comparison {ours:.3} s):");
     let bar = |what: &str, ok: Option<f64>, good: bool| {
         let verdict = match ok {
             Some(r) if good => format!("met ({r:.2}x)"),
