@@ -26,7 +26,10 @@ pub struct WorkloadConfig {
     /// Time between two write rounds.
     pub tick: Duration,
     /// How far in the past new rows' `created_at` lies (0: the last hour; e.g. a day back makes
-    /// the rows "yesterday's" for the day-windowed gap metrics and the F4 alert).
+    /// the rows "yesterday's" for the day-windowed gap metrics and the F4 alert). The hour's
+    /// spread never crosses back over a UTC midnight: a row is never older than the start of
+    /// the UTC day of `now - created_age`, so a test's rows fall in one day's window whatever
+    /// the time of day it runs (within an hour after midnight they used to span two).
     pub created_age: Duration,
     /// Only INSERTs (no UPDATE or DELETE), e.g. a day's last rows.
     pub inserts_only: bool,
@@ -193,7 +196,8 @@ impl TableWriter {
                       CASE WHEN random() < 0.1 THEN NULL
                            ELSE ARRAY['plain', 'has,comma', 'quote\"d', E'back\\\\slash', md5(random()::text)] END,
                       gen_random_uuid(),
-                      now() - interval '{created_age} seconds' - random() * interval '1 hour',
+                      GREATEST(now() - interval '{created_age} seconds' - random() * interval '1 hour',
+                               CAST(date_trunc('day', (now() - interval '{created_age} seconds') AT TIME ZONE 'UTC') AS timestamp) AT TIME ZONE 'UTC'),
                       round((random() * 100000)::numeric, 2),
                       CASE WHEN random() < 0.3 THEN NULL
                            ELSE E'note: ''single'' \"double\"\\ttab\\nnewline \\\\ backslash, café ✓' END,
