@@ -924,7 +924,8 @@ async fn scenario_command_line(dbs: &TestDatabases) -> anyhow::Result<()> {
     let rs = || async { dbs.redshift_client().await };
     eventually(
         "statements from the command line",
-        Duration::from_secs(30),
+        // Generous: the simulator's batches slow down when other test binaries run beside it.
+        Duration::from_secs(120),
         || async {
             let n: i64 = rs()
                 .await?
@@ -938,7 +939,8 @@ async fn scenario_command_line(dbs: &TestDatabases) -> anyhow::Result<()> {
     std::fs::write(&control, "missing_then_update\n")?;
     eventually(
         "a rolled-back bulk UPDATE",
-        Duration::from_secs(30),
+        // Generous: the simulator's batches slow down when other test binaries run beside it.
+        Duration::from_secs(120),
         || async {
             let n: i64 = rs()
                 .await?
